@@ -1,0 +1,17 @@
+{
+  "targets": [
+    {
+      "target_name": "repopt",
+      "sources": ["native/repopt.cc"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!@(node scripts/libtorch-paths.cjs include)"
+      ],
+      "libraries": ["<!@(node scripts/libtorch-paths.cjs libs)"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "<!@(node scripts/libtorch-paths.cjs defines)"],
+      "cflags!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-frtti", "-O2", "-Wno-unused-parameter", "-Wno-deprecated-declarations"]
+    }
+  ]
+}
