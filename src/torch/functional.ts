@@ -1,0 +1,185 @@
+/**
+ * Neural-network functions (PyTorch's `torch.nn.functional`) and the free
+ * functions over several tensors (cat, stack, where, pad).
+ */
+import { defOp } from './ops.js';
+import { Tensor, wrapHandle, type Scalar } from './tensor.js';
+
+const O = {
+  conv2d: defOp('aten::conv2d'),
+  batchNorm: defOp('aten::batch_norm'),
+  linear: defOp('aten::linear'),
+  relu: defOp('aten::relu'),
+  relu_: defOp('aten::relu_'),
+  sigmoid: defOp('aten::sigmoid'),
+  hardsigmoid: defOp('aten::hardsigmoid'),
+  hardswish: defOp('aten::hardswish'),
+  adaptiveAvgPool2d: defOp('aten::adaptive_avg_pool2d'),
+  maxPool2d: defOp('aten::max_pool2d'),
+  avgPool2d: defOp('aten::avg_pool2d'),
+  dropout: defOp('aten::dropout'),
+  logSoftmax: defOp('aten::log_softmax.int'),
+  softmax: defOp('aten::softmax.int'),
+  crossEntropy: defOp('aten::cross_entropy_loss'),
+  nllLoss: defOp('aten::nll_loss'),
+  mseLoss: defOp('aten::mse_loss'),
+  oneHot: defOp('aten::one_hot'),
+  cat: defOp('aten::cat'),
+  stack: defOp('aten::stack'),
+  where: defOp('aten::where.self'),
+  whereScalarOther: defOp('aten::where.ScalarOther'),
+  whereScalarSelf: defOp('aten::where.ScalarSelf'),
+  whereScalar: defOp('aten::where.Scalar'),
+  pad: defOp('aten::pad'),
+};
+
+type Pair = number | [number, number];
+
+export interface Conv2dOptions {
+  stride?: Pair;
+  padding?: Pair;
+  dilation?: Pair;
+  groups?: number;
+}
+
+export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null, opts: Conv2dOptions = {}): Tensor {
+  return wrapHandle(
+    O.conv2d(input.handle, weight.handle, bias?.handle ?? null, opts.stride ?? 1, opts.padding ?? 0, opts.dilation ?? 1, opts.groups ?? 1),
+  );
+}
+
+export interface BatchNormOptions {
+  weight?: Tensor | null;
+  bias?: Tensor | null;
+  training?: boolean;
+  momentum?: number;
+  eps?: number;
+}
+
+/**
+ * Batch normalisation as PyTorch's F.batch_norm: in training, normalises with
+ * the batch statistics and updates running stats in place
+ * (running = (1 - momentum) * running + momentum * batch, unbiased variance).
+ */
+export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions = {}): Tensor {
+  return wrapHandle(
+    O.batchNorm(
+      input.handle,
+      opts.weight?.handle ?? null,
+      opts.bias?.handle ?? null,
+      runningMean?.handle ?? null,
+      runningVar?.handle ?? null,
+      opts.training ?? false,
+      opts.momentum ?? 0.1,
+      opts.eps ?? 1e-5,
+      true,
+    ),
+  );
+}
+
+export function linear(input: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
+  return wrapHandle(O.linear(input.handle, weight.handle, bias?.handle ?? null));
+}
+
+export function relu(x: Tensor, inplace = false): Tensor {
+  return inplace ? x.relu_() : wrapHandle(O.relu(x.handle));
+}
+export function sigmoid(x: Tensor): Tensor {
+  return wrapHandle(O.sigmoid(x.handle));
+}
+/** relu6(x + 3) / 6, as PyTorch. */
+export function hardsigmoid(x: Tensor): Tensor {
+  return wrapHandle(O.hardsigmoid(x.handle));
+}
+export function hardswish(x: Tensor): Tensor {
+  return wrapHandle(O.hardswish(x.handle));
+}
+
+export function adaptiveAvgPool2d(x: Tensor, outputSize: Pair): Tensor {
+  return wrapHandle(O.adaptiveAvgPool2d(x.handle, outputSize));
+}
+
+export function maxPool2d(x: Tensor, kernelSize: Pair, opts: { stride?: Pair; padding?: Pair; dilation?: Pair; ceilMode?: boolean } = {}): Tensor {
+  return wrapHandle(O.maxPool2d(x.handle, kernelSize, opts.stride ?? kernelSize, opts.padding ?? 0, opts.dilation ?? 1, opts.ceilMode ?? false));
+}
+
+export function avgPool2d(x: Tensor, kernelSize: Pair, opts: { stride?: Pair; padding?: Pair } = {}): Tensor {
+  return wrapHandle(O.avgPool2d(x.handle, kernelSize, opts.stride ?? kernelSize, opts.padding ?? 0));
+}
+
+/** Inverted dropout (scales kept values by 1/(1-p)); identity when not training. */
+export function dropout(x: Tensor, p = 0.5, training = true): Tensor {
+  if (p < 0 || p > 1) throw new RangeError(`dropout probability must be in [0, 1], got ${p}`);
+  return wrapHandle(O.dropout(x.handle, p, training));
+}
+
+export function logSoftmax(x: Tensor, dim: number): Tensor {
+  return wrapHandle(O.logSoftmax(x.handle, dim, null));
+}
+export function softmax(x: Tensor, dim: number): Tensor {
+  return wrapHandle(O.softmax(x.handle, dim, null));
+}
+
+export type Reduction = 'none' | 'mean' | 'sum';
+const REDUCTION: Record<Reduction, number> = { none: 0, mean: 1, sum: 2 };
+
+export interface CrossEntropyOptions {
+  weight?: Tensor | null;
+  reduction?: Reduction;
+  ignoreIndex?: number;
+  labelSmoothing?: number;
+}
+
+/**
+ * Cross entropy of logits [N, C] against class indices [N] (int64) or class
+ * probabilities [N, C] (soft targets, e.g. mixup), with optional label smoothing.
+ */
+export function crossEntropy(logits: Tensor, target: Tensor, opts: CrossEntropyOptions = {}): Tensor {
+  return wrapHandle(
+    O.crossEntropy(
+      logits.handle,
+      target.handle,
+      opts.weight?.handle ?? null,
+      REDUCTION[opts.reduction ?? 'mean'],
+      opts.ignoreIndex ?? -100,
+      opts.labelSmoothing ?? 0,
+    ),
+  );
+}
+
+export function nllLoss(logProbs: Tensor, target: Tensor, opts: { reduction?: Reduction; ignoreIndex?: number } = {}): Tensor {
+  return wrapHandle(O.nllLoss(logProbs.handle, target.handle, null, REDUCTION[opts.reduction ?? 'mean'], opts.ignoreIndex ?? -100));
+}
+
+export function mseLoss(input: Tensor, target: Tensor, reduction: Reduction = 'mean'): Tensor {
+  return wrapHandle(O.mseLoss(input.handle, target.handle, REDUCTION[reduction]));
+}
+
+/** One-hot int64 encoding of class indices. */
+export function oneHot(indices: Tensor, numClasses = -1): Tensor {
+  return wrapHandle(O.oneHot(indices.handle, numClasses));
+}
+
+export function cat(tensors: Tensor[], dim = 0): Tensor {
+  return wrapHandle(O.cat(tensors.map((t) => t.handle), dim));
+}
+export function stack(tensors: Tensor[], dim = 0): Tensor {
+  return wrapHandle(O.stack(tensors.map((t) => t.handle), dim));
+}
+
+/** Elementwise `condition ? a : b`, with broadcasting. */
+export function where(condition: Tensor, a: Tensor | Scalar, b: Tensor | Scalar): Tensor {
+  const c = condition.handle;
+  if (a instanceof Tensor && b instanceof Tensor) return wrapHandle(O.where(c, a.handle, b.handle));
+  if (a instanceof Tensor) return wrapHandle(O.whereScalarOther(c, a.handle, b));
+  if (b instanceof Tensor) return wrapHandle(O.whereScalarSelf(c, a, b.handle));
+  return wrapHandle(O.whereScalar(c, a, b));
+}
+
+/**
+ * Pads the last dimensions, as F.pad: `pad` = [left, right, top, bottom, ...]
+ * for the last, second-to-last, ... dimension; modes constant, reflect, replicate, circular.
+ */
+export function pad(x: Tensor, padding: number[], mode: 'constant' | 'reflect' | 'replicate' | 'circular' = 'constant', value = 0): Tensor {
+  return wrapHandle(O.pad(x.handle, padding, mode, mode === 'constant' ? value : null));
+}

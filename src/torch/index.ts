@@ -1,0 +1,18 @@
+/**
+ * repopt's tensor layer: PyTorch semantics from TypeScript, computed by libtorch.
+ *
+ *   import * as torch from './torch/index.js';
+ *   const x = torch.randn([2, 3], { requiresGrad: true });
+ *   x.mul(x).sum().backward();
+ */
+export { Tensor, type Scalar, type Dims, type NestedArray } from './tensor.js';
+export type { DType, TypedArray, MemoryFormat } from './dtype.js';
+export { isFloating } from './dtype.js';
+export * from './creation.js';
+export { Generator, manualSeed } from './random.js';
+export { tidy, keep, noGrad, enableGrad, isGradEnabled, liveTensors } from './scope.js';
+export { setNumThreads, getNumThreads, parallelInfo } from './threads.js';
+export { cat, stack, where, pad } from './functional.js';
+export * as F from './functional.js';
+export * as foreach from './foreach.js';
+export { schemaOf, defOp } from './ops.js';

@@ -1,0 +1,78 @@
+/**
+ * Loads the native addon (native/repopt.cc) and types its surface.
+ * Tensor and generator handles are opaque N-API externals owned by libtorch.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+declare const handleBrand: unique symbol;
+/** An opaque native tensor handle (an N-API external holding an at::Tensor). */
+export type Handle = { readonly [handleBrand]: 'Tensor' };
+declare const generatorBrand: unique symbol;
+export type GeneratorHandle = { readonly [generatorBrand]: 'Generator' };
+
+export interface NativeBinding {
+  opHandle(name: string, overload: string): number;
+  opSchema(id: number): string;
+  call(id: number, args: unknown[]): unknown;
+  fromBuffer(data: ArrayBufferView | ArrayBuffer, shape: number[], dtype: number): Handle;
+  toBuffer(h: Handle): ArrayBuffer;
+  copyFromBuffer(h: Handle, data: ArrayBufferView): void;
+  shape(h: Handle): number[];
+  strides(h: Handle): number[];
+  dtype(h: Handle): number;
+  requiresGrad(h: Handle): boolean;
+  isLeaf(h: Handle): boolean;
+  isContiguous(h: Handle, channelsLast: boolean): boolean;
+  isDisposed(h: Handle): boolean;
+  storageId(h: Handle): bigint;
+  setRequiresGrad(h: Handle, value: boolean): void;
+  backward(tensors: Handle[], grads: (Handle | null)[] | null, retainGraph: boolean, createGraph: boolean): void;
+  grad(h: Handle): Handle | null;
+  setGrad(h: Handle, g: Handle | null): void;
+  gradEnabled(): boolean;
+  setGradEnabled(enabled: boolean): void;
+  dispose(h: Handle): void;
+  liveTensors(): number;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  manualSeed(seed: number | bigint): void;
+  newGenerator(seed: number | bigint): GeneratorHandle;
+  generatorState(g: GeneratorHandle): Handle;
+  setGeneratorState(g: GeneratorHandle, state: Handle): void;
+  parallelInfo(): string;
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+function load(): NativeBinding {
+  const candidates = [
+    process.env.REPOPT_ADDON,
+    path.join(root, 'build/Release/repopt.node'),
+    path.join(root, 'build/Debug/repopt.node'),
+  ].filter((p): p is string => !!p);
+  const file = candidates.find((p) => existsSync(p));
+  if (!file) {
+    throw new Error(
+      'repopt native addon not built. Run `npm run setup` (installs libtorch-dev and builds the addon), ' +
+        'or build it with `npm run build:native` once libtorch is installed (apt-get install libtorch-dev).',
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    return require(file) as NativeBinding;
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (/lib(torch|c10)[^ ]*\.so/.test(msg)) {
+      throw new Error(
+        `libtorch shared libraries not found (${msg}). Install them with: apt-get install libtorch-dev ` +
+          'libopenblas0-pthread — or, for a custom LIBTORCH build, add its lib/ folder to LD_LIBRARY_PATH.',
+      );
+    }
+    throw e;
+  }
+}
+
+export const native: NativeBinding = load();
