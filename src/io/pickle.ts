@@ -26,9 +26,10 @@
  *
  * Floats: JS cannot tell `1.0` from `1`. The reader returns floats as plain
  * numbers unless `exactFloats` is set, in which case integral-valued floats come
- * back as `PyFloat` (non-integral ones stay numbers, they are unambiguous). The
- * writer writes a number as an int when `Number.isInteger(n)` (and it is not -0),
- * otherwise as a float; wrap a number in `PyFloat` to force a float.
+ * back as `PyFloat` (other floats stay numbers, they are unambiguous). The
+ * writer writes a number as an int when `Number.isSafeInteger(n)` (and it is not -0),
+ * otherwise as a float (so 1e300 stays a float; pass a `bigint` for big ints);
+ * wrap a number in `PyFloat` to force a float.
  *
  * Writer only: a plain object `{a: 1}` is written as a dict with string keys;
  * {@link PyReduce} writes `callable(*args)` (+ optional BUILD state);
@@ -399,7 +400,7 @@ export function unpickle(bytes: Uint8Array, hooks: UnpickleHooks = {}, options: 
     const v = BigInt(t);
     return Number.isSafeInteger(Number(v)) ? Number(v) : v;
   };
-  const mkFloat = (x: number): PyValue => (options.exactFloats && Number.isInteger(x) ? new PyFloat(x) : x);
+  const mkFloat = (x: number): PyValue => (options.exactFloats && (Number.isSafeInteger(x) || Object.is(x, -0)) ? new PyFloat(x) : x);
 
   const resolveGlobal = (module0: string, name: string): PyValue => {
     const module = fixModule(module0);
@@ -993,7 +994,7 @@ export function pickle(value: PyValue, hooks: PickleHooks = {}): Uint8Array {
     if (v === null || v === undefined) return w.u8(0x4e);
     if (typeof v === 'boolean') return w.u8(v ? 0x88 : 0x89);
     if (typeof v === 'number') {
-      if (Number.isInteger(v) && !Object.is(v, -0)) return writeInt(v);
+      if (Number.isSafeInteger(v) && !Object.is(v, -0)) return writeInt(v);
       w.u8(0x47);
       return w.f64be(v);
     }
