@@ -56,7 +56,12 @@ function inferShape(data: NestedArray): number[] {
  */
 export function tensor(data: NestedArray | TypedArray, opts: CreateOptions = {}): Tensor {
   if (ArrayBuffer.isView(data)) {
-    return fromTypedArray(data, [data.length], opts.dtype ?? dtypeOfArray(data), opts);
+    const own = dtypeOfArray(data);
+    const t = fromTypedArray(data, [data.length], own, opts.dtype && opts.dtype !== own ? {} : opts);
+    if (!opts.dtype || opts.dtype === own) return t;
+    const out = t.to(opts.dtype);
+    t.dispose();
+    return finish(out, opts);
   }
   const shape = inferShape(data);
   const flat = (Array.isArray(data) ? (data as unknown[]).flat(Infinity) : [data]) as (number | boolean | bigint)[];
@@ -67,11 +72,12 @@ export function tensor(data: NestedArray | TypedArray, opts: CreateOptions = {})
   let arr: TypedArray;
   switch (dtype) {
     case 'float64': arr = Float64Array.from(flat, Number); break;
-    case 'int64': arr = BigInt64Array.from(flat, (x) => BigInt(typeof x === 'boolean' ? Number(x) : Math.trunc(Number(x)))); break;
+    case 'int64': arr = BigInt64Array.from(flat, (x) => (typeof x === 'bigint' ? x : BigInt(typeof x === 'boolean' ? Number(x) : Math.trunc(Number(x))))); break;
     case 'int32': arr = Int32Array.from(flat, Number); break;
     case 'int16': arr = Int16Array.from(flat, Number); break;
     case 'int8': arr = Int8Array.from(flat, Number); break;
-    case 'uint8': case 'bool': arr = Uint8Array.from(flat, (x) => Number(x)); break;
+    case 'uint8': arr = Uint8Array.from(flat, (x) => Number(x)); break;
+    case 'bool': arr = Uint8Array.from(flat, (x) => (Number(x) !== 0 ? 1 : 0)); break;
     default: {
       const t = fromTypedArray(Float64Array.from(flat, Number), shape, 'float64');
       const out = t.to(dtype);

@@ -14,6 +14,7 @@ const O = {
   mulScalarList_: defOp('aten::_foreach_mul_.ScalarList'),
   div_: defOp('aten::_foreach_div_.List'),
   divScalar_: defOp('aten::_foreach_div_.Scalar'),
+  divScalarList_: defOp('aten::_foreach_div_.ScalarList'),
   addcmul_: defOp('aten::_foreach_addcmul_.Scalar'),
   addcmulList_: defOp('aten::_foreach_addcmul_.ScalarList'),
   addcdiv_: defOp('aten::_foreach_addcdiv_.Scalar'),
@@ -22,6 +23,7 @@ const O = {
   sqrt_: defOp('aten::_foreach_sqrt_'),
   zero_: defOp('aten::_foreach_zero_'),
   mul: defOp('aten::_foreach_mul.List'),
+  add: defOp('aten::_foreach_add.List'),
   mulScalar: defOp('aten::_foreach_mul.Scalar'),
   norm: defOp('aten::_foreach_norm.Scalar'),
   maximum_: defOp('aten::_foreach_maximum_.List'),
@@ -55,11 +57,12 @@ export function mul_(self: Tensor[], other: Tensor[] | number | number[]): void 
     O.mul_(hs(self), hs(other as Tensor[]));
   }
 }
-export function div_(self: Tensor[], other: Tensor[] | number): void {
+export function div_(self: Tensor[], other: Tensor[] | number | number[]): void {
   if (typeof other === 'number') O.divScalar_(hs(self), other);
+  else if (typeof other[0] === 'number' || other.length === 0) O.divScalarList_(hs(self), other);
   else {
-    same(self, other, 'div_');
-    O.div_(hs(self), hs(other));
+    same(self, other as Tensor[], 'div_');
+    O.div_(hs(self), hs(other as Tensor[]));
   }
 }
 /** self[i] += value * t1[i] * t2[i] */
@@ -89,6 +92,11 @@ export function mul(self: Tensor[], other: Tensor[] | number): Tensor[] {
   if (typeof other === 'number') return wrapHandles(O.mulScalar(hs(self), other));
   same(self, other, 'mul');
   return wrapHandles(O.mul(hs(self), hs(other)));
+}
+/** out[i] = self[i] + alpha * other[i] (new tensors). */
+export function add(self: Tensor[], other: Tensor[], alpha = 1): Tensor[] {
+  same(self, other, 'add');
+  return wrapHandles(O.add(hs(self), hs(other), alpha));
 }
 export function norm(self: Tensor[], ord = 2): Tensor[] {
   return wrapHandles(O.norm(hs(self), ord));

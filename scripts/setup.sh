@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs whatever is missing, then builds what is stale. Idempotent; quick when all is present.
+#   Debian packages: libtorch-dev (the maths), libopenblas0-pthread (fast BLAS),
+#                    python3-torch (the PyTorch reference for tests and benchmarks)
+#   npm packages, the native addon (native/ -> build/Release/repopt.node), the TypeScript build (dist/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+missing=()
+if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
+dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q 'ok installed' || missing+=(libopenblas0-pthread)
+if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then missing+=(python3-torch); fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  else
+    say "missing Debian packages: ${missing[*]}"
+    say "install them with: sudo apt-get install ${missing[*]}"
+    say "(or set LIBTORCH to a libtorch folder with include/ and lib/ to build against another copy)"
+    exit 1
+  fi
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ] ||
+   { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
+  say "installing npm packages"
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
+fi
+
+addon=build/Release/repopt.node
+if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp scripts/libtorch-paths.cjs -newer "$addon" 2>/dev/null | head -n 1)" ]; then
+  say "building the native addon (about 30 s)"
+  node scripts/build-native.mjs >&2
+fi
+
+stamp=dist/.build-stamp
+if [ ! -f "$stamp" ] || [ -n "$(find src test bench tsconfig.json -newer "$stamp" -name '*.ts' -o -newer "$stamp" -name 'tsconfig.json' 2>/dev/null | head -n 1)" ]; then
+  say "compiling TypeScript"
+  npx tsc -p tsconfig.json >&2
+  touch "$stamp"
+fi

@@ -1,0 +1,4 @@
+/** repopt's neural-network modules (PyTorch's torch.nn, same names and state-dict keys). */
+export { Module, type StateDict, type LoadResult } from './module.js';
+export * from './layers.js';
+export * as init from './init.js';

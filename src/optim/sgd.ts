@@ -1,0 +1,49 @@
+/**
+ * SGD with PyTorch's semantics (momentum, dampening, nesterov, coupled weight
+ * decay). With Grad Mults set it is RepOptimizer's SGD: g = M * grad + wd * p.
+ */
+import { foreach, type Tensor } from '../torch/index.js';
+import { Optimizer, type Group, type GroupSpec, type NamedParameters } from './optimizer.js';
+
+export interface SGDOptions {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  weightDecay: number;
+}
+
+export class SGD extends Optimizer<SGDOptions> {
+  constructor(params: NamedParameters | GroupSpec<SGDOptions>[], options: Partial<SGDOptions> & { lr: number }) {
+    super(params, { momentum: 0, dampening: 0, nesterov: false, weightDecay: 0, ...options });
+  }
+
+  protected override validate(h: SGDOptions): void {
+    super.validate(h);
+    if (h.momentum < 0) throw new RangeError(`invalid momentum ${h.momentum}`);
+    if (h.weightDecay < 0) throw new RangeError(`invalid weight decay ${h.weightDecay}`);
+    if (h.nesterov && (h.momentum <= 0 || h.dampening !== 0)) throw new Error('nesterov needs momentum > 0 and dampening 0');
+  }
+
+  protected update(group: Group<SGDOptions>, params: Tensor[], grads: Tensor[], names: string[]): void {
+    const { lr, momentum, dampening, nesterov, weightDecay } = group.hyper;
+    let d = weightDecay !== 0 ? foreach.add(grads, params, weightDecay) : grads;
+    if (momentum !== 0) {
+      const bufs: Tensor[] = [];
+      const fresh: boolean[] = [];
+      names.forEach((n, i) => {
+        const b = this.state.get(n)?.get('momentum_buffer');
+        fresh.push(!b);
+        bufs.push(b ?? this.setState(n, 'momentum_buffer', d[i].clone()));
+      });
+      const old = bufs.filter((_, i) => !fresh[i]);
+      if (old.length) {
+        const oldGrads = d.filter((_, i) => !fresh[i]);
+        foreach.mul_(old, momentum);
+        foreach.add_(old, oldGrads, 1 - dampening);
+      }
+      d = nesterov ? foreach.add(d, bufs, momentum) : bufs;
+    }
+    foreach.add_(params, d, -lr);
+  }
+}
