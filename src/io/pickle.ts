@@ -413,7 +413,7 @@ export function unpickle(bytes: Uint8Array, hooks: UnpickleHooks = {}, options: 
       try {
         return fn.call(args);
       } catch (e) {
-        return fail(`${fn.module}.${fn.name}(): ${(e as Error).message}`);
+        throw new Error(`unpickle: ${fn.module}.${fn.name}(): ${(e as Error).message} at byte ${opPos}`, { cause: e });
       }
     }
     if (fn instanceof PyGlobal) {

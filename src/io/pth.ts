@@ -88,6 +88,9 @@ export const ITEM_SIZE: Record<DType, number> = {
   bool: 1,
 };
 
+/** A problem with the checkpoint's content found while rebuilding it (reported with the file name). */
+class CheckpointError extends Error {}
+
 /** Marker for a storage class global (`torch.FloatStorage`, `torch.UntypedStorage`, ...). */
 class StorageType extends PyGlobal {
   constructor(
@@ -147,13 +150,13 @@ function byteSwap(bytes: Uint8Array, size: number): Uint8Array {
   return out;
 }
 
-function intList(v: PyValue, what: string, label: string): number[] {
+function intList(v: PyValue, what: string): number[] {
   const items = v instanceof PyTuple ? v.items : Array.isArray(v) ? v : null;
-  if (!items) throw new Error(`${label}: ${what} must be a tuple of ints`);
+  if (!items) throw new CheckpointError(`${what} must be a tuple of ints`);
   return items.map((x) => {
     if (typeof x === 'number' && Number.isInteger(x)) return x;
     if (typeof x === 'bigint' && Number.isSafeInteger(Number(x))) return Number(x);
-    throw new Error(`${label}: ${what} must be a tuple of ints`);
+    throw new CheckpointError(`${what} must be a tuple of ints`);
   });
 }
 
@@ -216,12 +219,17 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
   const materialize = (ref: StorageRef): Tensor => {
     if (ref.tensor) return ref.tensor;
     const rec = `${prefix}/data/${ref.key}`;
-    if (!zip.has(rec)) throw new Error(`${label}: missing storage record ${rec}`);
-    let data = zip.read(rec);
+    if (!zip.has(rec)) throw new CheckpointError(`missing storage record ${rec}`);
+    let data: Uint8Array;
+    try {
+      data = zip.read(rec);
+    } catch (e) {
+      throw new CheckpointError((e as Error).message.replace(`${label}: `, ''));
+    }
     const need = ref.numel * ITEM_SIZE[ref.dtype];
     if (data.length !== need) {
-      throw new Error(
-        `${label}: storage ${rec} has ${data.length} bytes, expected ${need} (${ref.numel} x ${ref.dtype}); size mismatch`,
+      throw new CheckpointError(
+        `storage ${rec} has ${data.length} bytes, expected ${need} (${ref.numel} x ${ref.dtype}); size mismatch`,
       );
     }
     if (bigEndian && ITEM_SIZE[ref.dtype] > 1) data = byteSwap(data, ITEM_SIZE[ref.dtype]);
@@ -231,22 +239,22 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
 
   const rebuildTensor = (args: PyValue[], name: string): Tensor => {
     const [storage, offset, size, stride, requiresGrad] = args;
-    if (!(storage instanceof StorageRef)) throw new Error(`${label}: ${name}: first argument is not a storage`);
+    if (!(storage instanceof StorageRef)) throw new CheckpointError(`${name}: first argument is not a storage`);
     const off = typeof offset === 'bigint' ? Number(offset) : offset;
-    if (typeof off !== 'number' || !Number.isInteger(off) || off < 0) throw new Error(`${label}: ${name}: bad storage offset`);
-    const sz = intList(size, 'tensor size', label);
-    const st = intList(stride, 'tensor stride', label);
-    if (sz.length !== st.length) throw new Error(`${label}: ${name}: size and stride lengths differ`);
+    if (typeof off !== 'number' || !Number.isInteger(off) || off < 0) throw new CheckpointError(`${name}: bad storage offset`);
+    const sz = intList(size, 'tensor size');
+    const st = intList(stride, 'tensor stride');
+    if (sz.length !== st.length) throw new CheckpointError(`${name}: size and stride lengths differ`);
     let maxIndex = off;
     let empty = false;
     for (let i = 0; i < sz.length; i++) {
-      if (sz[i] < 0 || st[i] < 0) throw new Error(`${label}: ${name}: negative size or stride`);
+      if (sz[i] < 0 || st[i] < 0) throw new CheckpointError(`${name}: negative size or stride`);
       if (sz[i] === 0) empty = true;
       maxIndex += (sz[i] - 1) * st[i];
     }
     if (!empty && maxIndex >= storage.numel) {
-      throw new Error(
-        `${label}: tensor [${sz}] (stride [${st}], offset ${off}) is out of bounds for storage ${storage.key} of ${storage.numel} elements`,
+      throw new CheckpointError(
+        `tensor [${sz}] (stride [${st}], offset ${off}) is out of bounds for storage ${storage.key} of ${storage.numel} elements`,
       );
     }
     const base = materialize(storage);
@@ -268,7 +276,7 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
       case 'torch._utils._rebuild_parameter_with_state':
         return new PyCallable(module, name, (args) => {
           const [data, requiresGrad] = args;
-          if (!(data instanceof Tensor)) throw new Error(`${label}: ${q}: data is not a tensor`);
+          if (!(data instanceof Tensor)) throw new CheckpointError(`${q}: data is not a tensor`);
           if (typeof requiresGrad === 'boolean' && data.dtype !== 'bool' && !data.dtype.startsWith('int') && data.dtype !== 'uint8') {
             data.requiresGrad_(requiresGrad);
           }
@@ -291,17 +299,17 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
   const persistentLoad = (pid: PyValue): PyValue => {
     const items = pid instanceof PyTuple ? pid.items : Array.isArray(pid) ? pid : null;
     if (!items || items[0] !== 'storage' || items.length < 5) {
-      throw new Error(`${label}: unsupported persistent id in data.pkl`);
+      throw new CheckpointError(`unsupported persistent id in data.pkl`);
     }
     const [, stype, key, , numel0] = items;
     const dtype = storageTypeFromGlobal(stype);
     if (!dtype) {
       const n = stype instanceof PyGlobal ? stype.qualname : String(stype);
-      throw new Error(`${label}: unsupported storage type ${n}`);
+      throw new CheckpointError(`unsupported storage type ${n}`);
     }
     const k = String(key);
     const numel = typeof numel0 === 'bigint' ? Number(numel0) : numel0;
-    if (typeof numel !== 'number' || !Number.isInteger(numel) || numel < 0) throw new Error(`${label}: bad storage size for ${k}`);
+    if (typeof numel !== 'number' || !Number.isInteger(numel) || numel < 0) throw new CheckpointError(`bad storage size for ${k}`);
     let ref = storages.get(k);
     if (!ref) {
       ref = new StorageRef(k, dtype, numel);
@@ -315,8 +323,12 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
     return unpickle(pkl, { persistentLoad, findClass }, options);
   } catch (e) {
     for (const t of created) t.dispose();
-    const msg = (e as Error).message;
-    throw new Error(msg.startsWith(label) ? msg : `${label}: ${msg}`);
+    // report content problems found by the hooks directly; keep the pickle position as context
+    const err = e as Error;
+    const cause = err.cause instanceof CheckpointError ? err.cause : err instanceof CheckpointError ? err : undefined;
+    const at = /at byte (\d+)$/.exec(err.message);
+    const msg = cause ? `${cause.message}${at ? ` (data.pkl byte ${at[1]})` : ''}` : err.message;
+    throw new Error(`${label}: ${msg}`, { cause: err });
   } finally {
     for (const ref of storages.values()) ref.tensor?.dispose();
   }
