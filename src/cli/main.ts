@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 /** The `repopt` command line. */
 import { runSmoke } from './smoke.js';
+import { runCheckEquivalency } from './check-equivalency.js';
 
 const USAGE = `usage: repopt <command> [options]
 
 commands:
   smoke [--steps N] [--batch-size N] [--seed N]   train a small conv net on synthetic data
+  check-equivalency [--dtype f32|f64|both] [--case TEXT] [--json]
+                                                  CSLA branches vs one kernel + Grad Mult, side by side
 `;
 
 function parseFlags(args: string[], spec: Record<string, 'number' | 'string' | 'boolean'>): Record<string, string | number | boolean> {
@@ -45,6 +48,13 @@ function main(argv: string[]): number {
         log: (l) => console.log(l),
       });
       return r.last < r.first ? 0 : 1;
+    }
+    case 'check-equivalency': {
+      const f = parseFlags(rest, { dtype: 'string', case: 'string', json: 'boolean' });
+      const d = (f.dtype as string | undefined) ?? 'both';
+      const dtypes = ({ f32: ['float32'], float32: ['float32'], f64: ['float64'], float64: ['float64'], both: ['float32', 'float64'] } as const)[d];
+      if (!dtypes) throw new UsageError(`--dtype must be f32, f64 or both, got '${d}'`);
+      return runCheckEquivalency({ dtypes: [...dtypes], json: f.json === true, filter: f.case as string | undefined, log: (l) => console.log(l) });
     }
     case undefined:
     case 'help':

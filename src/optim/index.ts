@@ -2,3 +2,4 @@
 export { Optimizer, type NamedParameters, type GroupSpec, type Group, type OptimizerStateDict } from './optimizer.js';
 export { SGD, type SGDOptions } from './sgd.js';
 export { AdamW, type AdamWOptions } from './adamw.js';
+export { clipGradNorm, clipGradNormCsla, cslaGradNorm } from './clip.js';

@@ -1,0 +1,4 @@
+/** RepOptimizer: CSLA block descriptions, the two rules, RepOptimizers and the equivalence checker. */
+export * from './csla.js';
+export { RepSGD, RepAdamW, type GradMults } from './optimizers.js';
+export { runCase, CASES, TOLERANCE, type EquivalenceCase, type EquivalenceResult } from './equivalence.js';
