@@ -370,21 +370,43 @@ export function serializePth(value: PyValue, archiveName = 'archive'): Uint8Arra
   ]);
 }
 
-/** Write `value` as a torch.save-compatible zip checkpoint. */
+/**
+ * Write `value` as a torch.save-compatible zip checkpoint. Atomic: the bytes go
+ * to a temporary file in the same folder, are flushed, then renamed over `path`,
+ * so an interruption never leaves a half-written checkpoint.
+ */
 export function savePth(path: string, value: PyValue, archiveName = 'archive'): void {
   const bytes = serializePth(value, archiveName);
+  const tmp = `${path}.tmp-${process.pid}`;
   try {
-    fs.writeFileSync(path, bytes);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, bytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, path);
   } catch (e) {
+    fs.rmSync(tmp, { force: true });
     throw new Error(`${path}: cannot write checkpoint (${(e as Error).message})`);
   }
 }
 
 export async function savePthAsync(path: string, value: PyValue, archiveName = 'archive'): Promise<void> {
   const bytes = serializePth(value, archiveName);
+  const tmp = `${path}.tmp-${process.pid}`;
   try {
-    await fsp.writeFile(path, bytes);
+    const fh = await fsp.open(tmp, 'w');
+    try {
+      await fh.writeFile(bytes);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, path);
   } catch (e) {
+    await fsp.rm(tmp, { force: true });
     throw new Error(`${path}: cannot write checkpoint (${(e as Error).message})`);
   }
 }
