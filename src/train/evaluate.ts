@@ -1,0 +1,47 @@
+/** Evaluation: top-1, top-5 and mean cross-entropy of a model over a loader (eval mode, no grad). */
+import * as torch from '../torch/index.js';
+import { F, type Tensor } from '../torch/index.js';
+import type { Module } from '../nn/index.js';
+
+export interface EvalResult {
+  top1: number;
+  top5: number;
+  loss: number;
+  count: number;
+}
+
+export interface BatchSource {
+  epoch(e: number, start?: number): AsyncIterableIterator<{ x: Tensor; y: Tensor; index: number }>;
+}
+
+export async function evaluate(model: Module, loader: BatchSource): Promise<EvalResult> {
+  const wasTraining = model.training;
+  model.eval();
+  let top1 = 0;
+  let top5 = 0;
+  let lossSum = 0;
+  let count = 0;
+  try {
+    for await (const { x, y } of loader.epoch(0)) {
+      torch.noGrad(() =>
+        torch.tidy(() => {
+          const logits = model.forward(x);
+          const n = y.shape[0];
+          const k = Math.min(5, logits.shape[1]);
+          const topk = logits.topk(k, 1).indices;
+          const hits = topk.eq(y.unsqueeze(1));
+          top1 += hits.narrow(1, 0, 1).sum().item();
+          top5 += hits.sum().item();
+          lossSum += F.crossEntropy(logits, y, { reduction: 'sum' }).item();
+          count += n;
+        }),
+      );
+      x.dispose();
+      y.dispose();
+    }
+  } finally {
+    model.train(wasTraining);
+  }
+  if (count === 0) throw new Error('evaluation set is empty');
+  return { top1: top1 / count, top5: top5 / count, loss: lossSum / count, count };
+}

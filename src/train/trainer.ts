@@ -1,0 +1,226 @@
+/**
+ * The training loop shared by `repopt search`, `repopt train` (RepOpt, RepVGG
+ * and plain baselines) and the demo. One process, one rank: JSONL logs,
+ * atomic self-describing checkpoints every epoch, exact resume (mid-epoch too),
+ * Ctrl-C saves and exits cleanly.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import * as torch from '../torch/index.js';
+import { F, type Tensor } from '../torch/index.js';
+import type { Module, StateDict } from '../nn/index.js';
+import { clipGradNorm, clipGradNormCsla, type Optimizer } from '../optim/index.js';
+import { lrAt, type ScheduleKind } from './schedule.js';
+import { ModelEma } from './ema.js';
+import { JsonlLog } from './log.js';
+import { Progress } from './progress.js';
+import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
+import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
+
+export interface TrainLoader extends BatchSource {
+  readonly batchesPerEpoch: number;
+  readonly batchSize: number;
+}
+
+export interface TrainerSetup {
+  model: Module;
+  optimizer: Optimizer<{ lr: number }>;
+  /** SGD Grad Mults of the re-parameterised kernels: clipping then uses the CSLA model's norm. */
+  cslaMults?: ReadonlyMap<string, Tensor>;
+}
+
+export interface TrainerOptions {
+  out: string;
+  epochs: number;
+  /** Base learning rate (after any linear scaling). */
+  lr: number;
+  schedule: ScheduleKind;
+  warmupEpochs: number;
+  labelSmoothing: number;
+  emaDecay?: number;
+  clipNorm?: number;
+  resume: boolean;
+  /** Iterations between step records in the JSONL log. */
+  logEvery: number;
+  /** Everything needed to rebuild the run, stored in checkpoints. */
+  config: Record<string, unknown>;
+  label?: string;
+  quiet?: boolean;
+  /** Stop after this many optimizer steps in total (tests, interruption drills). */
+  maxIterations?: number;
+}
+
+export interface TrainResult {
+  state: TrainingState;
+  lastEval?: EvalResult;
+  emaEval?: EvalResult;
+  interrupted: boolean;
+  trainImgPerSec: number;
+  peakRssBytes: number;
+  seconds: number;
+}
+
+export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader: BatchSource | null, o: TrainerOptions): Promise<TrainResult> {
+  const { model, optimizer } = setup;
+  fs.mkdirSync(o.out, { recursive: true });
+  const latestPath = path.join(o.out, 'latest.pth');
+  const log = new JsonlLog(path.join(o.out, 'log.jsonl'));
+  const ema = o.emaDecay ? new ModelEma(model, o.emaDecay) : null;
+  const perEpoch = loader.batchesPerEpoch;
+  const totalIters = o.epochs * perEpoch;
+  const schedule = { kind: o.schedule, baseLr: o.lr, totalIters, warmupIters: Math.round(o.warmupEpochs * perEpoch) };
+  let state: TrainingState = { epoch: 0, nextBatch: 0, iteration: 0, bestAcc: 0 };
+
+  if (o.resume && fs.existsSync(latestPath)) {
+    const ck = loadTrainingCheckpoint(latestPath);
+    model.loadStateDict(ck.model);
+    optimizer.loadStateDict(ck.optimizer);
+    if (ema && ck.ema) ema.load(ck.ema);
+    state = ck.state;
+    for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
+    for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
+    log.write('resume', { ...state });
+    if (!o.quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
+  } else if (o.resume && !o.quiet) {
+    process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
+  }
+  if (state.iteration === 0) log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads() });
+
+  let stop = false;
+  const onSigint = () => {
+    if (stop) process.exit(130); // second Ctrl-C: leave now (checkpoints are atomic)
+    stop = true;
+    process.stderr.write('\ninterrupt: saving a checkpoint at the next step boundary (Ctrl-C again to quit now)\n');
+  };
+  process.on('SIGINT', onSigint);
+
+  const save = () =>
+    saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, config: o.config, meta: { saved: new Date().toISOString() } });
+
+  let lastEval: EvalResult | undefined;
+  let emaEval: EvalResult | undefined;
+  let imgs = 0;
+  let trainSeconds = 0;
+  const t0 = performance.now();
+  try {
+    model.train();
+    outer: for (let epoch = state.epoch; epoch < o.epochs; epoch++) {
+      const progress = new Progress(`${o.label ?? 'train'} epoch ${epoch + 1}/${o.epochs}`, perEpoch);
+      let lossSum = 0;
+      let correct = 0;
+      let seen = 0;
+      const epochStart = performance.now();
+      let stepsThisEpoch = 0;
+      for await (const { x, y, index } of loader.epoch(epoch, state.nextBatch)) {
+        const lr = lrAt(schedule, state.iteration);
+        optimizer.setLr(lr);
+        const ts = performance.now();
+        const [loss, hits] = torch.tidy(() => {
+          const logits = model.forward(x);
+          const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
+          optimizer.zeroGrad();
+          l.backward();
+          if (o.clipNorm) {
+            if (setup.cslaMults) clipGradNormCsla(model.namedParameters(), o.clipNorm, setup.cslaMults);
+            else clipGradNorm(model.parameters(), o.clipNorm);
+          }
+          optimizer.step();
+          return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
+        });
+        optimizer.zeroGrad();
+        ema?.update(model);
+        const n = y.shape[0];
+        x.dispose();
+        y.dispose();
+        if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at iteration ${state.iteration} (lr ${lr}); lower the learning rate`);
+        trainSeconds += (performance.now() - ts) / 1000;
+        imgs += n;
+        lossSum += loss * n;
+        correct += hits;
+        seen += n;
+        stepsThisEpoch++;
+        state = { ...state, epoch, nextBatch: index + 1, iteration: state.iteration + 1 };
+        const elapsed = (performance.now() - epochStart) / 1000;
+        const rate = seen / elapsed;
+        if (!o.quiet) {
+          const remaining = (perEpoch - index - 1 + (o.epochs - epoch - 1) * perEpoch) * loader.batchSize;
+          progress.update(index + 1, { loss: lossSum / seen, acc: correct / seen, imgPerSec: rate, lr }, remaining / rate);
+        }
+        if (state.iteration % o.logEvery === 0) {
+          log.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
+        }
+        if (stop || (o.maxIterations !== undefined && state.iteration >= o.maxIterations)) {
+          if (!o.quiet) progress.done();
+          save();
+          log.write('interrupt', { ...state });
+          break outer;
+        }
+      }
+      if (!o.quiet) progress.done();
+      state = { ...state, epoch: epoch + 1, nextBatch: 0 };
+      const record: Record<string, unknown> = {
+        epoch: epoch + 1,
+        iteration: state.iteration,
+        trainLoss: seen ? lossSum / seen : null,
+        trainAcc: seen ? correct / seen : null,
+        imgPerSec: stepsThisEpoch ? seen / ((performance.now() - epochStart) / 1000) : null,
+        lr: lrAt(schedule, Math.max(0, state.iteration - 1)),
+      };
+      if (testLoader) {
+        lastEval = await evaluate(model, testLoader);
+        record.valTop1 = lastEval.top1;
+        record.valTop5 = lastEval.top5;
+        record.valLoss = lastEval.loss;
+        if (ema) {
+          emaEval = await evaluateWeights(model, ema.shadow, testLoader);
+          record.emaTop1 = emaEval.top1;
+        }
+        const acc = Math.max(lastEval.top1, emaEval?.top1 ?? 0);
+        if (acc > state.bestAcc) {
+          state = { ...state, bestAcc: acc };
+          const bestWeights = emaEval && emaEval.top1 > lastEval.top1 && ema ? ema.shadow : null;
+          torch.tidy(() => saveStateDict(path.join(o.out, 'best.pth'), bestWeights ?? model.stateDict()));
+          record.best = true;
+        }
+        if (!o.quiet) {
+          process.stderr.write(
+            `${o.label ?? 'train'} epoch ${epoch + 1}: train loss ${(record.trainLoss as number)?.toFixed(4)} acc ${(((record.trainAcc as number) ?? 0) * 100).toFixed(2)}%, ` +
+              `val top-1 ${(lastEval.top1 * 100).toFixed(2)}% top-5 ${(lastEval.top5 * 100).toFixed(2)}%${emaEval ? `, EMA top-1 ${(emaEval.top1 * 100).toFixed(2)}%` : ''}\n`,
+          );
+        }
+      }
+      log.write('epoch', record);
+      save();
+      if (stop) break;
+    }
+    if (!stop && (o.maxIterations === undefined || state.iteration < o.maxIterations)) {
+      torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
+      log.write('end', { ...state, seconds: (performance.now() - t0) / 1000 });
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+    log.close();
+    ema?.dispose();
+  }
+  return {
+    state,
+    lastEval,
+    emaEval,
+    interrupted: stop,
+    trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** Evaluates `model` with other weights swapped in temporarily (e.g. the EMA). */
+async function evaluateWeights(model: Module, weights: StateDict, loader: BatchSource): Promise<EvalResult> {
+  const saved = torch.tidy(() => new Map([...model.stateDict()].map(([k, t]) => [k, torch.keep(t.clone())])));
+  try {
+    model.loadStateDict(weights);
+    return await evaluate(model, loader);
+  } finally {
+    model.loadStateDict(saved);
+    for (const t of saved.values()) t.dispose();
+  }
+}
