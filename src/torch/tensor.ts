@@ -11,6 +11,18 @@ import { DTYPE_CODE, MEMORY_FORMAT, dtypeFromCode, typedArrayFor, type DType, ty
 export type Scalar = number | boolean;
 export type Dims = number | number[];
 
+/**
+ * An in-place operator. Its result is `self` again, which the addon returns as
+ * a new handle: release that one at once, or every in-place call would keep a
+ * native handle (and its reported external memory) alive until GC.
+ */
+function defInPlace(qualified: string): (...args: unknown[]) => void {
+  const op = defOp(qualified);
+  return (...args: unknown[]) => {
+    native.dispose(op(...args) as Handle);
+  };
+}
+
 const A = {
   add: defOp('aten::add.Tensor'),
   addS: defOp('aten::add.Scalar'),
@@ -96,25 +108,25 @@ const A = {
   unbind: defOp('aten::unbind.int'),
   item: defOp('aten::item'),
   // in place
-  add_: defOp('aten::add_.Tensor'),
-  addS_: defOp('aten::add_.Scalar'),
-  sub_: defOp('aten::sub_.Tensor'),
-  subS_: defOp('aten::sub_.Scalar'),
-  mul_: defOp('aten::mul_.Tensor'),
-  mulS_: defOp('aten::mul_.Scalar'),
-  div_: defOp('aten::div_.Tensor'),
-  divS_: defOp('aten::div_.Scalar'),
-  addcmul_: defOp('aten::addcmul_'),
-  addcdiv_: defOp('aten::addcdiv_'),
-  copy_: defOp('aten::copy_'),
-  zero_: defOp('aten::zero_'),
-  fill_: defOp('aten::fill_.Scalar'),
-  clamp_: defOp('aten::clamp_'),
-  sqrt_: defOp('aten::sqrt_'),
-  relu_: defOp('aten::relu_'),
-  lerp_: defOp('aten::lerp_.Scalar'),
-  uniform_: defOp('aten::uniform_'),
-  normal_: defOp('aten::normal_'),
+  add_: defInPlace('aten::add_.Tensor'),
+  addS_: defInPlace('aten::add_.Scalar'),
+  sub_: defInPlace('aten::sub_.Tensor'),
+  subS_: defInPlace('aten::sub_.Scalar'),
+  mul_: defInPlace('aten::mul_.Tensor'),
+  mulS_: defInPlace('aten::mul_.Scalar'),
+  div_: defInPlace('aten::div_.Tensor'),
+  divS_: defInPlace('aten::div_.Scalar'),
+  addcmul_: defInPlace('aten::addcmul_'),
+  addcdiv_: defInPlace('aten::addcdiv_'),
+  copy_: defInPlace('aten::copy_'),
+  zero_: defInPlace('aten::zero_'),
+  fill_: defInPlace('aten::fill_.Scalar'),
+  clamp_: defInPlace('aten::clamp_'),
+  sqrt_: defInPlace('aten::sqrt_'),
+  relu_: defInPlace('aten::relu_'),
+  lerp_: defInPlace('aten::lerp_.Scalar'),
+  uniform_: defInPlace('aten::uniform_'),
+  normal_: defInPlace('aten::normal_'),
 };
 
 /** The numbers of a tensor as nested arrays (shape-shaped); 0-d gives a number. */
@@ -296,9 +308,18 @@ export class Tensor {
   relu(): Tensor { return wrap(A.relu(this.#h)); }
   clamp(min?: number | Tensor | null, max?: number | Tensor | null): Tensor {
     if (min instanceof Tensor || max instanceof Tensor) {
-      const h = (v: number | Tensor | null | undefined) =>
-        v === null || v === undefined ? null : v instanceof Tensor ? v.#h : A.fullLike(this.#h, v);
-      return wrap(A.clampT(this.#h, h(min), h(max)));
+      const temps: Handle[] = []; // bounds given as numbers, released after the call
+      const h = (v: number | Tensor | null | undefined) => {
+        if (v === null || v === undefined) return null;
+        if (v instanceof Tensor) return v.#h;
+        temps.push(A.fullLike(this.#h, v) as Handle);
+        return temps[temps.length - 1];
+      };
+      try {
+        return wrap(A.clampT(this.#h, h(min), h(max)));
+      } finally {
+        for (const t of temps) native.dispose(t);
+      }
     }
     return wrap(A.clamp(this.#h, min ?? null, max ?? null));
   }
