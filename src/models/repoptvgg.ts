@@ -1,0 +1,335 @@
+/**
+ * RepOpt-VGG (Ding et al., "Re-parameterizing Your Optimizers rather than
+ * Architectures", ICLR 2023; behaviour and state-dict keys of the authors'
+ * PyTorch release, DingXiaoH/RepOptimizers, MIT). A plain VGG-style net: a stem
+ * block, four stages of 3x3 blocks (the first of each with stride 2), global
+ * average pooling and one `linear` classifier. Written from REPOPT.md section 3;
+ * no code of the release is used.
+ *
+ * One config table (`REPOPT_VGG_CONFIGS`) drives every named variant; each is
+ * registered as `RepOpt-VGG-<name>` with a one-line factory. `new RepOptVGG({
+ * numBlocks, widthMultiplier })` builds custom ones.
+ *
+ * Block layout and state-dict keys per mode (stem `stage0.`, others `stageX.Y.`):
+ * - `target`  conv3x3 -> BN -> ReLU [-> SE]:
+ *             `conv.weight` (no bias), `bn.{weight,bias,running_mean,running_var,num_batches_tracked}`.
+ * - `hs`      scale_conv(conv x) + scale_1x1(conv_1x1 x) [+ scale_identity(x)] -> BN -> ReLU [-> SE]:
+ *             `conv.weight` (3x3), `scale_conv.weight`, `conv_1x1.weight`, `scale_1x1.weight`,
+ *             `scale_identity.weight` (only where in == out and stride 1), `bn.*`. The scales are
+ *             per-output-channel weights of shape [Cout] (the keys the scale files hold).
+ *             The 3x3 conv is named `conv` (as in `target`), the 1x1 `conv_1x1`, as the release does.
+ *             Scale init: s and t are 1 in the stem and in block 0 of a stage, sqrt(2 / i) in
+ *             block i >= 1 of a stage; the identity scale is 1.
+ * - `csla`    as `hs`, with `scale_conv` and `scale_1x1` frozen (still parameters, so the state dict
+ *             and the parameter count are the same as `hs`, but `requiresGrad` is off: optimizers skip
+ *             them); `scale_identity` stays trainable. For equivalence checks.
+ * - `repvgg`  the RepVGG baseline, bn_3x3(conv_3x3 x) + bn_1x1(conv_1x1 x) [+ bn_identity(x)] -> ReLU [-> SE]:
+ *             `conv_3x3.weight`, `bn_3x3.*`, `conv_1x1.weight`, `bn_1x1.*`, `bn_identity.*`.
+ * Post-SE (option `postSE`, off in every released model): after the ReLU, `post_se.down` (1x1 conv C -> C/4,
+ * with bias), ReLU, `post_se.up` (C/4 -> C, with bias), sigmoid, times the input; the squeeze is a
+ * global average pool (the release pools with a kernel of the input width: equal for square inputs).
+ * Head: global average pool, `linear.{weight,bias}`. Widths: stem min(64, int(64a)); stages
+ * int(64a), int(128a), int(256a), int(512b).
+ */
+import * as torch from '../torch/index.js';
+import { F, type Tensor } from '../torch/index.js';
+import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
+import { registerArch, type CreateModelOptions } from './registry.js';
+
+export type RepOptVGGMode = 'target' | 'hs' | 'csla' | 'repvgg';
+export const REPOPT_VGG_MODES: readonly RepOptVGGMode[] = ['target', 'hs', 'csla', 'repvgg'];
+
+export interface RepOptVGGConfig {
+  /** Blocks in stages 1..4. */
+  numBlocks: readonly [number, number, number, number] | readonly number[];
+  /** Width multipliers [a, a, a, b] of stages 1..4 (base widths 64, 128, 256, 512). */
+  widthMultiplier: readonly [number, number, number, number] | readonly number[];
+}
+
+export interface RepOptVGGOptions {
+  mode?: RepOptVGGMode;
+  numClasses?: number;
+  /** Input channels (3; 1 for grey images). */
+  inChannels?: number;
+  /** Strides of stage0..stage4 (default 2,2,2,2,2; CIFAR-style nets use 1 somewhere). */
+  strides?: readonly number[];
+  /** Squeeze-excitation after each block's ReLU (`post_se`). */
+  postSE?: boolean;
+  dtype?: 'float32' | 'float64';
+}
+
+/** The released variants (REPOPT.md section 3). */
+export const REPOPT_VGG_CONFIGS = {
+  A0: { numBlocks: [2, 4, 14, 1], widthMultiplier: [0.75, 0.75, 0.75, 2.5] },
+  A1: { numBlocks: [2, 4, 14, 1], widthMultiplier: [1, 1, 1, 2.5] },
+  A2: { numBlocks: [2, 4, 14, 1], widthMultiplier: [1.5, 1.5, 1.5, 2.75] },
+  B0: { numBlocks: [4, 6, 16, 1], widthMultiplier: [1, 1, 1, 2.5] },
+  B1: { numBlocks: [4, 6, 16, 1], widthMultiplier: [2, 2, 2, 4] },
+  B2: { numBlocks: [4, 6, 16, 1], widthMultiplier: [2.5, 2.5, 2.5, 5] },
+  B3: { numBlocks: [4, 6, 16, 1], widthMultiplier: [3, 3, 3, 5] },
+  L1: { numBlocks: [8, 14, 24, 1], widthMultiplier: [2, 2, 2, 4] },
+  L2: { numBlocks: [8, 14, 24, 1], widthMultiplier: [2.5, 2.5, 2.5, 5] },
+} as const satisfies Record<string, RepOptVGGConfig>;
+
+export type RepOptVGGName = keyof typeof REPOPT_VGG_CONFIGS;
+export const REPOPT_VGG_PREFIX = 'RepOpt-VGG-';
+
+/** One block of the net, independent of the mode. */
+export interface VGGBlockInfo {
+  /** Key prefix without the dot: `stage0`, `stage1.0`, ... */
+  name: string;
+  inChannels: number;
+  outChannels: number;
+  stride: number;
+  /** Whether the CSLA / RepVGG block has an identity branch (in == out and stride 1). */
+  identity: boolean;
+  /** Initial value of scale_conv and scale_1x1 in `hs` / `csla` mode. */
+  scaleInit: number;
+}
+
+/** The blocks of a configuration, in model order. Pure arithmetic: builds nothing. */
+export function vggBlockLayout(cfg: RepOptVGGConfig, opts: Pick<RepOptVGGOptions, 'inChannels' | 'strides'> = {}): VGGBlockInfo[] {
+  const { numBlocks: nb, widthMultiplier: wm } = cfg;
+  if (nb.length !== 4 || nb.some((n) => !Number.isInteger(n) || n < 1)) {
+    throw new Error(`RepOptVGG: numBlocks must be 4 positive integers, got [${nb.join(', ')}]`);
+  }
+  if (wm.length !== 4 || wm.some((w) => !(w > 0))) throw new Error(`RepOptVGG: widthMultiplier must be 4 positive numbers, got [${wm.join(', ')}]`);
+  const strides = opts.strides ?? [2, 2, 2, 2, 2];
+  if (strides.length !== 5 || strides.some((s) => !Number.isInteger(s) || s < 1)) {
+    throw new Error(`RepOptVGG: strides must be 5 positive integers (stage0..stage4), got [${strides.join(', ')}]`);
+  }
+  const inChannels = opts.inChannels ?? 3;
+  const stemWidth = Math.min(64, Math.trunc(64 * wm[0]));
+  const blocks: VGGBlockInfo[] = [];
+  const block = (name: string, cin: number, cout: number, stride: number, scaleInit: number) =>
+    blocks.push({ name, inChannels: cin, outChannels: cout, stride, identity: cin === cout && stride === 1, scaleInit });
+  block('stage0', inChannels, stemWidth, strides[0], 1);
+  let cin = stemWidth;
+  [64, 128, 256, 512].forEach((base, s) => {
+    const cout = Math.trunc(base * wm[s]);
+    for (let i = 0; i < nb[s]; i++) {
+      block(`stage${s + 1}.${i}`, cin, cout, i === 0 ? strides[s + 1] : 1, i === 0 ? 1 : Math.sqrt(2 / i));
+      cin = cout;
+    }
+  });
+  return blocks;
+}
+
+/** Parameters of the target model and its multiply-accumulates for a square input (convs + classifier). */
+export function vggTargetStats(cfg: RepOptVGGConfig, opts: { numClasses?: number; inChannels?: number; strides?: readonly number[]; resolution?: number } = {}): { params: number; macs: number } {
+  const numClasses = opts.numClasses ?? 1000;
+  let h = opts.resolution ?? 224;
+  let params = 0;
+  let macs = 0;
+  let last = 0;
+  for (const b of vggBlockLayout(cfg, opts)) {
+    h = Math.floor((h + 2 - 3) / b.stride) + 1;
+    params += b.outChannels * b.inChannels * 9 + 2 * b.outChannels;
+    macs += b.outChannels * b.inChannels * 9 * h * h;
+    last = b.outChannels;
+  }
+  return { params: params + last * numClasses + numClasses, macs: macs + last * numClasses };
+}
+
+// ------------------------------------------------------------------ layers
+
+/** A trainable (or frozen) per-channel scale: y = x * weight[c]. */
+export class ScaleLayer extends Module {
+  readonly weight: Tensor;
+  constructor(readonly numFeatures: number, init: number, opts: { trainable?: boolean; dtype?: torch.DType } = {}) {
+    super();
+    this.weight = this.registerParameter('weight', torch.full([numFeatures], init, { dtype: opts.dtype ?? 'float32' }));
+    if (opts.trainable === false) this.weight.requiresGrad_(false);
+  }
+  forward(x: Tensor): Tensor {
+    return x.mul(this.weight.view([1, this.numFeatures, 1, 1]));
+  }
+}
+
+/** Squeeze-excitation with 1x1 convs `down` and `up` (with bias), as RepVGG's SE block. */
+export class SEBlock extends Module {
+  readonly down: Conv2d;
+  readonly up: Conv2d;
+  constructor(channels: number, internal: number, dtype: torch.DType = 'float32') {
+    super();
+    this.down = this.registerModule('down', new Conv2d(channels, internal, 1, { bias: true, dtype }));
+    this.up = this.registerModule('up', new Conv2d(internal, channels, 1, { bias: true, dtype }));
+  }
+  forward(x: Tensor): Tensor {
+    const w = this.up.forward(F.relu(this.down.forward(F.adaptiveAvgPool2d(x, 1)))).sigmoid();
+    return x.mul(w);
+  }
+}
+
+abstract class VGGBlockBase extends Module {
+  postSE: SEBlock | null = null;
+  constructor(readonly info: VGGBlockInfo) {
+    super();
+  }
+  protected addPostSE(on: boolean, dtype: torch.DType): void {
+    if (on) this.postSE = this.registerModule('post_se', new SEBlock(this.info.outChannels, Math.trunc(this.info.outChannels / 4), dtype));
+  }
+  protected finish(y: Tensor): Tensor {
+    const r = F.relu(y);
+    return this.postSE ? this.postSE.forward(r) : r;
+  }
+}
+
+/** `target`: conv3x3 (no bias) -> BN -> ReLU. */
+export class TargetBlock extends VGGBlockBase {
+  readonly conv: Conv2d;
+  readonly bn: BatchNorm2d;
+  constructor(info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info);
+    const dtype = opts.dtype ?? 'float32';
+    this.conv = this.registerModule('conv', new Conv2d(info.inChannels, info.outChannels, 3, { stride: info.stride, padding: 1, bias: false, dtype }));
+    this.bn = this.registerModule('bn', new BatchNorm2d(info.outChannels, { dtype }));
+    this.addPostSE(opts.postSE ?? false, dtype);
+  }
+  forward(x: Tensor): Tensor {
+    return this.finish(this.bn.forward(this.conv.forward(x)));
+  }
+}
+
+/** `hs` / `csla`: the CSLA block scale_conv(conv x) + scale_1x1(conv_1x1 x) [+ scale_identity(x)] -> BN -> ReLU. */
+export class LinearAddBlock extends VGGBlockBase {
+  readonly conv: Conv2d;
+  readonly scaleConv: ScaleLayer;
+  readonly conv1x1: Conv2d;
+  readonly scale1x1: ScaleLayer;
+  readonly scaleIdentity: ScaleLayer | null;
+  readonly bn: BatchNorm2d;
+  constructor(info: VGGBlockInfo, opts: { csla?: boolean; postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info);
+    const dtype = opts.dtype ?? 'float32';
+    const trainable = !opts.csla;
+    const { inChannels: cin, outChannels: cout, stride } = info;
+    this.conv = this.registerModule('conv', new Conv2d(cin, cout, 3, { stride, padding: 1, bias: false, dtype }));
+    this.scaleConv = this.registerModule('scale_conv', new ScaleLayer(cout, info.scaleInit, { trainable, dtype }));
+    this.conv1x1 = this.registerModule('conv_1x1', new Conv2d(cin, cout, 1, { stride, padding: 0, bias: false, dtype }));
+    this.scale1x1 = this.registerModule('scale_1x1', new ScaleLayer(cout, info.scaleInit, { trainable, dtype }));
+    this.scaleIdentity = info.identity ? this.registerModule('scale_identity', new ScaleLayer(cout, 1, { dtype })) : null;
+    this.bn = this.registerModule('bn', new BatchNorm2d(cout, { dtype }));
+    this.addPostSE(opts.postSE ?? false, dtype);
+  }
+  forward(x: Tensor): Tensor {
+    let y = this.scaleConv.forward(this.conv.forward(x)).add(this.scale1x1.forward(this.conv1x1.forward(x)));
+    if (this.scaleIdentity) y = y.add(this.scaleIdentity.forward(x));
+    return this.finish(this.bn.forward(y));
+  }
+}
+
+/** `repvgg`: bn_3x3(conv_3x3 x) + bn_1x1(conv_1x1 x) [+ bn_identity(x)] -> ReLU. */
+export class RepVGGBlock extends VGGBlockBase {
+  readonly conv3x3: Conv2d;
+  readonly bn3x3: BatchNorm2d;
+  readonly conv1x1: Conv2d;
+  readonly bn1x1: BatchNorm2d;
+  readonly bnIdentity: BatchNorm2d | null;
+  constructor(info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info);
+    const dtype = opts.dtype ?? 'float32';
+    const { inChannels: cin, outChannels: cout, stride } = info;
+    this.conv3x3 = this.registerModule('conv_3x3', new Conv2d(cin, cout, 3, { stride, padding: 1, bias: false, dtype }));
+    this.bn3x3 = this.registerModule('bn_3x3', new BatchNorm2d(cout, { dtype }));
+    this.conv1x1 = this.registerModule('conv_1x1', new Conv2d(cin, cout, 1, { stride, padding: 0, bias: false, dtype }));
+    this.bn1x1 = this.registerModule('bn_1x1', new BatchNorm2d(cout, { dtype }));
+    this.bnIdentity = info.identity ? this.registerModule('bn_identity', new BatchNorm2d(cout, { dtype })) : null;
+    this.addPostSE(opts.postSE ?? false, dtype);
+  }
+  forward(x: Tensor): Tensor {
+    let y = this.bn3x3.forward(this.conv3x3.forward(x)).add(this.bn1x1.forward(this.conv1x1.forward(x)));
+    if (this.bnIdentity) y = y.add(this.bnIdentity.forward(x));
+    return this.finish(y);
+  }
+}
+
+export type VGGBlock = TargetBlock | LinearAddBlock | RepVGGBlock;
+
+// ------------------------------------------------------------------ the net
+
+export class RepOptVGG extends Module {
+  readonly mode: RepOptVGGMode;
+  readonly config: RepOptVGGConfig;
+  readonly numClasses: number;
+  /** Every block in model order (stem first). */
+  readonly blocks: VGGBlock[];
+  readonly layout: VGGBlockInfo[];
+  readonly stage0: VGGBlock;
+  readonly stages: Sequential[];
+  readonly linear: Linear;
+
+  constructor(cfg: RepOptVGGConfig & RepOptVGGOptions) {
+    super();
+    const mode = cfg.mode ?? 'target';
+    if (!REPOPT_VGG_MODES.includes(mode)) throw new Error(`RepOptVGG: unknown mode '${mode}' (modes: ${REPOPT_VGG_MODES.join(', ')})`);
+    this.mode = mode;
+    this.config = { numBlocks: [...cfg.numBlocks], widthMultiplier: [...cfg.widthMultiplier] };
+    this.numClasses = cfg.numClasses ?? 1000;
+    const dtype = cfg.dtype ?? 'float32';
+    this.layout = vggBlockLayout(cfg, cfg);
+    const make = (info: VGGBlockInfo): VGGBlock => {
+      const o = { postSE: cfg.postSE ?? false, dtype };
+      if (mode === 'target') return new TargetBlock(info, o);
+      if (mode === 'repvgg') return new RepVGGBlock(info, o);
+      return new LinearAddBlock(info, { ...o, csla: mode === 'csla' });
+    };
+    this.blocks = this.layout.map(make);
+    this.stage0 = this.registerModule('stage0', this.blocks[0]);
+    this.stages = [1, 2, 3, 4].map((s) => {
+      const members = this.blocks.filter((b) => b.info.name.startsWith(`stage${s}.`));
+      return this.registerModule(`stage${s}`, new Sequential(...members));
+    });
+    const last = this.layout[this.layout.length - 1].outChannels;
+    this.linear = this.registerModule('linear', new Linear(last, this.numClasses, { dtype }));
+  }
+
+  forward(x: Tensor): Tensor {
+    let y = this.stage0.forward(x);
+    for (const s of this.stages) y = s.forward(y);
+    return this.linear.forward(F.adaptiveAvgPool2d(y, 1).flatten(1));
+  }
+}
+
+/** A named variant: `repOptVgg('B1', { mode: 'hs', numClasses: 100 })`. */
+export function repOptVgg(name: RepOptVGGName, opts: RepOptVGGOptions = {}): RepOptVGG {
+  return new RepOptVGG({ ...REPOPT_VGG_CONFIGS[name], ...opts });
+}
+
+/** The config of a registered arch name (`RepOpt-VGG-B1`), or undefined if it is not a RepOpt-VGG. */
+export function repOptVggConfig(arch: string): RepOptVGGConfig | undefined {
+  if (!arch.startsWith(REPOPT_VGG_PREFIX)) return undefined;
+  return (REPOPT_VGG_CONFIGS as Record<string, RepOptVGGConfig>)[arch.slice(REPOPT_VGG_PREFIX.length)];
+}
+
+/**
+ * The searched scales of an `hs` (or `csla`) model, by key, in model order
+ * (per block: scale_conv, scale_1x1, scale_identity where it exists). Copies.
+ */
+export function extractVggScales(model: RepOptVGG): Map<string, Tensor> {
+  if (model.mode !== 'hs' && model.mode !== 'csla') throw new Error(`extract scales: the model is in '${model.mode}' mode; scales live in 'hs' / 'csla' models`);
+  const out = new Map<string, Tensor>();
+  for (const b of model.blocks as LinearAddBlock[]) {
+    const p = b.info.name;
+    out.set(`${p}.scale_conv.weight`, torch.keep(b.scaleConv.weight.detach().clone()));
+    out.set(`${p}.scale_1x1.weight`, torch.keep(b.scale1x1.weight.detach().clone()));
+    if (b.scaleIdentity) out.set(`${p}.scale_identity.weight`, torch.keep(b.scaleIdentity.weight.detach().clone()));
+  }
+  return out;
+}
+
+function asVggOptions(o: CreateModelOptions): RepOptVGGOptions {
+  return { ...o, mode: o.mode as RepOptVGGMode | undefined };
+}
+
+for (const [name, cfg] of Object.entries(REPOPT_VGG_CONFIGS)) {
+  const { params, macs } = vggTargetStats(cfg);
+  registerArch({
+    name: REPOPT_VGG_PREFIX + name,
+    family: 'RepOpt-VGG',
+    modes: [...REPOPT_VGG_MODES],
+    params,
+    macs,
+    create: (o = {}) => new RepOptVGG({ ...cfg, ...asVggOptions(o) }),
+  });
+}
