@@ -2,6 +2,7 @@
 /** The `repopt` command line. */
 import { runSmoke } from './smoke.js';
 import { runCheckEquivalency } from './check-equivalency.js';
+import { runScales } from './scales.js';
 
 const USAGE = `usage: repopt <command> [options]
 
@@ -9,6 +10,8 @@ commands:
   smoke [--steps N] [--batch-size N] [--seed N]   train a small conv net on synthetic data
   check-equivalency [--dtype f32|f64|both] [--case TEXT] [--json]
                                                   CSLA branches vs one kernel + Grad Mult, side by side
+  scales FILE --arch ARCH [--rule sgd|adamw] [--json]
+                                                  a scale file's re-parameterised kernels, scales and Grad Mults
 `;
 
 function parseFlags(args: string[], spec: Record<string, 'number' | 'string' | 'boolean'>): Record<string, string | number | boolean> {
@@ -55,6 +58,15 @@ function main(argv: string[]): number {
       const dtypes = ({ f32: ['float32'], float32: ['float32'], f64: ['float64'], float64: ['float64'], both: ['float32', 'float64'] } as const)[d];
       if (!dtypes) throw new UsageError(`--dtype must be f32, f64 or both, got '${d}'`);
       return runCheckEquivalency({ dtypes: [...dtypes], json: f.json === true, filter: f.case as string | undefined, log: (l) => console.log(l) });
+    }
+    case 'scales': {
+      const [file, ...more] = rest;
+      if (!file || file.startsWith('--')) throw new UsageError('scales needs a scale file');
+      const f = parseFlags(more, { arch: 'string', rule: 'string', json: 'boolean' });
+      if (!f.arch) throw new UsageError('scales needs --arch ARCH');
+      const rule = (f.rule as string | undefined) ?? 'sgd';
+      if (rule !== 'sgd' && rule !== 'adamw') throw new UsageError(`--rule must be sgd or adamw, got '${rule}'`);
+      return runScales({ file, arch: f.arch as string, rule, json: f.json === true, log: (l) => console.log(l) });
     }
     case undefined:
     case 'help':
