@@ -90,7 +90,7 @@ export function repOptVggHandler(model: RepOptVGG | VGGBlockInfo[], scales: Scal
 }
 
 /** A one-architecture scheme over a given layout (custom configs, other strides). */
-function layoutScheme(layout: VGGBlockInfo[]): ScaleScheme {
+export function layoutScheme(layout: VGGBlockInfo[]): ScaleScheme {
   return { ...vggScaleScheme, covers: () => true, archs: () => [], expected: () => vggScaleShapes(layout) };
 }
 

@@ -121,6 +121,18 @@ export function checkScales(scales: ScaleMap, arch: string, opts: CreateModelOpt
 }
 
 /**
+ * The scale tensors of a scale file or hyper-search checkpoint as they are
+ * (for custom layouts, checked afterwards against the model), float32.
+ */
+export function readScaleEntries(file: string, scheme: ScaleScheme): ScaleMap {
+  return torch.tidy(() => {
+    const scales = scaleEntries(extractStateDict(loadPth(file), file), scheme);
+    if (scales.size === 0) throw new Error(`${file}: holds no ${scheme.family} scale tensors`);
+    return new Map([...scales].map(([k, t]) => [k, t.dtype === 'float32' ? t : t.to('float32')]));
+  });
+}
+
+/**
  * Loads a scale file or a hyper-search checkpoint for an architecture, by name.
  * Returns float32 scale tensors in model order; everything else in the file is freed.
  */
@@ -169,7 +181,7 @@ export function summaryPath(file: string): string {
  * Writes scales as a PyTorch checkpoint (flat OrderedDict of the scale tensors,
  * keys as given, checked against the architecture first) and a JSON summary beside it.
  */
-export function saveScaleFile(file: string, scales: ScaleMap, arch: string, opts: CreateModelOptions = {}): { file: string; summary: string } {
+export function saveScaleFile(file: string, scales: ScaleMap, arch: string, opts: CreateModelOptions & { scheme?: ScaleScheme } = {}): { file: string; summary: string } {
   const checked = checkScales(scales, arch, { ...opts, label: 'scales to save' });
   const od = new PyOrderedDict();
   for (const [k, t] of checked) od.set(k, t);
