@@ -1,0 +1,323 @@
+/**
+ * DataLoader: shuffled, augmented, normalised batches as tensors, prepared by
+ * worker threads ahead of the training step.
+ *
+ *   const loader = new DataLoader(ds, { batchSize: 128, seed: 1, transforms: defaultTransforms(ds, 'train') });
+ *   for await (const { x, y, index } of loader.epoch(e)) { ...; x.dispose(); y.dispose(); }
+ *   await loader.close();
+ *
+ * Reproducibility: the order of epoch e is a function of (seed, e) only, and the
+ * augmentation of the sample at position p of epoch e a function of (seed, e, p)
+ * only, so batches do not depend on timing, `workers` or `prefetch`, and
+ * `epoch(e, start)` yields exactly batches start.. of an uninterrupted epoch e.
+ *
+ * Threads: the training step blocks the main thread (synchronous libtorch calls),
+ * so samples are transformed in `workers` worker threads (default 1; 0 = inline on
+ * the main thread), which keep up to `prefetch` batches in flight and transfer the
+ * finished Float32Array / BigInt64Array buffers. The main thread only wraps them
+ * with fromTypedArray. Workers hold no event-loop reference while idle, so a
+ * forgotten close() does not keep the process alive; close() terminates them.
+ *
+ * The tensors yielded belong to the caller (dispose them, or let the GC do it).
+ */
+import { Worker } from 'node:worker_threads';
+import * as torch from '../torch/index.js';
+import type { Tensor } from '../torch/index.js';
+import type { Dataset } from './dataset.js';
+import { sharedBytes, sharedInt32 } from './memory.js';
+import { BatchMaker, type BatchData, type BatchJob, type CoreInit } from './loader-core.js';
+import { permutation, STREAM } from './rng.js';
+import { outputShape, validateSpec, type TransformSpec } from './transforms.js';
+
+export interface LoaderOptions {
+  batchSize: number;
+  /** Shuffle every epoch (default true); false = natural order. */
+  shuffle?: boolean;
+  /** Seed of shuffling and augmentation (default 0). */
+  seed?: number;
+  /** Random transforms on (default: true unless the dataset's split is 'test'); false = normalisation only. */
+  augment?: boolean;
+  /** Drop the last incomplete batch (default false). */
+  dropLast?: boolean;
+  transforms: TransformSpec;
+  /** Worker threads (default 1); 0 = build batches inline on the main thread. */
+  workers?: number;
+  /** Batches in flight ahead of the consumer (default max(2, 2 * workers)). */
+  prefetch?: number;
+}
+
+export interface Batch {
+  x: Tensor; // float32 [N, C, H, W], normalised
+  y: Tensor; // int64 [N]
+  index: number; // batch index within the epoch
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, { resolve: (d: BatchData) => void; reject: (e: Error) => void }>;
+  dead: boolean;
+}
+
+export class DataLoader {
+  readonly dataset: Dataset;
+  readonly batchSize: number;
+  readonly shuffle: boolean;
+  readonly seed: number;
+  readonly augment: boolean;
+  readonly dropLast: boolean;
+  readonly workers: number;
+  readonly prefetch: number;
+  readonly transforms: TransformSpec;
+  readonly batchesPerEpoch: number;
+  /** Shape of one transformed sample [C, H, W]. */
+  readonly sampleShape: [number, number, number];
+
+  #inline: BatchMaker | null = null;
+  #slots: Slot[] | null = null;
+  #shared: { pixels: Uint8Array; labels: Int32Array } | null = null;
+  #nextId = 0;
+  #closed = false;
+  #failure: Error | null = null;
+
+  constructor(ds: Dataset, opts: LoaderOptions) {
+    const { batchSize } = opts;
+    if (!Number.isInteger(batchSize) || batchSize <= 0) throw new Error(`DataLoader: batchSize must be a positive integer, got ${batchSize}`);
+    const workers = opts.workers ?? 1;
+    if (!Number.isInteger(workers) || workers < 0) throw new Error(`DataLoader: workers must be a non-negative integer, got ${workers}`);
+    const prefetch = opts.prefetch ?? Math.max(2, 2 * workers);
+    if (!Number.isInteger(prefetch) || prefetch < 1) throw new Error(`DataLoader: prefetch must be a positive integer, got ${prefetch}`);
+    const seed = opts.seed ?? 0;
+    if (!Number.isSafeInteger(seed)) throw new Error(`DataLoader: seed must be a safe integer, got ${seed}`);
+    validateSpec(opts.transforms, ds.channels, ds.height, ds.width);
+    this.dataset = ds;
+    this.batchSize = batchSize;
+    this.shuffle = opts.shuffle ?? true;
+    this.seed = seed;
+    this.augment = opts.augment ?? ds.split !== 'test';
+    this.dropLast = opts.dropLast ?? false;
+    this.workers = workers;
+    this.prefetch = prefetch;
+    this.transforms = opts.transforms;
+    this.batchesPerEpoch = this.dropLast ? Math.floor(ds.length / batchSize) : Math.ceil(ds.length / batchSize);
+    this.sampleShape = outputShape(opts.transforms, ds.channels, ds.height, ds.width);
+  }
+
+  /** The dataset indices in the order of epoch e. */
+  order(e: number): Int32Array {
+    checkEpoch(e);
+    const n = this.dataset.length;
+    if (!this.shuffle) return Int32Array.from({ length: n }, (_, i) => i);
+    return permutation(n, [this.seed, STREAM.permutation, e]);
+  }
+
+  /** Number of samples in batch b. */
+  batchLength(b: number): number {
+    return Math.min(this.batchSize, this.dataset.length - b * this.batchSize);
+  }
+
+  /**
+   * Batches of epoch e, starting at batch `start` (for exact resume):
+   * x float32 [N, C, H, W] normalised, y int64 [N].
+   */
+  epoch(e: number, start = 0): AsyncIterableIterator<Batch> {
+    checkEpoch(e);
+    if (!Number.isInteger(start) || start < 0) throw new Error(`DataLoader.epoch: start must be a non-negative integer, got ${start}`);
+    if (this.#closed) throw new Error('DataLoader.epoch: the loader is closed');
+    return this.#run(e, start);
+  }
+
+  async *#run(e: number, start: number): AsyncGenerator<Batch, void, undefined> {
+    const end = this.batchesPerEpoch;
+    if (start >= end) return;
+    const order = this.order(e);
+    const B = this.batchSize;
+    const job = (b: number): BatchJob => ({ epoch: e, pos0: b * B, indices: order.slice(b * B, b * B + this.batchLength(b)) });
+
+    if (this.workers === 0) {
+      for (let b = start; b < end; b++) {
+        if (this.#closed) throw new Error('DataLoader: closed during an epoch');
+        yield this.#wrap(this.#makeInline(job(b)), b);
+      }
+      return;
+    }
+
+    const pending = new Map<number, Promise<BatchData>>();
+    let next = start;
+    const fill = () => {
+      while (next < end && pending.size < this.prefetch) {
+        const p = this.#submit(job(next));
+        p.catch(() => {}); // awaited below; never an unhandled rejection if abandoned
+        pending.set(next, p);
+        next++;
+      }
+    };
+    for (let b = start; b < end; b++) {
+      fill();
+      const data = await pending.get(b)!;
+      pending.delete(b);
+      fill(); // keep the workers busy while the consumer trains on this batch
+      if (this.#closed) throw new Error('DataLoader: closed during an epoch');
+      yield this.#wrap(data, b);
+    }
+  }
+
+  #wrap(d: BatchData, index: number): Batch {
+    const n = d.y.length;
+    const [c, h, w] = this.sampleShape;
+    const x = torch.fromTypedArray(d.x, [n, c, h, w], 'float32');
+    const y = torch.fromTypedArray(d.y, [n], 'int64');
+    return { x, y, index };
+  }
+
+  #coreInit(withData: boolean): CoreInit {
+    const ds = this.dataset;
+    const init: CoreInit = { channels: ds.channels, height: ds.height, width: ds.width, spec: this.transforms, augment: this.augment, seed: this.seed };
+    if (withData && ds.storage) {
+      init.pixels = ds.storage.pixels;
+      init.labels = ds.storage.labels;
+    }
+    return init;
+  }
+
+  #makeInline(j: BatchJob): BatchData {
+    if (!this.#inline) this.#inline = new BatchMaker(this.#coreInit(true));
+    if (!this.dataset.storage) this.#gather(j);
+    return this.#inline.make(j);
+  }
+
+  /** Copies the job's samples out of a dataset without storage. */
+  #gather(j: BatchJob): void {
+    const ds = this.dataset;
+    const sz = ds.channels * ds.height * ds.width;
+    const pixels = new Uint8Array(j.indices.length * sz);
+    const labels = new Int32Array(j.indices.length);
+    for (let k = 0; k < j.indices.length; k++) {
+      const s = ds.get(j.indices[k]);
+      if (s.pixels.length !== sz) throw new Error(`DataLoader: ${ds.name} sample ${j.indices[k]} has ${s.pixels.length} bytes, expected ${sz}`);
+      pixels.set(s.pixels, k * sz);
+      labels[k] = s.label;
+    }
+    j.pixels = pixels;
+    j.labels = labels;
+  }
+
+  /** Dataset storage on SharedArrayBuffers (copied there once if it is not). */
+  #sharedStorage(): { pixels: Uint8Array; labels: Int32Array } | null {
+    const st = this.dataset.storage;
+    if (!st) return null;
+    if (this.#shared) return this.#shared;
+    const isShared = (a: ArrayBufferView) => a.buffer instanceof SharedArrayBuffer;
+    let { pixels, labels } = st;
+    if (!isShared(pixels)) {
+      const p = sharedBytes(st.pixels.length);
+      p.set(st.pixels);
+      pixels = p;
+    }
+    if (!isShared(labels)) {
+      const l = sharedInt32(st.labels.length);
+      l.set(st.labels);
+      labels = l;
+    }
+    this.#shared = { pixels, labels };
+    return this.#shared;
+  }
+
+  #startWorkers(): Slot[] {
+    if (this.#slots) return this.#slots;
+    const init = this.#coreInit(false);
+    const shared = this.#sharedStorage();
+    if (shared) {
+      init.pixels = shared.pixels;
+      init.labels = shared.labels;
+    }
+    const url = new URL('./loader-worker.js', import.meta.url);
+    this.#slots = Array.from({ length: this.workers }, (_, i) => {
+      const worker = new Worker(url, { workerData: init, name: `repopt-loader-${i}`, execArgv: workerExecArgv() });
+      const slot: Slot = { worker, pending: new Map(), dead: false };
+      worker.unref();
+      worker.on('message', (m: { id: number; x?: Float32Array; y?: BigInt64Array; error?: string }) => {
+        const p = slot.pending.get(m.id);
+        if (!p) return;
+        slot.pending.delete(m.id);
+        if (slot.pending.size === 0) worker.unref();
+        if (m.error !== undefined) p.reject(new Error(`DataLoader worker: ${m.error}`));
+        else p.resolve({ x: m.x!, y: m.y! });
+      });
+      const fail = (err: Error) => {
+        slot.dead = true;
+        if (!this.#closed && !this.#failure) this.#failure = err;
+        for (const p of slot.pending.values()) p.reject(err);
+        slot.pending.clear();
+      };
+      worker.on('error', (err) => fail(new Error(`DataLoader worker ${i} failed: ${err.stack ?? err.message}`)));
+      worker.on('exit', (code) => fail(new Error(this.#closed ? 'DataLoader: closed' : `DataLoader worker ${i} exited unexpectedly (code ${code})`)));
+      return slot;
+    });
+    return this.#slots;
+  }
+
+  #submit(j: BatchJob): Promise<BatchData> {
+    if (this.#closed) return Promise.reject(new Error('DataLoader: closed'));
+    if (this.#failure) return Promise.reject(this.#failure);
+    let slots: Slot[];
+    try {
+      slots = this.#startWorkers();
+      if (!this.dataset.storage) this.#gather(j);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    let best: Slot | null = null;
+    for (const s of slots) if (!s.dead && (!best || s.pending.size < best.pending.size)) best = s;
+    if (!best) return Promise.reject(this.#failure ?? new Error('DataLoader: no live worker'));
+    const slot = best;
+    const id = ++this.#nextId;
+    return new Promise<BatchData>((resolve, reject) => {
+      if (slot.pending.size === 0) slot.worker.ref();
+      slot.pending.set(id, { resolve, reject });
+      const transfer: ArrayBuffer[] = [j.indices.buffer as ArrayBuffer];
+      if (j.pixels) transfer.push(j.pixels.buffer as ArrayBuffer);
+      if (j.labels) transfer.push(j.labels.buffer as ArrayBuffer);
+      slot.worker.postMessage({ id, ...j }, transfer);
+    });
+  }
+
+  /** Terminates the workers; pending batches reject. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const slots = this.#slots ?? [];
+    this.#slots = null;
+    this.#inline = null;
+    await Promise.all(
+      slots.map(async (s) => {
+        for (const p of s.pending.values()) p.reject(new Error('DataLoader: closed'));
+        s.pending.clear();
+        await s.worker.terminate();
+      }),
+    );
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** The parent's Node flags minus those that only make sense for the main script (-e, --input-type, ...). */
+function workerExecArgv(): string[] {
+  const out: string[] = [];
+  const a = process.execArgv;
+  for (let i = 0; i < a.length; i++) {
+    const f = a[i];
+    if (f === '-e' || f === '--eval' || f === '-p' || f === '--print' || f === '--input-type') {
+      i++; // and its value
+      continue;
+    }
+    if (f.startsWith('--input-type=') || f.startsWith('--eval=') || f.startsWith('--print=')) continue;
+    out.push(f);
+  }
+  return out;
+}
+
+function checkEpoch(e: number): void {
+  if (!Number.isSafeInteger(e) || e < 0) throw new Error(`DataLoader: epoch must be a non-negative integer, got ${e}`);
+}
