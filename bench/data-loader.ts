@@ -61,5 +61,7 @@ async function measure(label: string, transforms: TransformSpec, workers: number
 }
 
 const cropFlip = defaultTransforms(ds, 'train');
-for (const w of [0, 1, 2]) await measure('RandomCrop(32,4)+flip', cropFlip, w);
+const rc = cropFlip.randomCrop;
+const name = rc ? `RandomCrop(${rc.size},${rc.padding ?? 0})${cropFlip.flip ? '+flip' : ''}` : 'default';
+for (const w of [0, 1, 2]) await measure(name, cropFlip, w);
 for (const w of [0, 1]) await measure('+RandAugment(2,9)+cutout(16)', { ...cropFlip, randAugment: { n: 2, m: 9 }, cutout: 16 }, w);
