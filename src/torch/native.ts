@@ -76,3 +76,28 @@ function load(): NativeBinding {
 }
 
 export const native: NativeBinding = load();
+
+/**
+ * Primes glibc malloc's dynamic thresholds (a performance setting only; no
+ * values change). glibc serves requests above M_MMAP_THRESHOLD (128 KiB at
+ * start) with fresh mmaps and, when a freed mmapped chunk is larger than the
+ * threshold (and at most 32 MiB), raises the threshold to its size and the heap
+ * trim threshold to twice that. Training frees and reallocates the same
+ * multi-MiB activations every step; with the thresholds still low they go back
+ * to the kernel each step and come back as page faults (about 19k minor faults,
+ * tens of ms, per SmallVGG C=32 step; 4k in Python, whose start-up happens to
+ * raise the thresholds). Allocating and freeing one untouched 31 MiB block at
+ * load raises them as if a large tensor had been freed: 2k faults per step.
+ * Set REPOPT_NO_MALLOC_PRIME=1 to skip. Other allocators just see one
+ * allocation that is never touched.
+ */
+function primeAllocator(b: NativeBinding): void {
+  if (process.platform !== 'linux' || process.env.REPOPT_NO_MALLOC_PRIME === '1') return;
+  try {
+    const empty = b.opHandle('aten::empty', 'memory_format');
+    b.dispose(b.call(empty, [[31 * 1024 * 1024], 0 /* uint8 */]) as Handle);
+  } catch {
+    // Not essential: only a performance setting.
+  }
+}
+primeAllocator(native);
