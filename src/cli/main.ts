@@ -3,6 +3,8 @@
 import { runSmoke } from './smoke.js';
 import { runCheckEquivalency } from './check-equivalency.js';
 import { runScales } from './scales.js';
+import { runTraining, runEval } from './train.js';
+import { UsageError, parseFlags } from './flags.js';
 
 const USAGE = `usage: repopt <command> [options]
 
@@ -12,34 +14,22 @@ commands:
                                                   CSLA branches vs one kernel + Grad Mult, side by side
   scales FILE --arch ARCH [--rule sgd|adamw] [--json]
                                                   a scale file's re-parameterised kernels, scales and Grad Mults
+  search --data SPEC (--arch A | --blocks B --widths W) [training options]
+                                                  Hyper-Search: train the hs model, write OUT/scales.pth
+  train --data SPEC (--arch A | --blocks B --widths W) [--mode target|repvgg|plain] [--scales FILE]
+                                                  RepOpt training (target + Grad Mults) or a baseline
+  eval --checkpoint FILE --data SPEC              top-1 / top-5 / loss on the test split
+
+training options: --epochs N --batch-size N --lr X [--lr-per-256] --optimizer sgd|adamw --momentum X
+  --nesterov --wd X [--wd-all] --schedule cosine|constant --warmup EPOCHS --label-smoothing X
+  --ema DECAY --clip NORM --seed N --threads N --workers N --no-augment --no-shuffle --no-eval
+  --init FILE.pth --identity-init searched|one --signed-adamw --strides 2,2,2,2,2 --image-size N
+  --out DIR --resume --log-every N --quiet
+data SPEC: cifar10:DIR  cifar100:DIR  mnist[:DIR]  fashion-mnist[:DIR]  folder:DIR  synthetic[:N]
 `;
 
-function parseFlags(args: string[], spec: Record<string, 'number' | 'string' | 'boolean'>): Record<string, string | number | boolean> {
-  const out: Record<string, string | number | boolean> = {};
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (!a.startsWith('--')) throw new UsageError(`unexpected argument '${a}'`);
-    const [k, inline] = a.slice(2).split('=', 2);
-    const kind = spec[k];
-    if (!kind) throw new UsageError(`unknown flag --${k}`);
-    if (kind === 'boolean') {
-      out[k] = true;
-      continue;
-    }
-    const v = inline ?? args[++i];
-    if (v === undefined) throw new UsageError(`flag --${k} needs a value`);
-    if (kind === 'number') {
-      const n = Number(v);
-      if (!Number.isFinite(n)) throw new UsageError(`flag --${k} expects a number, got '${v}'`);
-      out[k] = n;
-    } else out[k] = v;
-  }
-  return out;
-}
 
-class UsageError extends Error {}
-
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'smoke': {
@@ -68,6 +58,19 @@ function main(argv: string[]): number {
       if (rule !== 'sgd' && rule !== 'adamw') throw new UsageError(`--rule must be sgd or adamw, got '${rule}'`);
       return runScales({ file, arch: f.arch as string, rule, json: f.json === true, log: (l) => console.log(l) });
     }
+    case 'search':
+    case 'train': {
+      const r = await runTraining(rest, cmd, (l) => console.log(l));
+      if (r.result.interrupted) {
+        console.log(`interrupted: checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
+        return 130;
+      }
+      const e = r.result.lastEval;
+      console.log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
+      return 0;
+    }
+    case 'eval':
+      return runEval(rest, (l) => console.log(l));
     case undefined:
     case 'help':
     case '--help':
@@ -80,7 +83,7 @@ function main(argv: string[]): number {
 }
 
 try {
-  process.exitCode = main(process.argv.slice(2));
+  process.exitCode = await main(process.argv.slice(2));
 } catch (e) {
   if (e instanceof UsageError) {
     process.stderr.write(`repopt: ${e.message}\n\n${USAGE}`);

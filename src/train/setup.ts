@@ -131,13 +131,16 @@ export function setupRun(s: SetupOptions): RunSetup {
     }
     if (!s.scales) throw new Error('--mode target trains with a RepOptimizer and needs --scales FILE (from `repopt search` or the release); use --mode plain for ordinary training');
     const scales = loadScalesFor(model, s.scales);
-    const handler = repOptVggHandler(model, scales, { identityInit: s.identityInit });
-    for (const t of scales.values()) t.dispose();
-    // --init loads a state dict as it is; otherwise the fresh model gets the Rule of Initialization.
-    if (!s.init && !s.resuming) handler.reinitialize(model);
-    optimizer.setGradMults(handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW }));
-    const cslaMults = s.optimizer.kind === 'sgd' ? new Map(optimizer.gradMults) : handler.gradMults('sgd');
-    return { model, optimizer, cslaMults };
+    try {
+      const handler = repOptVggHandler(model, scales, { identityInit: s.identityInit });
+      // --init loads a state dict as it is; otherwise the fresh model gets the Rule of Initialization.
+      if (!s.init && !s.resuming) handler.reinitialize(model);
+      optimizer.setGradMults(handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW }));
+      const cslaMults = s.optimizer.kind === 'sgd' ? new Map(optimizer.gradMults) : handler.gradMults('sgd');
+      return { model, optimizer, cslaMults };
+    } finally {
+      for (const t of scales.values()) t.dispose();
+    }
   } catch (e) {
     model.dispose();
     throw e;

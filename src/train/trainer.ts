@@ -191,7 +191,10 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       }
       log.write('epoch', record);
       save();
-      if (stop) break;
+      if (stop) {
+        log.write('interrupt', { ...state });
+        break;
+      }
     }
     if (!stop && (o.maxIterations === undefined || state.iteration < o.maxIterations)) {
       torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));

@@ -1,0 +1,10 @@
+/**
+ * The model zoo: importing this registers every family's architectures and
+ * scale schemes (`createModel('RepOpt-VGG-B1', ...)`, `listArchs()`, `loadScaleFile`).
+ */
+export { createModel, getArch, listArchs, type ArchInfo, type CreateModelOptions } from './registry.js';
+export { RepOptVGG, repOptVgg, extractVggScales, REPOPT_VGG_CONFIGS, type RepOptVGGMode, type RepOptVGGConfig } from './repoptvgg.js';
+export { repOptVggHandler, repOptVggSites } from './repoptvgg-handler.js';
+export * as ghostnet from './ghostnet.js';
+import './ghostnet-handler.js';
+export { loadScaleFile, saveScaleFile, checkScales, type ScaleMap } from './scales.js';
