@@ -4,6 +4,7 @@ import { runSmoke } from './smoke.js';
 import { runCheckEquivalency } from './check-equivalency.js';
 import { runScales } from './scales.js';
 import { runTraining, runEval } from './train.js';
+import { runDeploy, runExport, runInspectWeights, runQuantDemo, runQuantize } from './deploy.js';
 import { UsageError, parseFlags } from './flags.js';
 
 const USAGE = `usage: repopt <command> [options]
@@ -19,6 +20,18 @@ commands:
   train --data SPEC (--arch A | --blocks B --widths W) [--mode target|repvgg|plain] [--scales FILE]
                                                   RepOpt training (target + Grad Mults) or a baseline
   eval --checkpoint FILE --data SPEC              top-1 / top-5 / loss on the test split
+  deploy --checkpoint FILE --out FILE.pth         fuse branches / fold BN into the plain conv3x3+bias network
+  export --checkpoint FILE --format onnx --out FILE.onnx [--int8 --calib SPEC [--calib-images N]
+         [--observer minmax|percentile|mse] [--per-tensor] [--fp32-first] [--fp32-last]]
+                                                  ONNX (opset 13, dynamic batch) of the deployed net, checked in ONNX Runtime
+  quantize --checkpoint FILE --data SPEC [--calib-images N] [--observers LIST] [--weight-scales channel|tensor|both]
+         [--fp32-first] [--fp32-last] [--qat-epochs N] [--weights] [--json]
+                                                  FP32 vs INT8 top-1 per observer, ONNX Runtime agreement, optional QAT
+  inspect-weights --checkpoint FILE [--json]      per-layer weight std (overall, centre tap, surrounding taps)
+  quant-demo [--data SPEC] [--epochs N] [--out DIR]
+                                                  Fashion-MNIST: RepOpt-VGG vs RepVGG, FP32 and INT8 side by side
+  (deploy, export, quantize, inspect-weights take the model from config.json beside the checkpoint, or
+   --arch A | --blocks B --widths W [--strides S])
 
 training options: --epochs N --batch-size N --lr X [--lr-per-256] --optimizer sgd|adamw --momentum X
   --nesterov --wd X [--wd-all] --schedule cosine|constant --warmup EPOCHS --label-smoothing X
@@ -71,6 +84,16 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'eval':
       return runEval(rest, (l) => console.log(l));
+    case 'deploy':
+      return runDeploy(rest, (l) => console.log(l));
+    case 'export':
+      return runExport(rest, (l) => console.log(l));
+    case 'quantize':
+      return runQuantize(rest, (l) => console.log(l));
+    case 'inspect-weights':
+      return runInspectWeights(rest, (l) => console.log(l));
+    case 'quant-demo':
+      return runQuantDemo(rest, (l) => console.log(l));
     case undefined:
     case 'help':
     case '--help':

@@ -1,0 +1,188 @@
+/**
+ * Deployment: every trained RepOpt-VGG block becomes one 3x3 conv with bias, followed by ReLU.
+ *
+ * - `target` (RepOptimizer):  conv3x3 -> BN            fold BN into the conv.
+ * - `repvgg` (baseline):      BN(conv3x3) + BN(conv1x1) [+ BN(identity)]
+ *                             fold each BN into its branch, pad the 1x1 kernel to the 3x3 centre, write the
+ *                             identity as a 3x3 kernel with 1 at [c, c, 1, 1], and add kernels and biases.
+ * - `hs` / `csla`:            s*conv3x3 + t*conv1x1 [+ id*x] -> BN   merge the scaled branches, then fold BN.
+ *
+ * Batch norm in eval mode is y = gamma * (x - mean) / sqrt(var + eps) + beta, so a conv W followed by it is
+ * the conv W * gamma/std (per output channel) with bias beta - mean * gamma/std. Fusion is done in float64
+ * and the result cast to the model's dtype, so the deployed net matches the trained one in eval mode up to
+ * float32 rounding of the convolutions.
+ *
+ * The deployed network (`DeployVGG`), state-dict keys:
+ *   stage0.conv.weight [C0, Cin, 3, 3]     stage0.conv.bias [C0]         (the stem, stride strides[0])
+ *   stageS.I.conv.weight [C, C', 3, 3]     stageS.I.conv.bias [C]        (S = 1..4, I = block in stage)
+ *   stageS.I.post_se.{down,up}.{weight,bias}                           (only with post-SE)
+ *   linear.weight [classes, C], linear.bias [classes]
+ * Each block is conv3x3 (padding 1, its stride) + bias -> ReLU [-> SE]; the head is global average
+ * pooling and `linear`, as in the trained model.
+ */
+import * as torch from '../torch/index.js';
+import { F, type Tensor } from '../torch/index.js';
+import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
+import {
+  LinearAddBlock,
+  RepOptVGG,
+  RepVGGBlock,
+  SEBlock,
+  TargetBlock,
+  type VGGBlock,
+  type VGGBlockInfo,
+} from '../models/repoptvgg.js';
+
+/** One deployed block: conv3x3 with bias -> ReLU [-> post-SE]. */
+export class DeployBlock extends Module {
+  readonly conv: Conv2d;
+  readonly postSE: SEBlock | null;
+  constructor(readonly info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
+    super();
+    const dtype = opts.dtype ?? 'float32';
+    this.conv = this.registerModule('conv', new Conv2d(info.inChannels, info.outChannels, 3, { stride: info.stride, padding: 1, bias: true, dtype }));
+    this.postSE = opts.postSE ? this.registerModule('post_se', new SEBlock(info.outChannels, Math.trunc(info.outChannels / 4), dtype)) : null;
+  }
+  forward(x: Tensor): Tensor {
+    const r = F.relu(this.conv.forward(x));
+    return this.postSE ? this.postSE.forward(r) : r;
+  }
+}
+
+export interface DeployVGGOptions {
+  layout: VGGBlockInfo[];
+  numClasses: number;
+  postSE?: boolean;
+  dtype?: torch.DType;
+}
+
+/** The plain inference network: deployed blocks in stages `stage0..stage4`, global average pool, `linear`. */
+export class DeployVGG extends Module {
+  readonly layout: VGGBlockInfo[];
+  readonly numClasses: number;
+  readonly blocks: DeployBlock[];
+  readonly stage0: DeployBlock;
+  readonly stages: Sequential[];
+  readonly linear: Linear;
+  constructor(o: DeployVGGOptions) {
+    super();
+    if (!o.layout.length || o.layout[0].name !== 'stage0') throw new Error('DeployVGG: the layout must start with the stem block stage0');
+    this.layout = o.layout.map((b) => ({ ...b }));
+    this.numClasses = o.numClasses;
+    this.blocks = this.layout.map((info) => new DeployBlock(info, { postSE: o.postSE, dtype: o.dtype }));
+    this.stage0 = this.registerModule('stage0', this.blocks[0]);
+    this.stages = [1, 2, 3, 4].map((s) =>
+      this.registerModule(`stage${s}`, new Sequential(...this.blocks.filter((b) => b.info.name.startsWith(`stage${s}.`)))),
+    );
+    const last = this.layout[this.layout.length - 1].outChannels;
+    this.linear = this.registerModule('linear', new Linear(last, o.numClasses, { dtype: o.dtype }));
+  }
+  /** Pooled features [N, C] before the classifier. */
+  features(x: Tensor): Tensor {
+    let y = this.stage0.forward(x);
+    for (const s of this.stages) y = s.forward(y);
+    return F.adaptiveAvgPool2d(y, 1).flatten(1);
+  }
+  forward(x: Tensor): Tensor {
+    return this.linear.forward(this.features(x));
+  }
+}
+
+/** Per-channel factor gamma/std and bias beta - mean*gamma/std of an eval-mode BN (float64). */
+function bnAffine(bn: BatchNorm2d): { mul: Tensor; add: Tensor } {
+  if (!bn.runningMean || !bn.runningVar) throw new Error('fuse: batch norm without running statistics cannot be folded');
+  const mean = bn.runningMean.double();
+  const std = bn.runningVar.double().add(bn.eps).sqrt();
+  const gamma = bn.weight ? bn.weight.double() : torch.onesLike(mean);
+  const beta = bn.bias ? bn.bias.double() : torch.zerosLike(mean);
+  const mul = gamma.div(std);
+  return { mul, add: beta.sub(mean.mul(mul)) };
+}
+
+/** Folds an eval-mode BN that follows a conv with kernel `kernel` (float64 result). */
+export function foldBN(kernel: Tensor, bn: BatchNorm2d): { weight: Tensor; bias: Tensor } {
+  return torch.tidy(() => {
+    const { mul, add } = bnAffine(bn);
+    return { weight: kernel.double().mul(mul.view([-1, 1, 1, 1])), bias: add };
+  });
+}
+
+/** A 1x1 kernel [O, I, 1, 1] as a 3x3 kernel with it at the centre. */
+export function padTo3x3(k1: Tensor): Tensor {
+  return torch.pad(k1, [1, 1, 1, 1]);
+}
+
+/** The identity map on C channels as a 3x3 kernel [C, C, 3, 3] (1 at [c, c, 1, 1]), float64. */
+export function identityKernel(channels: number): Tensor {
+  return torch.tidy(() => padTo3x3(torch.eye(channels, { dtype: 'float64' }).view([channels, channels, 1, 1])));
+}
+
+/** The fused 3x3 kernel and bias of one trained block (float64), in eval-mode semantics. */
+export function fuseBlock(block: VGGBlock): { weight: Tensor; bias: Tensor } {
+  return torch.noGrad(() =>
+    torch.tidy(() => {
+      if (block instanceof TargetBlock) return foldBN(block.conv.weight, block.bn);
+      if (block instanceof RepVGGBlock) {
+        const a = foldBN(block.conv3x3.weight, block.bn3x3);
+        const b = foldBN(padTo3x3(block.conv1x1.weight), block.bn1x1);
+        let weight = a.weight.add(b.weight);
+        let bias = a.bias.add(b.bias);
+        if (block.bnIdentity) {
+          const c = foldBN(identityKernel(block.info.outChannels), block.bnIdentity);
+          weight = weight.add(c.weight);
+          bias = bias.add(c.bias);
+        }
+        return { weight, bias };
+      }
+      if (block instanceof LinearAddBlock) {
+        const col = (t: Tensor) => t.double().view([-1, 1, 1, 1]);
+        let k = block.conv.weight.double().mul(col(block.scaleConv.weight));
+        k = k.add(padTo3x3(block.conv1x1.weight.double()).mul(col(block.scale1x1.weight)));
+        if (block.scaleIdentity) k = k.add(identityKernel(block.info.outChannels).mul(col(block.scaleIdentity.weight)));
+        return foldBN(k, block.bn);
+      }
+      throw new Error(`fuse: unknown block type ${(block as object).constructor.name}`);
+    }),
+  );
+}
+
+/**
+ * The deployed network of a trained RepOpt-VGG (any mode). The trained model is not changed; the result
+ * is a new module in eval mode, with the trained model's dtype.
+ */
+export function deployVGG(model: RepOptVGG): DeployVGG {
+  const dtype = model.linear.weight.dtype;
+  const postSE = model.blocks.some((b) => b.postSE !== null);
+  const out = new DeployVGG({ layout: model.layout, numClasses: model.numClasses, postSE, dtype });
+  try {
+    const sd = new Map<string, Tensor>();
+    torch.noGrad(() =>
+      torch.tidy(() => {
+        model.blocks.forEach((b, i) => {
+          const { weight, bias } = fuseBlock(b);
+          const p = out.blocks[i].info.name;
+          sd.set(`${p}.conv.weight`, weight.to(dtype));
+          sd.set(`${p}.conv.bias`, bias.to(dtype));
+          if (b.postSE) for (const [k, t] of b.postSE.stateDict()) sd.set(`${p}.post_se.${k}`, t);
+        });
+        sd.set('linear.weight', model.linear.weight);
+        if (model.linear.bias) sd.set('linear.bias', model.linear.bias);
+        out.loadStateDict(sd);
+      }),
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out.eval();
+}
+
+/** The mode a RepOpt-VGG state dict was trained in, from its keys; 'deploy' for a deployed one. */
+export function modeOfStateDict(keys: Iterable<string>): 'target' | 'repvgg' | 'hs' | 'deploy' {
+  const ks = new Set(keys);
+  if (ks.has('stage0.conv_3x3.weight')) return 'repvgg';
+  if (ks.has('stage0.scale_conv.weight')) return 'hs';
+  if (ks.has('stage0.conv.weight') && ks.has('stage0.bn.weight')) return 'target';
+  if (ks.has('stage0.conv.weight') && ks.has('stage0.conv.bias')) return 'deploy';
+  throw new Error('not a RepOpt-VGG state dict (no stage0.conv.weight, stage0.conv_3x3.weight or stage0.scale_conv.weight)');
+}
