@@ -5,11 +5,15 @@ import { runCheckEquivalency } from './check-equivalency.js';
 import { runScales } from './scales.js';
 import { runTraining, runEval } from './train.js';
 import { runDeploy, runExport, runInspectWeights, runQuantDemo, runQuantize } from './deploy.js';
+import { runDemo } from './demo.js';
+import { runBench } from './bench.js';
 import { UsageError, parseFlags } from './flags.js';
 
 const USAGE = `usage: repopt <command> [options]
 
 commands:
+  demo [--out DIR] [--epochs N] [--search-epochs N] [--batch-size N] [--data SPEC]
+                                                  Fashion-MNIST: Hyper-Search, RepOpt-VGG vs RepVGG vs plain, a table
   smoke [--steps N] [--batch-size N] [--seed N]   train a small conv net on synthetic data
   check-equivalency [--dtype f32|f64|both] [--case TEXT] [--json]
                                                   CSLA branches vs one kernel + Grad Mult, side by side
@@ -30,6 +34,9 @@ commands:
   inspect-weights --checkpoint FILE [--json]      per-layer weight std (overall, centre tap, surrounding taps)
   quant-demo [--data SPEC] [--epochs N] [--out DIR]
                                                   Fashion-MNIST: RepOpt-VGG vs RepVGG, FP32 and INT8 side by side
+  bench [--arch A | --blocks B --widths W] [--image-size N] [--mode M | --modes M,M] [--batch N] [--optimizer repsgd|sgd]
+        [--channels-last] [--max-batch --mem-cap MIB] [--opt-overhead] [--peak] [--json]
+                                                  training-step speed and peak memory (see bench/README.md)
   (deploy, export, quantize, inspect-weights take the model from config.json beside the checkpoint, or
    --arch A | --blocks B --widths W [--strides S])
 
@@ -82,6 +89,18 @@ async function main(argv: string[]): Promise<number> {
       console.log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
       return 0;
     }
+    case 'demo': {
+      const f = parseFlags(rest, { out: 'string', data: 'string', epochs: 'number', 'search-epochs': 'number', 'batch-size': 'number', threads: 'number' });
+      return runDemo({
+        out: (f.out as string | undefined) ?? 'runs/demo',
+        data: (f.data as string | undefined) ?? 'fashion-mnist',
+        epochs: (f.epochs as number | undefined) ?? 2,
+        searchEpochs: (f['search-epochs'] as number | undefined) ?? 1,
+        batchSize: (f['batch-size'] as number | undefined) ?? 64,
+        threads: f.threads as number | undefined,
+        log: (l) => console.log(l),
+      });
+    }
     case 'eval':
       return runEval(rest, (l) => console.log(l));
     case 'deploy':
@@ -94,6 +113,8 @@ async function main(argv: string[]): Promise<number> {
       return runInspectWeights(rest, (l) => console.log(l));
     case 'quant-demo':
       return runQuantDemo(rest, (l) => console.log(l));
+    case 'bench':
+      return runBench(rest, (l) => console.log(l));
     case undefined:
     case 'help':
     case '--help':

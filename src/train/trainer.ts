@@ -198,7 +198,15 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     }
     if (!stop && (o.maxIterations === undefined || state.iteration < o.maxIterations)) {
       torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
-      log.write('end', { ...state, seconds: (performance.now() - t0) / 1000 });
+      log.write('end', {
+        ...state,
+        seconds: (performance.now() - t0) / 1000,
+        trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
+        peakRssBytes: process.resourceUsage().maxRSS * 1024,
+        params: model.numParameters(),
+        valTop1: lastEval?.top1 ?? null,
+        emaTop1: emaEval?.top1 ?? null,
+      });
     }
   } finally {
     process.off('SIGINT', onSigint);
