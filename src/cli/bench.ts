@@ -1,0 +1,512 @@
+/**
+ * `repopt bench`: the training-speed measurements of RepOpt-VGG, our side.
+ *
+ * One run (the default) times the training step of one model in one mode in
+ * this process and prints a summary (`--json`: one JSON line, the format
+ * bench/run-repopt.mjs reads, the same as bench/train_step.py's):
+ *
+ *   repopt bench [--arch A | --blocks B --widths W] [--strides S] [--image-size N] [--classes N]
+ *                [--mode target|repvgg|hs] [--optimizer repsgd|sgd] [--batch N]
+ *                [--warmup N] [--steps N] [--threads N] [--channels-last] [--seed N] [--json]
+ *
+ * Default model: A0 widths with fewer blocks (1,2,4,1), strides 2,2,2,2,2, 64x64
+ * input, 100 classes: convolutions dominate, a step takes well under a second.
+ *
+ * A step is exactly the trainer's: zeroGrad (grads to none), forward, cross
+ * entropy, backward, optimizer step, inside torch.tidy. Optimizers as `repopt
+ * train` builds them: SGD(lr 0.1, momentum 0.9, wd 1e-4) with the release's
+ * weight-decay rule; `target` mode trains with RepSGD (`--optimizer repsgd`,
+ * the default): the Grad Mults come from scales at the Hyper-Search model's
+ * initial values (1 and sqrt(2/i), identity 1) so no scale file is needed; the
+ * Rule of Initialization is skipped (a dense conv's time does not depend on
+ * its values), so both sides start from the same plain init and train the same
+ * numbers. `--optimizer sgd` trains the target model with plain SGD.
+ *
+ * Each step is split into forward (+ loss), backward and optimizer step, timed
+ * with performance.now() (libtorch CPU ops are synchronous).
+ *
+ * Other measurements:
+ *   --modes target,repvgg,hs [--rounds R]  each mode in a fresh child process, alternating order
+ *                                          per round; medians; peak RSS per mode
+ *   --max-batch --mem-cap MIB [--mode M]   the largest batch whose run keeps peak RSS <= cap:
+ *                                          doubling, then bisection, each probe a child process
+ *   --opt-overhead [--reps N]              RepSGD vs plain SGD step on the same target model and
+ *                                          gradients, alternating, in this process
+ *   --peak                                 the machine's measured peak: a large matmul and a large
+ *                                          3x3 convolution (contiguous and channels-last), GFLOP/s
+ */
+import { spawnSync } from 'node:child_process';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import * as torch from '../torch/index.js';
+import { F, type Tensor } from '../torch/index.js';
+import { SGD, type Optimizer } from '../optim/index.js';
+import { vggBlockLayout, type RepOptVGG, type RepOptVGGMode } from '../models/repoptvgg.js';
+import { repOptVggHandler } from '../models/repoptvgg-handler.js';
+import { buildModel, buildOptimizer, type ModelConfig } from '../train/setup.js';
+import { UsageError, parseFlags } from './flags.js';
+
+export type BenchMode = 'target' | 'repvgg' | 'hs';
+export const BENCH_MODES: readonly BenchMode[] = ['target', 'repvgg', 'hs'];
+
+export interface BenchOptions {
+  model: ModelConfig;
+  imageSize: number;
+  mode: BenchMode;
+  /** `repsgd`: SGD with Grad Mults (target mode only); `sgd`: plain SGD. */
+  optimizer: 'repsgd' | 'sgd';
+  batch: number;
+  warmup: number;
+  steps: number;
+  threads: number;
+  channelsLast: boolean;
+  seed: number;
+}
+
+export const DEFAULT_BENCH_MODEL: ModelConfig = {
+  blocks: [1, 2, 4, 1],
+  widths: [0.75, 0.75, 0.75, 2.5],
+  strides: [2, 2, 2, 2, 2],
+  inChannels: 3,
+  numClasses: 100,
+};
+
+export interface BenchResult {
+  impl: string;
+  mode: BenchMode;
+  optimizer: string;
+  model: string;
+  batch: number;
+  size: number;
+  channelsLast: boolean;
+  warmup: number;
+  steps: number;
+  threads: number;
+  /** Wall ms per step (mean over the timed steps); an array of one, as bench/train-step.ts. */
+  msPerStep: number[];
+  cpuMsPerStep: number[];
+  medianStepMs: number;
+  /** Median ms per phase over the timed steps. */
+  forwardMs: number;
+  backwardMs: number;
+  optimizerMs: number;
+  imgPerSec: number;
+  /** Multiply-accumulates of one image's forward pass (convs + linear). */
+  macsPerImage: number;
+  /** Achieved GFLOP/s: 3 x forward MACs x 2 FLOP x batch / step time. */
+  gflops: number;
+  maxRSSKiB: number;
+  finalLoss: number;
+  runtime: string;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/**
+ * Forward multiply-accumulates of one image in a mode: every conv (3x3, and in
+ * `repvgg` / `hs` the 1x1 branch) and the classifier. BN, ReLU, adds and scales
+ * are not counted (they are memory-bound, not MACs).
+ */
+export function vggModeMacs(model: ModelConfig, mode: BenchMode, imageSize: number): number {
+  const blocks = model.blocks!;
+  const widths = model.widths!;
+  let h = imageSize;
+  let macs = 0;
+  let last = 0;
+  for (const b of vggBlockLayout({ numBlocks: blocks, widthMultiplier: widths }, { inChannels: model.inChannels, strides: model.strides })) {
+    h = Math.floor((h + 2 - 3) / b.stride) + 1;
+    const perTap = b.outChannels * b.inChannels * h * h;
+    macs += perTap * 9 + (mode === 'target' ? 0 : perTap);
+    last = b.outChannels;
+  }
+  return macs + last * model.numClasses;
+}
+
+/** Scales at the Hyper-Search model's initial values, keyed as in a scale file. */
+export function initialScales(model: RepOptVGG): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const b of model.layout) {
+    out.set(`${b.name}.scale_conv.weight`, torch.keep(torch.full([b.outChannels], b.scaleInit)));
+    out.set(`${b.name}.scale_1x1.weight`, torch.keep(torch.full([b.outChannels], b.scaleInit)));
+    if (b.identity) out.set(`${b.name}.scale_identity.weight`, torch.keep(torch.full([b.outChannels], 1)));
+  }
+  return out;
+}
+
+const OPTIMIZER = { kind: 'sgd' as const, lr: 0.1, momentum: 0.9, nesterov: false, weightDecay: 1e-4 };
+
+/** The optimizer `repopt train` would build for this mode (target: RepSGD from the initial scales). */
+export function benchOptimizer(model: RepOptVGG, kind: 'repsgd' | 'sgd'): Optimizer<{ lr: number }> {
+  const opt = buildOptimizer(model, OPTIMIZER);
+  if (kind === 'repsgd') {
+    const scales = initialScales(model);
+    try {
+      opt.setGradMults(repOptVggHandler(model, scales).gradMults('sgd'));
+    } finally {
+      for (const t of scales.values()) t.dispose();
+    }
+  }
+  return opt;
+}
+
+function modelLabel(m: ModelConfig): string {
+  return m.arch ?? `blocks ${m.blocks!.join(',')} widths ${m.widths!.join(',')} strides ${(m.strides ?? [2, 2, 2, 2, 2]).join(',')}`;
+}
+
+/** Times the training step (see the file comment). */
+export function benchTrainStep(o: BenchOptions): BenchResult {
+  torch.setNumThreads(o.threads);
+  torch.manualSeed(o.seed);
+  const model = buildModel(o.model, o.mode as RepOptVGGMode);
+  const kind = o.mode === 'target' ? o.optimizer : 'sgd';
+  const opt = benchOptimizer(model, kind);
+  let x = torch.keep(torch.randn([o.batch, o.model.inChannels, o.imageSize, o.imageSize]));
+  if (o.channelsLast) {
+    const cl = torch.keep(x.toChannelsLast());
+    x.dispose();
+    x = cl;
+  }
+  const y = torch.keep(torch.randint(0, o.model.numClasses, [o.batch]));
+  const phases = { fwd: [] as number[], bwd: [] as number[], opt: [] as number[], all: [] as number[] };
+  const step = (record: boolean) =>
+    torch.tidy(() => {
+      const t0 = performance.now();
+      opt.zeroGrad();
+      const loss = F.crossEntropy(model.forward(x), y);
+      const t1 = performance.now();
+      loss.backward();
+      const t2 = performance.now();
+      opt.step();
+      const t3 = performance.now();
+      if (record) {
+        phases.fwd.push(t1 - t0);
+        phases.bwd.push(t2 - t1);
+        phases.opt.push(t3 - t2);
+        phases.all.push(t3 - t0);
+      }
+    });
+  try {
+    for (let i = 0; i < o.warmup; i++) step(false);
+    const c0 = process.cpuUsage();
+    const w0 = performance.now();
+    for (let i = 0; i < o.steps; i++) step(true);
+    const ms = (performance.now() - w0) / Math.max(1, o.steps);
+    const c = process.cpuUsage(c0);
+    const finalLoss = torch.tidy(() => torch.noGrad(() => F.crossEntropy(model.forward(x), y).item()));
+    const macsPerImage = vggModeMacs(modelConfigOf(model, o.model), o.mode, o.imageSize);
+    return {
+      impl: 'repopt',
+      mode: o.mode,
+      optimizer: o.mode === 'target' ? kind : 'sgd',
+      model: modelLabel(o.model),
+      batch: o.batch,
+      size: o.imageSize,
+      channelsLast: o.channelsLast,
+      warmup: o.warmup,
+      steps: o.steps,
+      threads: torch.getNumThreads(),
+      msPerStep: [ms],
+      cpuMsPerStep: [(c.user + c.system) / 1e3 / Math.max(1, o.steps)],
+      medianStepMs: median(phases.all),
+      forwardMs: median(phases.fwd),
+      backwardMs: median(phases.bwd),
+      optimizerMs: median(phases.opt),
+      imgPerSec: (o.batch * 1000) / ms,
+      macsPerImage,
+      gflops: (3 * 2 * macsPerImage * o.batch) / (ms * 1e6),
+      maxRSSKiB: process.resourceUsage().maxRSS,
+      finalLoss,
+      runtime: `node ${process.version}`,
+    };
+  } finally {
+    model.dispose();
+    opt.dispose();
+    x.dispose();
+    y.dispose();
+  }
+}
+
+function modelConfigOf(model: RepOptVGG, m: ModelConfig): ModelConfig {
+  return { ...m, blocks: [...model.config.numBlocks], widths: [...model.config.widthMultiplier] };
+}
+
+// ------------------------------------------------------------ RepSGD overhead
+
+export interface OverheadResult {
+  /** Median ms of one optimizer step with Grad Mults (RepSGD) and without (SGD), same model and gradients. */
+  repsgdMs: number;
+  sgdMs: number;
+  overheadMs: number;
+  reps: number;
+}
+
+/**
+ * RepSGD's extra cost over plain SGD: one forward/backward gives the target
+ * model gradients; then the two optimizers (each with its own momentum
+ * buffers) step alternately `reps` times on those gradients, timed one by one.
+ */
+export function benchOptimizerOverhead(o: BenchOptions, reps: number): OverheadResult {
+  torch.setNumThreads(o.threads);
+  torch.manualSeed(o.seed);
+  const model = buildModel(o.model, 'target');
+  const rep = benchOptimizer(model, 'repsgd');
+  const plain = benchOptimizer(model, 'sgd');
+  try {
+    torch.tidy(() => {
+      const x = torch.randn([o.batch, o.model.inChannels, o.imageSize, o.imageSize]);
+      const y = torch.randint(0, o.model.numClasses, [o.batch]);
+      F.crossEntropy(model.forward(x), y).backward();
+    });
+    const times = { rep: [] as number[], plain: [] as number[] };
+    for (let i = 0; i < reps + 3; i++) {
+      for (const [k, opt] of (i % 2 ? [['plain', plain], ['rep', rep]] : [['rep', rep], ['plain', plain]]) as ['rep' | 'plain', Optimizer<{ lr: number }>][]) {
+        const t0 = performance.now();
+        opt.step();
+        if (i >= 3) times[k].push(performance.now() - t0);
+      }
+    }
+    const repsgdMs = median(times.rep);
+    const sgdMs = median(times.plain);
+    return { repsgdMs, sgdMs, overheadMs: repsgdMs - sgdMs, reps };
+  } finally {
+    model.zeroGrad();
+    model.dispose();
+    rep.dispose();
+    plain.dispose();
+  }
+}
+
+// ------------------------------------------------------------ machine peak
+
+export interface PeakResult {
+  threads: number;
+  matmul: { n: number; ms: number; gflops: number };
+  conv: { shape: string; contiguous: { ms: number; gflops: number }; channelsLast: { ms: number; gflops: number } };
+}
+
+function timeMedian(fn: () => void, reps: number): number {
+  fn(); // warm-up
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    ts.push(performance.now() - t0);
+  }
+  return median(ts);
+}
+
+/** Forward-only peak: an n x n matmul (2n^3 FLOP) and a 3x3 conv N=32, C=128->128, 32x32, padding 1. */
+export function benchPeak(threads: number, reps = 7, n = 2048): PeakResult {
+  torch.setNumThreads(threads);
+  torch.manualSeed(0);
+  return torch.noGrad(() =>
+    torch.tidy(() => {
+      const a = torch.randn([n, n]);
+      const b = torch.randn([n, n]);
+      const mmMs = timeMedian(() => torch.tidy(() => void a.matmul(b)), reps);
+      const [N, C, H] = [32, 128, 32];
+      const x = torch.randn([N, C, H, H]);
+      const w = torch.randn([C, C, 3, 3]).mul(0.01);
+      const xc = x.toChannelsLast();
+      const wc = w.toChannelsLast();
+      const flop = 2 * N * C * C * 9 * H * H;
+      const cMs = timeMedian(() => torch.tidy(() => void F.conv2d(x, w, null, { padding: 1 })), reps);
+      const clMs = timeMedian(() => torch.tidy(() => void F.conv2d(xc, wc, null, { padding: 1 })), reps);
+      return {
+        threads: torch.getNumThreads(),
+        matmul: { n, ms: mmMs, gflops: (2 * n ** 3) / (mmMs * 1e6) },
+        conv: {
+          shape: `${N}x${C}x${H}x${H}, ${C}x${C}x3x3, padding 1`,
+          contiguous: { ms: cMs, gflops: flop / (cMs * 1e6) },
+          channelsLast: { ms: clMs, gflops: flop / (clMs * 1e6) },
+        },
+      };
+    }),
+  );
+}
+
+// ------------------------------------------------------------ child-process drivers
+
+const self = fileURLToPath(new URL('./main.js', import.meta.url));
+
+function benchArgs(o: BenchOptions): string[] {
+  const m = o.model;
+  const a = ['bench', '--json', '--mode', o.mode, '--optimizer', o.optimizer, '--batch', String(o.batch), '--image-size', String(o.imageSize),
+    '--warmup', String(o.warmup), '--steps', String(o.steps), '--threads', String(o.threads), '--seed', String(o.seed), '--classes', String(m.numClasses)];
+  if (m.arch) a.push('--arch', m.arch);
+  else a.push('--blocks', m.blocks!.join(','), '--widths', m.widths!.join(','));
+  if (m.strides) a.push('--strides', m.strides.join(','));
+  if (o.channelsLast) a.push('--channels-last');
+  return a;
+}
+
+/** One `repopt bench --json` run in a fresh process (peak RSS is per process). */
+export function benchChild(o: BenchOptions): BenchResult {
+  const r = spawnSync(process.execPath, [self, ...benchArgs(o)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`bench child (${o.mode}, batch ${o.batch}) failed (${r.status}): ${r.stderr.trim().split('\n').pop()}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as BenchResult;
+}
+
+/**
+ * The largest batch whose run stays under `capMiB` peak RSS, by doubling from
+ * `start` and then bisecting (to a multiple of `granule`). `probe(batch)` runs
+ * in its own process and returns its peak RSS in MiB.
+ */
+export function searchMaxBatch(probe: (batch: number) => number, capMiB: number, start = 16, granule = 8, log?: (l: string) => void): { batch: number; rssMiB: number; probes: [number, number][] } {
+  const probes: [number, number][] = [];
+  const fits = (b: number) => {
+    const rss = probe(b);
+    probes.push([b, rss]);
+    log?.(`  batch ${b}: peak RSS ${rss.toFixed(0)} MiB ${rss <= capMiB ? 'fits' : 'over'}`);
+    return rss <= capMiB;
+  };
+  let lo = 0;
+  let hi = start;
+  while (fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  if (lo === 0) {
+    // even `start` is over the cap: bisect below it
+    hi = start;
+  }
+  while (hi - lo > granule) {
+    const mid = Math.round((lo + hi) / 2 / granule) * granule || granule;
+    if (mid <= lo || mid >= hi) break;
+    if (fits(mid)) lo = mid;
+    else hi = mid;
+  }
+  const best = probes.filter(([b]) => b === lo)[0];
+  return { batch: lo, rssMiB: best ? best[1] : NaN, probes };
+}
+
+// ------------------------------------------------------------ the command
+
+const FLAGS = {
+  arch: 'string', blocks: 'list', widths: 'list', strides: 'list', 'image-size': 'number', classes: 'number',
+  mode: 'string', modes: 'string', optimizer: 'string', batch: 'number', warmup: 'number', steps: 'number', threads: 'number',
+  'channels-last': 'boolean', seed: 'number', json: 'boolean', rounds: 'number', 'max-batch': 'boolean', 'mem-cap': 'number',
+  'opt-overhead': 'boolean', reps: 'number', peak: 'boolean',
+} as const;
+
+const posInt = (f: Record<string, unknown>, k: string, d: number, min = 1): number => {
+  const v = (f[k] as number | undefined) ?? d;
+  if (!Number.isInteger(v) || v < min) throw new UsageError(`--${k} must be an integer >= ${min}, got ${v}`);
+  return v;
+};
+
+export function runBench(argv: string[], log: (l: string) => void): number {
+  const f = parseFlags(argv, FLAGS);
+  const custom = f.arch === undefined && f.blocks === undefined && f.widths === undefined;
+  const model: ModelConfig = custom
+    ? { ...DEFAULT_BENCH_MODEL, strides: (f.strides as number[] | undefined) ?? DEFAULT_BENCH_MODEL.strides, numClasses: posInt(f, 'classes', 100) }
+    : {
+        arch: f.arch as string | undefined,
+        blocks: f.blocks as number[] | undefined,
+        widths: f.widths as number[] | undefined,
+        strides: f.strides as number[] | undefined,
+        inChannels: 3,
+        numClasses: posInt(f, 'classes', 100),
+      };
+  // Resolve arch names to blocks/widths once (MAC counting and child args use them).
+  const probeModel = buildModel(model, 'target');
+  const resolved: ModelConfig = { ...model, arch: undefined, blocks: [...probeModel.config.numBlocks], widths: [...probeModel.config.widthMultiplier] };
+  probeModel.dispose();
+  const mode = ((f.mode as string | undefined) ?? 'target') as BenchMode;
+  if (!BENCH_MODES.includes(mode)) throw new UsageError(`--mode must be one of ${BENCH_MODES.join(', ')}, got '${mode}'`);
+  const optimizer = (f.optimizer as string | undefined) ?? 'repsgd';
+  if (optimizer !== 'repsgd' && optimizer !== 'sgd') throw new UsageError(`--optimizer must be repsgd or sgd, got '${optimizer}'`);
+  const o: BenchOptions = {
+    model: resolved,
+    imageSize: posInt(f, 'image-size', 64),
+    mode,
+    optimizer,
+    batch: posInt(f, 'batch', 32),
+    warmup: posInt(f, 'warmup', 3, 0),
+    steps: posInt(f, 'steps', 10),
+    threads: posInt(f, 'threads', os.availableParallelism()),
+    channelsLast: f['channels-last'] === true,
+    seed: posInt(f, 'seed', 0, 0),
+  };
+  const json = f.json === true;
+  const out = (obj: unknown, text: () => void) => (json ? log(JSON.stringify(obj)) : text());
+
+  if (f.peak) {
+    const p = benchPeak(o.threads, posInt(f, 'reps', 7));
+    out(p, () => {
+      log(`machine peak, ${p.threads} threads (forward only, median of runs):`);
+      log(`  matmul ${p.matmul.n}x${p.matmul.n}: ${p.matmul.ms.toFixed(1)} ms, ${p.matmul.gflops.toFixed(1)} GFLOP/s`);
+      log(`  conv3x3 ${p.conv.shape}: contiguous ${p.conv.contiguous.gflops.toFixed(1)} GFLOP/s, channels-last ${p.conv.channelsLast.gflops.toFixed(1)} GFLOP/s`);
+    });
+    return 0;
+  }
+  if (f['opt-overhead']) {
+    const r = benchOptimizerOverhead(o, posInt(f, 'reps', 30));
+    out(r, () => {
+      log(`optimizer step on the target model (${modelLabel(o.model)}), ${r.reps} alternating steps each:`);
+      log(`  RepSGD ${r.repsgdMs.toFixed(3)} ms, SGD ${r.sgdMs.toFixed(3)} ms: Grad Mults add ${r.overheadMs.toFixed(3)} ms`);
+    });
+    return 0;
+  }
+  if (f['max-batch']) {
+    if (f['mem-cap'] === undefined) throw new UsageError('--max-batch needs --mem-cap MIB (a cap on peak RSS)');
+    const cap = f['mem-cap'] as number;
+    const modes = f.modes ? parseModes(f.modes as string) : [mode];
+    const res = modes.map((m) => {
+      if (!json) log(`${m}: searching the largest batch under ${cap} MiB peak RSS`);
+      const r = searchMaxBatch((b) => benchChild({ ...o, mode: m, batch: b, warmup: 1, steps: 2 }).maxRSSKiB / 1024, cap, o.batch, 8, json ? undefined : log);
+      return { mode: m, capMiB: cap, ...r };
+    });
+    out(res, () => res.forEach((r) => log(`${r.mode}: max batch ${r.batch} (peak RSS ${r.rssMiB.toFixed(0)} MiB)`)));
+    return 0;
+  }
+  if (f.modes) {
+    const modes = parseModes(f.modes as string);
+    const rounds = posInt(f, 'rounds', 3);
+    const runs = new Map<BenchMode, BenchResult[]>(modes.map((m) => [m, []]));
+    for (let r = 0; r < rounds; r++) {
+      const order = r % 2 ? [...modes].reverse() : modes;
+      for (const m of order) {
+        const res = benchChild({ ...o, mode: m });
+        runs.get(m)!.push(res);
+        if (!json) log(`round ${r + 1}/${rounds} ${m.padEnd(6)} ${res.msPerStep[0].toFixed(1)} ms/step, ${res.imgPerSec.toFixed(1)} img/s, RSS ${(res.maxRSSKiB / 1024).toFixed(0)} MiB`);
+      }
+    }
+    const rows = modes.map((m) => {
+      const xs = runs.get(m)!;
+      const ms = median(xs.map((x) => x.msPerStep[0]));
+      return {
+        mode: m, msPerStep: ms, imgPerSec: (o.batch * 1000) / ms, forwardMs: median(xs.map((x) => x.forwardMs)),
+        backwardMs: median(xs.map((x) => x.backwardMs)), optimizerMs: median(xs.map((x) => x.optimizerMs)),
+        gflops: median(xs.map((x) => x.gflops)), rssMiB: Math.max(...xs.map((x) => x.maxRSSKiB)) / 1024,
+      };
+    });
+    out(rows, () => {
+      log(`${modelLabel(o.model)}, ${o.imageSize}x${o.imageSize}, batch ${o.batch}, ${o.threads} threads, medians of ${rounds} rounds`);
+      log('| mode | ms/step | img/s | fwd ms | bwd ms | opt ms | GFLOP/s | peak RSS MiB |');
+      log('|---|---:|---:|---:|---:|---:|---:|---:|');
+      for (const r of rows) {
+        log(`| ${r.mode} | ${r.msPerStep.toFixed(1)} | ${r.imgPerSec.toFixed(1)} | ${r.forwardMs.toFixed(1)} | ${r.backwardMs.toFixed(1)} | ${r.optimizerMs.toFixed(2)} | ${r.gflops.toFixed(1)} | ${r.rssMiB.toFixed(0)} |`);
+      }
+    });
+    return 0;
+  }
+  const r = benchTrainStep(o);
+  out(r, () => {
+    log(`${r.model}, mode ${r.mode} (${r.optimizer}), ${r.size}x${r.size}, batch ${r.batch}, ${r.threads} threads${r.channelsLast ? ', channels-last' : ''}`);
+    log(`  ${r.msPerStep[0].toFixed(1)} ms/step (forward ${r.forwardMs.toFixed(1)}, backward ${r.backwardMs.toFixed(1)}, optimizer ${r.optimizerMs.toFixed(2)}), ` +
+      `${r.imgPerSec.toFixed(1)} img/s, ${r.gflops.toFixed(1)} GFLOP/s, peak RSS ${(r.maxRSSKiB / 1024).toFixed(0)} MiB, final loss ${r.finalLoss.toFixed(6)}`);
+  });
+  return 0;
+}
+
+function parseModes(s: string): BenchMode[] {
+  const ms = s.split(',').map((x) => x.trim()) as BenchMode[];
+  for (const m of ms) if (!BENCH_MODES.includes(m)) throw new UsageError(`--modes: unknown mode '${m}' (${BENCH_MODES.join(', ')})`);
+  return ms;
+}
