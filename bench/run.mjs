@@ -12,6 +12,20 @@
 // runs are not timed against someone else's job; the log notes runs that were not.
 //
 // Needs dist/ (npm run build). `npm run bench` builds, then runs this.
+//
+// `--suite repoptvgg` runs the RepOpt-VGG comparisons instead (`repopt bench --json`
+// against `train_step.py --model repoptvgg`, both on the same model and step):
+//
+//   node bench/run.mjs --suite repoptvgg [--modes target,repvgg,hs] [--batch 32] [--size 64]
+//        [--blocks 1,2,4,1 --widths .75,.75,.75,2.5 --strides 2,2,2,2,2 --classes 100]
+//        [--channels-last] [--rounds 3] [--steps 10] [--warmup 3] [--threads N]
+//        [--mem-cap MIB [--max-modes target,repvgg]] [--no-overhead] [--no-peak] [--write]
+//
+// It prints (and with --write puts in bench/RESULTS-repoptvgg.md): ours vs PyTorch per
+// mode at the fixed batch; target vs repvgg throughput and memory, both sides; with
+// --mem-cap the largest batch under that peak RSS per mode and side (doubling +
+// bisection, a fresh process per probe) and the throughput there; the optimizer step
+// of RepSGD vs plain SGD; the machine's matmul / conv3x3 peak and the achieved GFLOP/s.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -22,7 +36,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
 
 function parse(argv) {
-  const o = { widths: [32, 64], rounds: 5, steps: 30, warmup: 10, threads: os.availableParallelism(), python: '/usr/bin/python3', quietWait: 60, write: false };
+  const o = { widths: [32, 64], rounds: 5, steps: 30, warmup: 10, threads: os.availableParallelism(), python: '/usr/bin/python3', quietWait: 60, write: false,
+    suite: 'smallvgg', modes: 'target,repvgg,hs', batch: 32, size: 64, blocks: '1,2,4,1', widths4: '0.75,0.75,0.75,2.5', strides: '2,2,2,2,2', classes: 100,
+    channelsLast: false, memCap: 0, maxModes: 'target,repvgg', overhead: true, peak: true };
+  const given = new Set();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -30,8 +47,21 @@ function parse(argv) {
       if (v === undefined) throw new Error(`${a} needs a value`);
       return v;
     };
+    given.add(a);
     if (a === '--write') o.write = true;
-    else if (a === '--widths') o.widths = next().split(',').map(Number);
+    else if (a === '--suite') o.suite = next();
+    else if (a === '--modes') o.modes = next();
+    else if (a === '--batch') o.batch = Number(next());
+    else if (a === '--size') o.size = Number(next());
+    else if (a === '--blocks') o.blocks = next();
+    else if (a === '--strides') o.strides = next();
+    else if (a === '--classes') o.classes = Number(next());
+    else if (a === '--channels-last') o.channelsLast = true;
+    else if (a === '--mem-cap') o.memCap = Number(next());
+    else if (a === '--max-modes') o.maxModes = next();
+    else if (a === '--no-overhead') o.overhead = false;
+    else if (a === '--no-peak') o.peak = false;
+    else if (a === '--widths') o.widthsRaw = next(); // SmallVGG: widths C; RepOpt-VGG: 4 width multipliers
     else if (a === '--rounds') o.rounds = Number(next());
     else if (a === '--steps') o.steps = Number(next());
     else if (a === '--warmup') o.warmup = Number(next());
@@ -40,8 +70,19 @@ function parse(argv) {
     else if (a === '--quiet-wait') o.quietWait = Number(next());
     else throw new Error(`run.mjs: unknown argument '${a}'`);
   }
+  if (o.widthsRaw !== undefined) {
+    if (o.suite === 'repoptvgg') o.widths4 = o.widthsRaw;
+    else o.widths = o.widthsRaw.split(',').map(Number);
+    delete o.widthsRaw;
+  }
+  if (o.suite === 'repoptvgg') {
+    // Shorter runs by default: a RepOpt-VGG step is several SmallVGG steps.
+    if (!given.has('--rounds')) o.rounds = 3;
+    if (!given.has('--steps')) o.steps = 10;
+    if (!given.has('--warmup')) o.warmup = 3;
+  } else if (o.suite !== 'smallvgg') throw new Error(`run.mjs: --suite must be smallvgg or repoptvgg, got '${o.suite}'`);
   for (const [k, v] of Object.entries(o)) {
-    if (typeof v === 'number' && !(Number.isInteger(v) && (v > 0 || (k === 'quietWait' && v === 0)))) throw new Error(`run.mjs: --${k} must be a positive integer`);
+    if (typeof v === 'number' && !(Number.isInteger(v) && (v > 0 || ((k === 'quietWait' || k === 'memCap') && v === 0)))) throw new Error(`run.mjs: --${k} must be a positive integer`);
   }
   if (o.widths.some((w) => !(Number.isInteger(w) && w > 0))) throw new Error('run.mjs: --widths must be positive integers');
   return o;
@@ -90,9 +131,14 @@ function runOne(cmd, args) {
 }
 
 const o = parse(process.argv.slice(2));
+if (!existsSync(o.python)) throw new Error(`${o.python} not found (Debian's python3 with python3-torch)`);
+if (o.suite === 'repoptvgg') {
+  const { runRepOptVggSuite } = await import('./run-repoptvgg.mjs');
+  await runRepOptVggSuite(o, { root, here, median, waitQuiet, runOne });
+  process.exit(0);
+}
 const ours = path.join(root, 'dist/bench/train-step.js');
 if (!existsSync(ours)) throw new Error('dist/bench/train-step.js missing: run `npm run build` first');
-if (!existsSync(o.python)) throw new Error(`${o.python} not found (Debian's python3 with python3-torch)`);
 
 const common = (w) => ['--width', String(w), '--depth', '4', '--batch', '32', '--size', '32',
   '--warmup', String(o.warmup), '--steps', String(o.steps), '--reps', '1', '--threads', String(o.threads)];

@@ -1,7 +1,20 @@
-"""One training step of SmallVGG in PyTorch: the reference for bench/train-step.ts.
+"""One training step in PyTorch: the reference for bench/train-step.ts (SmallVGG)
+and for `repopt bench` (RepOpt-VGG, --model repoptvgg).
 
     /usr/bin/python3 bench/train_step.py --width 32 [--depth 4] [--batch 32] [--size 32]
         [--warmup 10] [--steps 30] [--reps 1] [--threads N] [--foreach 0|1]
+    /usr/bin/python3 bench/train_step.py --model repoptvgg [--mode target|repvgg|hs]
+        [--optimizer repsgd|sgd] [--blocks 1,2,4,1] [--widths .75,.75,.75,2.5]
+        [--strides 2,2,2,2,2] [--classes 100] [--size 64] [--batch 32] [--channels-last]
+        [--warmup 3] [--steps 10] [--threads N]
+        [--opt-overhead] [--peak]
+
+RepOpt-VGG (bench/repoptvgg_torch.py, written from REPOPT.md section 3 with the
+release's module names, mirroring src/models/repoptvgg.ts) is trained as
+`repopt bench` trains it: SGD(lr 0.1, momentum 0.9, wd 1e-4) with the release's
+weight-decay rule; in target mode RepSGD, SGD with Grad Mults from the
+Hyper-Search initial scales, applied out of place (g * M) before weight decay.
+Modules are built in our order from the same seed, so the final losses agree.
 
 Same net (stem conv3x3 3->C, `depth` conv3x3 C->C, each bias-free with BN and
 in-place ReLU, global average pool, linear to 10), same optimizer (SGD lr 0.01,
@@ -45,7 +58,7 @@ class SmallVGG(nn.Module):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
@@ -55,7 +68,14 @@ def main():
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--foreach", type=int, choices=[0, 1], default=None)
-    a = p.parse_args()
+    p.add_argument("--model", choices=["smallvgg", "repoptvgg"], default="smallvgg")
+    a, rest = p.parse_known_args()
+    if a.model == "repoptvgg":
+        import repoptvgg_torch  # its own parser and defaults (64x64, 3 warm-up + 10 steps)
+        repoptvgg_torch.main(sys.argv[1:])
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
 
     # Python's torch here starts with 1 thread; ours with all cores: always set it.
     torch.set_num_threads(a.threads)
