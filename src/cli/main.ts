@@ -6,12 +6,14 @@ import { runScales } from './scales.js';
 import { runTraining, runEval } from './train.js';
 import { runDeploy, runExport, runInspectWeights, runQuantDemo, runQuantize } from './deploy.js';
 import { runDemo } from './demo.js';
+import { listArchs } from '../models/index.js';
 import { runBench } from './bench.js';
 import { UsageError, parseFlags } from './flags.js';
 
 const USAGE = `usage: repopt <command> [options]
 
 commands:
+  models [--json]                                 the architectures, with params and MACs (target, 1000 classes, 224x224)
   demo [--out DIR] [--epochs N] [--search-epochs N] [--batch-size N] [--data SPEC]
                                                   Fashion-MNIST: Hyper-Search, RepOpt-VGG vs RepVGG vs plain, a table
   smoke [--steps N] [--batch-size N] [--seed N]   train a small conv net on synthetic data
@@ -87,6 +89,19 @@ async function main(argv: string[]): Promise<number> {
       }
       const e = r.result.lastEval;
       console.log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
+      return 0;
+    }
+    case 'models': {
+      const f = parseFlags(rest, { json: 'boolean' });
+      const archs = listArchs().map((a) => ({ name: a.name, family: a.family, modes: a.modes, params: a.params ?? null, macs: a.macs ?? null }));
+      if (f.json) console.log(JSON.stringify(archs));
+      else {
+        console.log(`${'architecture'.padEnd(24)} ${'params'.padStart(12)} ${'MACs@224'.padStart(10)}  modes`);
+        for (const a of archs) {
+          const macs = a.macs === null ? '-' : a.macs >= 1e9 ? `${(a.macs / 1e9).toFixed(2)}G` : `${(a.macs / 1e6).toFixed(1)}M`;
+          console.log(`${a.name.padEnd(24)} ${(a.params?.toLocaleString('en-US') ?? '-').padStart(12)} ${macs.padStart(10)}  ${a.modes.join(', ')}`);
+        }
+      }
       return 0;
     }
     case 'demo': {
