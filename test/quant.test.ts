@@ -114,6 +114,12 @@ test('weights: symmetric int8 scales per output channel or per tensor; codes, fa
   // values beyond the scale's range clamp to [-128, 127]
   const big = quantizeWeightInt8(torch.tensor([[3, -3]]), Float32Array.of(0.01));
   assert.deepEqual([...big], [127, -128]);
+  // 4-bit weights: scale max|w| / 7, codes in [-8, 7]
+  const s4 = weightScales(w, true, 4);
+  assert.ok(close(s4[0], 1.27 / 7) && close(s4[1], 0.254 / 7));
+  assert.deepEqual([...quantizeWeightInt8(w, s4, 4)], [7, -3, 0, 0, -7, 0, 0, 3]); // -0.5/0.1814 = -2.76, 0.1/0.03629 = 2.76
+  assert.deepEqual([...quantizeWeightInt8(torch.tensor([[3, -3]]), Float32Array.of(0.1), 4)], [7, -8]);
+  assert.throws(() => weightScales(w, true, 9), /weight bits must be an integer in \[2, 8\]/);
   // per-channel is never worse than per-tensor on the channel with the small range
   const err = (sc: Float32Array) => torch.tidy(() => fakeQuantWeight(w, sc).sub(w).narrow(0, 1, 1).abs().sum().item());
   assert.ok(err(pc) < err(pt));

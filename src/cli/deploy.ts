@@ -232,6 +232,8 @@ export async function onnxAgreement(bytes: Uint8Array, ours: Module, batches: Ba
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
+/** "INT8", or "INT8 (W4)" for narrower weights. */
+const label = (bits = 8) => (bits < 8 ? `INT8 (W${bits})` : 'INT8');
 
 function setThreads(f: Record<string, unknown>): void {
   if (f.threads !== undefined) {
@@ -250,7 +252,13 @@ function positiveInt(f: Record<string, unknown>, name: string, dflt: number, all
 }
 
 function policyOf(f: Record<string, unknown>, perChannel = true): QuantPolicy {
-  return { perChannel, quantizeFirst: f['fp32-first'] !== true, quantizeLast: f['fp32-last'] !== true };
+  return { perChannel, quantizeFirst: f['fp32-first'] !== true, quantizeLast: f['fp32-last'] !== true, weightBits: weightBitsOf(f) };
+}
+
+function weightBitsOf(f: Record<string, unknown>): number {
+  const b = (f['weight-bits'] as number | undefined) ?? 8;
+  if (!Number.isInteger(b) || b < 2 || b > 8) throw new UsageError(`--weight-bits must be an integer from 2 to 8, got ${b}`);
+  return b;
 }
 
 function observersOf(v: unknown): ObserverKind[] {
@@ -296,13 +304,13 @@ export async function runDeploy(argv: string[], log: Log): Promise<number> {
 export async function runExport(argv: string[], log: Log): Promise<number> {
   const f = parseFlags(argv, {
     ...MODEL_FLAGS, format: 'string', out: 'string', int8: 'boolean', calib: 'string', 'calib-images': 'number', observer: 'string',
-    percentile: 'number', 'per-tensor': 'boolean', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'image-size': 'number', 'no-verify': 'boolean', seed: 'number',
+    percentile: 'number', 'per-tensor': 'boolean', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'number', 'image-size': 'number', 'no-verify': 'boolean', seed: 'number',
   });
   const format = (f.format as string | undefined) ?? 'onnx';
   if (format !== 'onnx') throw new UsageError(`--format must be onnx, got '${format}'`);
   if (!f.out) throw new UsageError('--out FILE.onnx is required');
   if (f.int8 && !f.calib) throw new UsageError('--int8 needs calibration data: --calib SPEC (e.g. fashion-mnist)');
-  if (!f.int8 && (f.calib || f.observer || f['per-tensor'] || f['fp32-first'] || f['fp32-last'])) throw new UsageError('--calib, --observer, --per-tensor, --fp32-first and --fp32-last need --int8');
+  if (!f.int8 && (f.calib || f.observer || f['per-tensor'] || f['fp32-first'] || f['fp32-last'] || f['weight-bits'])) throw new UsageError('--calib, --observer, --per-tensor, --weight-bits, --fp32-first and --fp32-last need --int8');
   setThreads(f);
   const observer = observerOf(f.observer, 'minmax');
   const percentile = percentileOf(f);
@@ -324,7 +332,7 @@ export async function runExport(argv: string[], log: Log): Promise<number> {
     fs.mkdirSync(path.dirname(path.resolve(f.out as string)), { recursive: true });
     fs.writeFileSync(f.out as string, bytes);
     const what = net instanceof QuantizedVGG
-      ? `INT8 QDQ (${observer} activations on ${calib.reduce((s, b) => s + b.x.shape[0], 0)} images of ${calibSet!.name}, ${net.policy.perChannel ? 'per-channel' : 'per-tensor'} weights${net.policy.quantizeFirst ? '' : ', first conv FP32'}${net.policy.quantizeLast ? '' : ', last linear FP32'})`
+      ? `INT8 QDQ (${observer} activations on ${calib.reduce((s, b) => s + b.x.shape[0], 0)} images of ${calibSet!.name}, ${net.policy.perChannel ? 'per-channel' : 'per-tensor'}${net.weightBits < 8 ? ` ${net.weightBits}-bit` : ''} weights${net.policy.quantizeFirst ? '' : ', first conv FP32'}${net.policy.quantizeLast ? '' : ', last linear FP32'})`
       : 'FP32';
     log(`${f.out}: ${what}, opset 13, input [batch, ${m.deployed.layout[0].inChannels}, height, width], ${bytes.length.toLocaleString('en-US')} bytes` +
       (m.trained ? `; fusion error ${m.fuseError.toExponential(2)}` : ''));
@@ -364,6 +372,7 @@ export interface QuantReport {
   testImages: number;
   fp32Trained: number | null;
   fp32Deployed: number;
+  weightBits: number;
   rows: QuantRow[];
   qat?: { observer: ObserverKind; perChannel: boolean; epochs: number; before: number; after: number };
   onnx?: OnnxAgreement & { observer: ObserverKind; perChannel: boolean };
@@ -382,6 +391,8 @@ export interface QuantizeOptions {
   granularities: boolean[]; // perChannel values to try
   quantizeFirst: boolean;
   quantizeLast: boolean;
+  /** Weight bits (8; fewer probes outlier sensitivity). */
+  weightBits?: number;
   qatEpochs: number;
   qatLr: number;
   qatObserver?: ObserverKind;
@@ -414,16 +425,16 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
     const nets = new Map<string, QuantizedVGG>();
     for (const perChannel of o.granularities) {
       for (const observer of o.observers) {
-        const q = quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast }, { percentile: o.percentile });
+        const q = quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits: o.weightBits }, { percentile: o.percentile });
         nets.set(`${observer}/${perChannel}`, q);
         const r = top1(q, test).top1;
         rows.push({ observer, perChannel, top1: r });
-        log(`  INT8 ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
+        log(`  ${label(o.weightBits)} ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
       }
     }
     const report: QuantReport = {
       checkpoint: o.checkpoint, mode: m.mode, fuseError: m.fuseError, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), testImages,
-      fp32Trained, fp32Deployed, rows, weights: weightStats(deployedKernels(m.deployed)),
+      fp32Trained, fp32Deployed, weightBits: o.weightBits ?? 8, rows, weights: weightStats(deployedKernels(m.deployed)),
     };
     // ONNX Runtime on the best simulated configuration of the first granularity.
     const first = rows.filter((r) => r.perChannel === o.granularities[0]);
@@ -444,7 +455,7 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
     if (o.qatEpochs > 0) {
       const observer = o.qatObserver ?? best.observer;
       const perChannel = o.granularities[0];
-      const q = nets.get(`${observer}/${perChannel}`) ?? quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast }, { percentile: o.percentile });
+      const q = nets.get(`${observer}/${perChannel}`) ?? quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits: o.weightBits }, { percentile: o.percentile });
       const before = top1(q, test).top1;
       const loader = new DataLoader(trainSet, { batchSize: o.batchSize, shuffle: true, seed: o.seed, augment: true, transforms: defaultTransforms(trainSet, 'train', true), workers: 1 });
       try {
@@ -479,7 +490,7 @@ const WEIGHT_STATS_NOTE = 'deployed kernels (BN folded, branches fused); centre 
 export async function runQuantize(argv: string[], log: Log): Promise<number> {
   const f = parseFlags(argv, {
     ...MODEL_FLAGS, data: 'string', 'calib-images': 'number', 'test-images': 'number', observers: 'string', percentile: 'number',
-    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'qat-epochs': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
+    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'number', 'qat-epochs': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
     'onnx-images': 'number', 'batch-size': 'number', seed: 'number', json: 'boolean', weights: 'boolean',
   });
   if (!f.checkpoint) throw new UsageError('--checkpoint FILE is required');
@@ -501,6 +512,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
     granularities,
     quantizeFirst: f['fp32-first'] !== true,
     quantizeLast: f['fp32-last'] !== true,
+    weightBits: weightBitsOf(f),
     qatEpochs: positiveInt(f, 'qat-epochs', 0, true),
     qatLr,
     qatObserver: f['qat-observer'] === undefined ? undefined : observerOf(f['qat-observer'], 'minmax'),
@@ -518,8 +530,8 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
   if (r.fp32Trained !== null) log(`${'FP32 trained (eval mode)'.padEnd(36)} ${pct(r.fp32Trained).padStart(8)}`);
   log(`${'FP32 deployed'.padEnd(36)} ${pct(r.fp32Deployed).padStart(8)}`);
   for (const row of r.rows) {
-    const label = `INT8 ${row.observer} (${row.perChannel ? 'per-channel' : 'per-tensor'} w)`;
-    log(`${label.padEnd(36)} ${pct(row.top1).padStart(8)} ${((row.top1 - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
+    const name = `${label(r.weightBits)} ${row.observer} (${row.perChannel ? 'per-channel' : 'per-tensor'} w)`;
+    log(`${name.padEnd(36)} ${pct(row.top1).padStart(8)} ${((row.top1 - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
   }
   if (r.qat) log(`${`INT8 ${r.qat.observer} + QAT ${r.qat.epochs} ep`.padEnd(36)} ${pct(r.qat.after).padStart(8)} ${((r.qat.after - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
   if (r.onnx) log(`ONNX Runtime INT8 (${r.onnx.observer}): top-1 ${pct(r.onnx.onnxTop1)} vs simulated ${pct(r.onnx.oursTop1)} on ${r.onnx.images} images, agreement ${pct(r.onnx.agreement)}, max |logit diff| ${(r.onnx.relMaxDiff * 100).toFixed(2)}% of the logits' scale`);

@@ -81,7 +81,7 @@ export function exportOnnx(net: DeployVGG | QuantizedVGG, o: OnnxExportOptions =
       return name;
     }
     const scales = q.scalesOf(layer);
-    const codes = quantizeWeightInt8(w, scales);
+    const codes = quantizeWeightInt8(w, scales, q.weightBits);
     inits.push({ name: `${name}_quantized`, dataType: DT.INT8, dims: w.shape, rawData: bytesOf(codes) });
     if (q.policy.perChannel) {
       inits.push(floatInit(`${name}_scale`, [scales.length], scales));

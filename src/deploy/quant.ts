@@ -4,7 +4,8 @@
  *
  * Scheme (what the ONNX QDQ export in onnx.ts writes, and what ONNX Runtime's int8 kernels compute):
  * - Weights: int8, symmetric (zero point 0), scale = max|w| / 127 per output channel (default) or per
- *   tensor; q = clamp(round_half_even(w / scale), -128, 127), every |q| <= 127.
+ *   tensor; q = clamp(round_half_even(w / scale), -128, 127), every |q| <= 127. `weightBits` < 8 uses the
+ *   grid [-2^(b-1), 2^(b-1) - 1] (still stored as int8): a probe of how weight outliers cost precision.
  * - Activations: uint8, affine, one scale and zero point per tensor, from a calibrated range [lo, hi]
  *   widened to contain 0 (so 0, and hence ReLU and zero padding, is exact): scale = (hi - lo) / 255,
  *   zero point = round(-lo / scale).
@@ -39,8 +40,6 @@ const roundOp = defOp('aten::round');
 export const MIN_SCALE = 1.1920928955078125e-7;
 export const ACT_QMIN = 0;
 export const ACT_QMAX = 255;
-export const W_QMIN = -128;
-export const W_QMAX = 127;
 
 export interface QParams {
   /** float32-representable (ONNX stores it as float). */
@@ -90,32 +89,44 @@ export function channelAbsMax(w: Tensor): number[] {
   return torch.tidy(() => w.detach().abs().flatten(1).amax([1]).toArray());
 }
 
-/** Symmetric int8 weight scales: one per output channel, or the tensor's one repeated. */
-export function weightScales(w: Tensor, perChannel: boolean): Float32Array {
-  const amax = channelAbsMax(w);
-  if (!perChannel) {
-    const s = symmetricScale(Math.max(...amax));
-    return new Float32Array(amax.length).fill(s);
-  }
-  return Float32Array.from(amax, (a) => symmetricScale(a));
+/** The integer grid of `bits`-bit signed weights: [-2^(bits-1), 2^(bits-1) - 1] (int8: [-128, 127]). */
+export function weightGrid(bits = 8): { qmin: number; qmax: number } {
+  if (!Number.isInteger(bits) || bits < 2 || bits > 8) throw new RangeError(`weight bits must be an integer in [2, 8], got ${bits}`);
+  return { qmin: -(2 ** (bits - 1)), qmax: 2 ** (bits - 1) - 1 };
 }
 
-/** Fake-quantized weights with the given per-output-channel scales (zero point 0, int8 grid). */
-export function fakeQuantWeight(w: Tensor, scales: Float32Array): Tensor {
+/**
+ * Symmetric weight scales (max |w| / (2^(bits-1) - 1)): one per output channel, or the tensor's one
+ * repeated. Fewer than 8 bits still store int8 codes, in a narrower range.
+ */
+export function weightScales(w: Tensor, perChannel: boolean, bits = 8): Float32Array {
+  const { qmax } = weightGrid(bits);
+  const amax = channelAbsMax(w);
+  if (!perChannel) {
+    const s = symmetricScale(Math.max(...amax), qmax);
+    return new Float32Array(amax.length).fill(s);
+  }
+  return Float32Array.from(amax, (a) => symmetricScale(a, qmax));
+}
+
+/** Fake-quantized weights with the given per-output-channel scales (zero point 0, signed `bits`-bit grid). */
+export function fakeQuantWeight(w: Tensor, scales: Float32Array, bits = 8): Tensor {
+  const { qmin, qmax } = weightGrid(bits);
   return torch.tidy(() => {
     const s = torch.fromTypedArray(scales, [scales.length]).to(w.dtype === 'float64' ? 'float64' : 'float32');
     const z = torch.zeros([scales.length], { dtype: 'int32' });
-    return wrapHandle(fqPerChannel(w.handle, s.handle, z.handle, 0, W_QMIN, W_QMAX));
+    return wrapHandle(fqPerChannel(w.handle, s.handle, z.handle, 0, qmin, qmax));
   });
 }
 
 /** The int8 codes of a weight tensor (row-major) for its scales; dequantized they equal fakeQuantWeight. */
-export function quantizeWeightInt8(w: Tensor, scales: Float32Array): Int8Array {
+export function quantizeWeightInt8(w: Tensor, scales: Float32Array, bits = 8): Int8Array {
+  const { qmin, qmax } = weightGrid(bits);
   return torch.noGrad(() =>
     torch.tidy(() => {
-      const fq = fakeQuantWeight(w.detach().float(), scales);
+      const fq = fakeQuantWeight(w.detach().float(), scales, bits);
       const s = torch.fromTypedArray(scales, [scales.length]).view([-1, ...Array(w.ndim - 1).fill(1)]);
-      const q = wrapHandle(roundOp(fq.div(s).handle)).clamp(W_QMIN, W_QMAX);
+      const q = wrapHandle(roundOp(fq.div(s).handle)).clamp(qmin, qmax);
       return Int8Array.from(q.toArray());
     }),
   );
@@ -292,6 +303,8 @@ export interface QuantPolicy {
   quantizeFirst: boolean;
   /** Quantize the classifier (its weights and the pooled features); false keeps it in float32. */
   quantizeLast: boolean;
+  /** Weight bits (default 8; fewer is stored as int8 codes in a narrower range, to probe outlier sensitivity). */
+  weightBits?: number;
 }
 
 export const DEFAULT_POLICY: QuantPolicy = { perChannel: true, quantizeFirst: true, quantizeLast: true };
@@ -393,6 +406,11 @@ export class QuantizedVGG extends Module {
     this.model = this.registerModule('model', model);
     for (const s of activationSites(model, policy)) if (!act.has(s)) throw new Error(`QuantizedVGG: no activation parameters for site '${s}'`);
     this.layers = new Set(quantizedLayers(model, policy));
+    weightGrid(this.weightBits);
+  }
+
+  get weightBits(): number {
+    return this.policy.weightBits ?? 8;
   }
 
   /** The float weight of a layer (`stage0`, ..., `linear`). */
@@ -405,7 +423,7 @@ export class QuantizedVGG extends Module {
 
   /** The int8 weight scales of a quantized layer for its current weights. */
   scalesOf(layer: string): Float32Array {
-    return weightScales(this.layerWeight(layer), this.policy.perChannel);
+    return weightScales(this.layerWeight(layer), this.policy.perChannel, this.weightBits);
   }
 
   forward(x: Tensor): Tensor {
@@ -414,7 +432,7 @@ export class QuantizedVGG extends Module {
         const p = this.act.get(s);
         return p ? fakeQuant(t, p) : t;
       },
-      weight: (l, w) => (this.layers.has(l) ? fakeQuantWeight(w, weightScales(w, this.policy.perChannel)) : w),
+      weight: (l, w) => (this.layers.has(l) ? fakeQuantWeight(w, weightScales(w, this.policy.perChannel, this.weightBits), this.weightBits) : w),
     });
   }
 
