@@ -122,8 +122,12 @@ function waitQuiet() {
   }
 }
 
+// Both sides get the same OpenMP wait policy (our addon defaults to PASSIVE, Python's libgomp to
+// spinning): set OMP_WAIT_POLICY yourself to compare another policy.
+const benchEnv = { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' };
+
 function runOne(cmd, args) {
-  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 24 });
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 24, env: benchEnv });
   if (r.error) throw r.error;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}):\n${r.stderr}`);
   const line = r.stdout.trim().split('\n').pop();
