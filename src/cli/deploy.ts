@@ -261,6 +261,12 @@ function weightBitsOf(f: Record<string, unknown>): number {
   return b;
 }
 
+function weightBitsListOf(f: Record<string, unknown>): number[] {
+  const bs = (f['weight-bits'] as number[] | undefined) ?? [8];
+  for (const b of bs) if (!Number.isInteger(b) || b < 2 || b > 8) throw new UsageError(`--weight-bits takes integers from 2 to 8, got ${bs.join(',')}`);
+  return bs;
+}
+
 function observersOf(v: unknown): ObserverKind[] {
   if (v === undefined) return [...OBSERVERS];
   const list = String(v).split(',').map((s) => s.trim()).filter(Boolean);
@@ -361,6 +367,7 @@ export async function runExport(argv: string[], log: Log): Promise<number> {
 export interface QuantRow {
   observer: ObserverKind;
   perChannel: boolean;
+  weightBits: number;
   top1: number;
 }
 
@@ -372,10 +379,9 @@ export interface QuantReport {
   testImages: number;
   fp32Trained: number | null;
   fp32Deployed: number;
-  weightBits: number;
   rows: QuantRow[];
-  qat?: { observer: ObserverKind; perChannel: boolean; epochs: number; before: number; after: number };
-  onnx?: OnnxAgreement & { observer: ObserverKind; perChannel: boolean };
+  qat?: { observer: ObserverKind; perChannel: boolean; weightBits: number; epochs: number; before: number; after: number };
+  onnx?: OnnxAgreement & { observer: ObserverKind; perChannel: boolean; weightBits: number };
   weights: LayerWeightStats[];
 }
 
@@ -391,8 +397,10 @@ export interface QuantizeOptions {
   granularities: boolean[]; // perChannel values to try
   quantizeFirst: boolean;
   quantizeLast: boolean;
-  /** Weight bits (8; fewer probes outlier sensitivity). */
-  weightBits?: number;
+  /** Weight bit widths to try (default [8]; fewer bits probe outlier sensitivity). */
+  weightBits?: number[];
+  /** Observers for bit widths below 8 (default: `observers`). */
+  lowBitObservers?: ObserverKind[];
   qatEpochs: number;
   qatLr: number;
   qatObserver?: ObserverKind;
@@ -423,24 +431,30 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
     const obs = calibrate(m.deployed, calib.map((b) => b.x));
     const rows: QuantRow[] = [];
     const nets = new Map<string, QuantizedVGG>();
-    for (const perChannel of o.granularities) {
-      for (const observer of o.observers) {
-        const q = quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits: o.weightBits }, { percentile: o.percentile });
-        nets.set(`${observer}/${perChannel}`, q);
-        const r = top1(q, test).top1;
-        rows.push({ observer, perChannel, top1: r });
-        log(`  ${label(o.weightBits)} ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
+    const bitsList = o.weightBits ?? [8];
+    const key = (observer: ObserverKind, perChannel: boolean, bits: number) => `${observer}/${perChannel}/${bits}`;
+    const make = (observer: ObserverKind, perChannel: boolean, weightBits: number) =>
+      quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits }, { percentile: o.percentile });
+    for (const bits of bitsList) {
+      for (const perChannel of o.granularities) {
+        for (const observer of bits < 8 ? (o.lowBitObservers ?? o.observers) : o.observers) {
+          const q = make(observer, perChannel, bits);
+          nets.set(key(observer, perChannel, bits), q);
+          const r = top1(q, test).top1;
+          rows.push({ observer, perChannel, weightBits: bits, top1: r });
+          log(`  ${label(bits)} ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
+        }
       }
     }
     const report: QuantReport = {
       checkpoint: o.checkpoint, mode: m.mode, fuseError: m.fuseError, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), testImages,
-      fp32Trained, fp32Deployed, weightBits: o.weightBits ?? 8, rows, weights: weightStats(deployedKernels(m.deployed)),
+      fp32Trained, fp32Deployed, rows, weights: weightStats(deployedKernels(m.deployed)),
     };
-    // ONNX Runtime on the best simulated configuration of the first granularity.
-    const first = rows.filter((r) => r.perChannel === o.granularities[0]);
+    // ONNX Runtime on the best simulated configuration of the first bit width and granularity.
+    const first = rows.filter((r) => r.perChannel === o.granularities[0] && r.weightBits === bitsList[0]);
     const best = first.reduce((a, b) => (b.top1 > a.top1 ? b : a), first[0]);
     if (o.onnxImages > 0 && best) {
-      const q = nets.get(`${best.observer}/${best.perChannel}`)!;
+      const q = nets.get(key(best.observer, best.perChannel, best.weightBits))!;
       const sub: Batch[] = [];
       let n = 0;
       for (const b of test) {
@@ -449,13 +463,14 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
         n += b.x.shape[0];
       }
       const a = await onnxAgreement(exportOnnx(q), q, sub);
-      report.onnx = { ...a, observer: best.observer, perChannel: best.perChannel };
-      log(`  ONNX Runtime INT8 (${best.observer}): top-1 agreement ${pct(a.agreement)} on ${a.images} test images, max |logit diff| ${a.maxDiff.toFixed(4)} (${(a.relMaxDiff * 100).toFixed(2)}% of the logits' scale)`);
+      report.onnx = { ...a, observer: best.observer, perChannel: best.perChannel, weightBits: best.weightBits };
+      log(`  ONNX Runtime ${label(best.weightBits)} (${best.observer}, ${best.perChannel ? 'per-channel' : 'per-tensor'} w): top-1 agreement ${pct(a.agreement)} on ${a.images} test images, max |logit diff| ${a.maxDiff.toFixed(4)} (${(a.relMaxDiff * 100).toFixed(2)}% of the logits' scale)`);
     }
     if (o.qatEpochs > 0) {
       const observer = o.qatObserver ?? best.observer;
       const perChannel = o.granularities[0];
-      const q = nets.get(`${observer}/${perChannel}`) ?? quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits: o.weightBits }, { percentile: o.percentile });
+      const bits = bitsList[0];
+      const q = nets.get(key(observer, perChannel, bits)) ?? make(observer, perChannel, bits);
       const before = top1(q, test).top1;
       const loader = new DataLoader(trainSet, { batchSize: o.batchSize, shuffle: true, seed: o.seed, augment: true, transforms: defaultTransforms(trainSet, 'train', true), workers: 1 });
       try {
@@ -464,8 +479,8 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
         await loader.close();
       }
       const after = top1(q, test).top1;
-      report.qat = { observer, perChannel, epochs: o.qatEpochs, before, after };
-      log(`  QAT ${o.qatEpochs} epoch(s) (${observer}, lr ${o.qatLr}): INT8 top-1 ${pct(before)} -> ${pct(after)}`);
+      report.qat = { observer, perChannel, weightBits: bits, epochs: o.qatEpochs, before, after };
+      log(`  QAT ${o.qatEpochs} epoch(s) (${observer}, lr ${o.qatLr}): ${label(bits)} top-1 ${pct(before)} -> ${pct(after)}`);
     }
     return report;
   } finally {
@@ -490,7 +505,7 @@ const WEIGHT_STATS_NOTE = 'deployed kernels (BN folded, branches fused); centre 
 export async function runQuantize(argv: string[], log: Log): Promise<number> {
   const f = parseFlags(argv, {
     ...MODEL_FLAGS, data: 'string', 'calib-images': 'number', 'test-images': 'number', observers: 'string', percentile: 'number',
-    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'number', 'qat-epochs': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
+    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'list', 'qat-epochs': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
     'onnx-images': 'number', 'batch-size': 'number', seed: 'number', json: 'boolean', weights: 'boolean',
   });
   if (!f.checkpoint) throw new UsageError('--checkpoint FILE is required');
@@ -512,7 +527,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
     granularities,
     quantizeFirst: f['fp32-first'] !== true,
     quantizeLast: f['fp32-last'] !== true,
-    weightBits: weightBitsOf(f),
+    weightBits: weightBitsListOf(f),
     qatEpochs: positiveInt(f, 'qat-epochs', 0, true),
     qatLr,
     qatObserver: f['qat-observer'] === undefined ? undefined : observerOf(f['qat-observer'], 'minmax'),
@@ -530,11 +545,11 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
   if (r.fp32Trained !== null) log(`${'FP32 trained (eval mode)'.padEnd(36)} ${pct(r.fp32Trained).padStart(8)}`);
   log(`${'FP32 deployed'.padEnd(36)} ${pct(r.fp32Deployed).padStart(8)}`);
   for (const row of r.rows) {
-    const name = `${label(r.weightBits)} ${row.observer} (${row.perChannel ? 'per-channel' : 'per-tensor'} w)`;
+    const name = `${label(row.weightBits)} ${row.observer} (${row.perChannel ? 'per-channel' : 'per-tensor'} w)`;
     log(`${name.padEnd(36)} ${pct(row.top1).padStart(8)} ${((row.top1 - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
   }
-  if (r.qat) log(`${`INT8 ${r.qat.observer} + QAT ${r.qat.epochs} ep`.padEnd(36)} ${pct(r.qat.after).padStart(8)} ${((r.qat.after - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
-  if (r.onnx) log(`ONNX Runtime INT8 (${r.onnx.observer}): top-1 ${pct(r.onnx.onnxTop1)} vs simulated ${pct(r.onnx.oursTop1)} on ${r.onnx.images} images, agreement ${pct(r.onnx.agreement)}, max |logit diff| ${(r.onnx.relMaxDiff * 100).toFixed(2)}% of the logits' scale`);
+  if (r.qat) log(`${`${label(r.qat.weightBits)} ${r.qat.observer} + QAT ${r.qat.epochs} ep`.padEnd(36)} ${pct(r.qat.after).padStart(8)} ${((r.qat.after - r.fp32Deployed) * 100).toFixed(2).padStart(7)}%`);
+  if (r.onnx) log(`ONNX Runtime ${label(r.onnx.weightBits)} (${r.onnx.observer}, ${r.onnx.perChannel ? 'per-channel' : 'per-tensor'} w): top-1 ${pct(r.onnx.onnxTop1)} vs simulated ${pct(r.onnx.oursTop1)} on ${r.onnx.images} images, agreement ${pct(r.onnx.agreement)}, max |logit diff| ${(r.onnx.relMaxDiff * 100).toFixed(2)}% of the logits' scale`);
   if (f.weights) {
     log(`weights: ${WEIGHT_STATS_NOTE}`);
     for (const l of formatWeightStats(r.weights)) log(l);
@@ -576,11 +591,14 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
   const f = parseFlags(argv, {
     data: 'string', out: 'string', epochs: 'number', 'search-epochs': 'number', 'batch-size': 'number', lr: 'number', threads: 'number',
     'calib-images': 'number', 'test-images': 'number', 'qat-epochs': 'number', 'onnx-images': 'number', seed: 'number', blocks: 'list', widths: 'list', strides: 'list',
+    'weight-bits': 'list',
   });
   setThreads(f);
   const data = (f.data as string | undefined) ?? 'fashion-mnist';
   const out = (f.out as string | undefined) ?? path.join('runs', 'quant-demo');
-  const epochs = positiveInt(f, 'epochs', 2);
+  const epochs = positiveInt(f, 'epochs', 1);
+  // 8-bit weights with every observer, then narrower weights (MSE activations): where weight outliers cost.
+  const bitsList = f['weight-bits'] === undefined ? [8, 6, 5] : weightBitsListOf(f);
   const searchEpochs = positiveInt(f, 'search-epochs', 1);
   const batchSize = positiveInt(f, 'batch-size', 128);
   const seed = (f.seed as number | undefined) ?? 0;
@@ -615,6 +633,8 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
       calibImages: positiveInt(f, 'calib-images', 512),
       testImages: f['test-images'] === undefined ? undefined : positiveInt(f, 'test-images', 0),
       observers: [...OBSERVERS],
+      lowBitObservers: ['mse'],
+      weightBits: bitsList,
       percentile: 99.99,
       granularities: [true, false],
       quantizeFirst: true,
@@ -629,29 +649,33 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
   }
   fs.writeFileSync(path.join(out, 'quant-demo.json'), JSON.stringify(reports, null, 2) + '\n');
   const names = Object.keys(reports);
-  const col = (s: string) => s.padStart(14);
+  const col = (s: string) => s.padStart(17);
   log('');
   log(`${data}, blocks ${arch[1]} widths ${arch[3]} strides ${arch[5]}, ${epochs} epoch(s); INT8 calibrated on ${reports[names[0]].calibImages} training images, top-1 on ${reports[names[0]].testImages} test images`);
   log(`${''.padEnd(34)}${names.map(col).join('')}`);
   const line = (label: string, get: (r: QuantReport) => string) => log(`${label.padEnd(34)}${names.map((n) => col(get(reports[n]))).join('')}`);
   line('FP32 deployed', (r) => pct(r.fp32Deployed));
-  for (const perChannel of [true, false]) {
-    for (const obs of OBSERVERS) {
-      line(`INT8 ${obs}, ${perChannel ? 'per-channel' : 'per-tensor'} w`, (r) => {
-        const row = r.rows.find((x) => x.observer === obs && x.perChannel === perChannel)!;
-        return `${pct(row.top1)} (${((row.top1 - r.fp32Deployed) * 100).toFixed(1)})`;
-      });
+  for (const bits of bitsList) {
+    for (const perChannel of [true, false]) {
+      for (const obs of bits < 8 ? ['mse' as const] : OBSERVERS) {
+        line(`${label(bits)} ${obs}, ${perChannel ? 'per-channel' : 'per-tensor'} w`, (r) => {
+          const row = r.rows.find((x) => x.observer === obs && x.perChannel === perChannel && x.weightBits === bits)!;
+          return `${pct(row.top1)} (${((row.top1 - r.fp32Deployed) * 100).toFixed(1)})`;
+        });
+      }
     }
   }
-  if (reports[names[0]].qat) line('INT8 + QAT', (r) => (r.qat ? `${pct(r.qat.after)} (${((r.qat.after - r.fp32Deployed) * 100).toFixed(1)})` : '-'));
-  line('ONNX Runtime INT8 agreement', (r) => (r.onnx ? pct(r.onnx.agreement) : '-'));
-  const deepest = (r: QuantReport) => r.weights[r.weights.length - 2];
-  line(`weight std, ${deepest(reports[names[0]]).layer}`, (r) => deepest(r).std.toFixed(4));
-  line(`max|w|/std, ${deepest(reports[names[0]]).layer}`, (r) => (deepest(r).maxAbs / deepest(r).std).toFixed(1));
-  line('mean max|w|/std, all convs', (r) => {
-    const convs = r.weights.filter((w) => w.layer !== 'linear');
-    return (convs.reduce((s, w) => s + w.maxAbs / w.std, 0) / convs.length).toFixed(1);
-  });
+  if (reports[names[0]].qat) line(`${label(bitsList[0])} + QAT`, (r) => (r.qat ? `${pct(r.qat.after)} (${((r.qat.after - r.fp32Deployed) * 100).toFixed(1)})` : '-'));
+  line(`ONNX Runtime ${label(bitsList[0])} agreement`, (r) => (r.onnx ? pct(r.onnx.agreement) : '-'));
+  // Weight statistics of the deployed kernels. In RepVGG the identity branch lands on the centre taps of the
+  // blocks that have one (stageS.I, I >= 1): the fused kernels get outliers there.
+  const idBlocks = (r: QuantReport) => r.weights.filter((w) => /^stage[1-4]\.[1-9]/.test(w.layer));
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  if (idBlocks(reports[names[0]]).length) {
+    line('centre/around std, identity blocks', (r) => mean(idBlocks(r).map((w) => w.centreStd! / w.surroundStd!)).toFixed(2));
+    line('max|w|/std, identity blocks', (r) => mean(idBlocks(r).map((w) => w.maxAbs / w.std)).toFixed(1));
+    line('int8 weight error, per-tensor', (r) => `${(mean(idBlocks(r).map((w) => w.errPerTensor)) * 100).toFixed(2)}%`);
+  }
   log(`results in ${path.join(out, 'quant-demo.json')} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   return 0;
 }
