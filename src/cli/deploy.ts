@@ -404,6 +404,8 @@ export interface QuantizeOptions {
   qatEpochs: number;
   qatLr: number;
   qatObserver?: ObserverKind;
+  /** Weight bits QAT fine-tunes for (default: the smallest of `weightBits`). */
+  qatBits?: number;
   onnxImages: number;
   batchSize: number;
   seed: number;
@@ -467,9 +469,10 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
       log(`  ONNX Runtime ${label(best.weightBits)} (${best.observer}, ${best.perChannel ? 'per-channel' : 'per-tensor'} w): top-1 agreement ${pct(a.agreement)} on ${a.images} test images, max |logit diff| ${a.maxDiff.toFixed(4)} (${(a.relMaxDiff * 100).toFixed(2)}% of the logits' scale)`);
     }
     if (o.qatEpochs > 0) {
-      const observer = o.qatObserver ?? best.observer;
+      const bits = o.qatBits ?? Math.min(...bitsList);
       const perChannel = o.granularities[0];
-      const bits = bitsList[0];
+      const candidates = rows.filter((r) => r.perChannel === perChannel && r.weightBits === bits);
+      const observer = o.qatObserver ?? (candidates.length ? candidates.reduce((a, b) => (b.top1 > a.top1 ? b : a)).observer : best.observer);
       const q = nets.get(key(observer, perChannel, bits)) ?? make(observer, perChannel, bits);
       const before = top1(q, test).top1;
       const loader = new DataLoader(trainSet, { batchSize: o.batchSize, shuffle: true, seed: o.seed, augment: true, transforms: defaultTransforms(trainSet, 'train', true), workers: 1 });
@@ -505,7 +508,7 @@ const WEIGHT_STATS_NOTE = 'deployed kernels (BN folded, branches fused); centre 
 export async function runQuantize(argv: string[], log: Log): Promise<number> {
   const f = parseFlags(argv, {
     ...MODEL_FLAGS, data: 'string', 'calib-images': 'number', 'test-images': 'number', observers: 'string', percentile: 'number',
-    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'list', 'qat-epochs': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
+    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'list', 'qat-epochs': 'number', 'qat-bits': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
     'onnx-images': 'number', 'batch-size': 'number', seed: 'number', json: 'boolean', weights: 'boolean',
   });
   if (!f.checkpoint) throw new UsageError('--checkpoint FILE is required');
@@ -531,6 +534,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
     qatEpochs: positiveInt(f, 'qat-epochs', 0, true),
     qatLr,
     qatObserver: f['qat-observer'] === undefined ? undefined : observerOf(f['qat-observer'], 'minmax'),
+    qatBits: f['qat-bits'] === undefined ? undefined : weightBitsOf({ 'weight-bits': f['qat-bits'] }),
     onnxImages: positiveInt(f, 'onnx-images', 1000, true),
     batchSize: positiveInt(f, 'batch-size', 256),
     seed: (f.seed as number | undefined) ?? 0,

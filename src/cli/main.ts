@@ -31,7 +31,7 @@ commands:
          [--observer minmax|percentile|mse] [--per-tensor] [--fp32-first] [--fp32-last]]
                                                   ONNX (opset 13, dynamic batch) of the deployed net, checked in ONNX Runtime
   quantize --checkpoint FILE --data SPEC [--calib-images N] [--observers LIST] [--weight-scales channel|tensor|both]
-         [--fp32-first] [--fp32-last] [--qat-epochs N] [--weights] [--json]
+         [--weight-bits 8,6,5] [--fp32-first] [--fp32-last] [--qat-epochs N [--qat-bits B]] [--weights] [--json]
                                                   FP32 vs INT8 top-1 per observer, ONNX Runtime agreement, optional QAT
   inspect-weights --checkpoint FILE [--json]      per-layer weight std (overall, centre tap, surrounding taps)
   quant-demo [--data SPEC] [--epochs N] [--out DIR]
