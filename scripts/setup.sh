@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever is missing, then builds what is stale. Idempotent; quick when all is present.
 #   Debian packages: libtorch-dev (the maths), libopenblas0-pthread (fast BLAS),
-#                    python3-torch (the PyTorch reference for tests and benchmarks),
+#                    python3-torch (the PyTorch reference for tests and benchmarks), python3-onnx (ONNX checker),
 #                    dataset-fashion-mnist (the demo's data)
 #   npm packages, the native addon (native/ -> build/Release/repopt.node), the TypeScript build (dist/).
 set -euo pipefail
@@ -13,6 +13,8 @@ missing=()
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
 dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q 'ok installed' || missing+=(libopenblas0-pthread)
 if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then missing+=(python3-torch); fi
+# The official ONNX checker, for the export tests (they skip it when absent).
+if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import onnx' >/dev/null 2>&1; then missing+=(python3-onnx); fi
 # The demo's data set (Fashion-MNIST, ~30 MB) from Debian.
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 

@@ -18,6 +18,7 @@ import { OPSET, OnnxRunner, decodeOnnx, exportOnnx } from '../src/deploy/onnx.js
 import { saveStateDict } from '../src/train/checkpoint.js';
 import type { Module } from '../src/nn/index.js';
 import { REPO_ROOT } from './helpers/paths.js';
+import { PYTHON } from './helpers/python.js';
 import { runDeploy, runExport, runInspectWeights, runQuantize } from '../src/cli/deploy.js';
 import { UsageError } from '../src/cli/flags.js';
 
@@ -310,4 +311,32 @@ test('CLI errors: bad or missing checkpoint, missing flags, INT8 without calibra
   const r2 = cli(['inspect-weights', '--checkpoint', path.join(dir, 'lonely.pth'), '--blocks', '1,1,1,1', '--widths', '0.125,0.125,0.125,0.125']);
   assert.equal(r2.status, 1);
   assert.match(r2.stderr, /unexpected keys|missing keys|shape mismatch/);
+});
+
+test('ONNX files pass the official checker (full check, strict shape inference) where python3-onnx is installed', async (t) => {
+  const probe = spawnSync(PYTHON, ['-c', 'import onnx'], { encoding: 'utf8' });
+  if (probe.status !== 0) {
+    t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
+    return;
+  }
+  const dir = tmp();
+  const m = smallRepVGG(21);
+  const d = deployVGG(m);
+  torch.manualSeed(1);
+  const q = quantizeModel(d, calibrate(d, [torch.randn([8, 3, 16, 16])]), 'mse', { perChannel: true, quantizeFirst: true, quantizeLast: true });
+  fs.writeFileSync(path.join(dir, 'fp32.onnx'), exportOnnx(d));
+  fs.writeFileSync(path.join(dir, 'int8.onnx'), exportOnnx(q));
+  const r = spawnSync(PYTHON, ['-c', `
+import sys, onnx
+for f in sys.argv[1:]:
+    m = onnx.load(f)
+    onnx.checker.check_model(m, full_check=True)
+    out = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph.output[0].type.tensor_type.shape.dim
+    print(f, m.opset_import[0].version, [d.dim_param or d.dim_value for d in out])
+`, path.join(dir, 'fp32.onnx'), path.join(dir, 'int8.onnx')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /fp32\.onnx 13 \['batch', 10\]/);
+  assert.match(r.stdout, /int8\.onnx 13 \['batch', 10\]/);
+  m.dispose();
+  d.dispose();
 });
