@@ -6,7 +6,7 @@
  * Subclasses implement `update` for one group; everything else is shared.
  */
 import * as torch from '../torch/index.js';
-import type { Tensor } from '../torch/index.js';
+import { foreach, type Tensor } from '../torch/index.js';
 
 export type NamedParameters = Iterable<[string, Tensor]>;
 
@@ -84,20 +84,36 @@ export abstract class Optimizer<H extends { lr: number }> {
     return this.#mults;
   }
 
-  /** The effective gradients of a group's parameters that have one: grad (x Grad Mult). */
-  protected gradients(group: Group<H>): { names: string[]; params: Tensor[]; grads: Tensor[] } {
+  /**
+   * The effective gradients of a group's parameters that have one: grad (x Grad Mult), the
+   * mults applied in one foreach call. `owned[i]` marks fresh tensors (the multiplied ones)
+   * that an update may modify in place; the others are the parameters' own .grad.
+   */
+  protected gradients(group: Group<H>): { names: string[]; params: Tensor[]; grads: Tensor[]; owned: boolean[] } {
     const names: string[] = [];
     const params: Tensor[] = [];
     const grads: Tensor[] = [];
+    const owned: boolean[] = [];
+    const multIdx: number[] = [];
+    const mults: Tensor[] = [];
     group.params.forEach((p, i) => {
       const g = p.grad;
       if (!g) return;
       const m = this.#mults.get(group.names[i]);
+      if (m) {
+        multIdx.push(grads.length);
+        mults.push(m);
+      }
       names.push(group.names[i]);
       params.push(p);
-      grads.push(m ? g.mul(m) : g);
+      grads.push(g);
+      owned.push(!!m);
     });
-    return { names, params, grads };
+    if (mults.length) {
+      const scaled = foreach.mul(multIdx.map((k) => grads[k]), mults);
+      multIdx.forEach((k, j) => (grads[k] = scaled[j]));
+    }
+    return { names, params, grads, owned };
   }
 
   protected stateOf(name: string): ParamState {
@@ -117,15 +133,15 @@ export abstract class Optimizer<H extends { lr: number }> {
     return t;
   }
 
-  protected abstract update(group: Group<H>, params: Tensor[], grads: Tensor[], names: string[]): void;
+  protected abstract update(group: Group<H>, params: Tensor[], grads: Tensor[], names: string[], owned: boolean[]): void;
 
   step(): void {
     this.stepCount++;
     torch.noGrad(() =>
       torch.tidy(() => {
         for (const group of this.groups) {
-          const { names, params, grads } = this.gradients(group);
-          if (params.length) this.update(group, params, grads, names);
+          const { names, params, grads, owned } = this.gradients(group);
+          if (params.length) this.update(group, params, grads, names, owned);
         }
       }),
     );

@@ -25,9 +25,9 @@ export class SGD extends Optimizer<SGDOptions> {
     if (h.nesterov && (h.momentum <= 0 || h.dampening !== 0)) throw new Error('nesterov needs momentum > 0 and dampening 0');
   }
 
-  protected update(group: Group<SGDOptions>, params: Tensor[], grads: Tensor[], names: string[]): void {
+  protected update(group: Group<SGDOptions>, params: Tensor[], grads: Tensor[], names: string[], owned: boolean[]): void {
     const { lr, momentum, dampening, nesterov, weightDecay } = group.hyper;
-    let d = weightDecay !== 0 ? foreach.add(grads, params, weightDecay) : grads;
+    let d = weightDecay !== 0 ? withWeightDecay(grads, params, owned, weightDecay) : grads;
     if (momentum !== 0) {
       const bufs: Tensor[] = [];
       const fresh: boolean[] = [];
@@ -47,3 +47,20 @@ export class SGD extends Optimizer<SGDOptions> {
     foreach.add_(params, d, -lr);
   }
 }
+
+/**
+ * g + wd * p (coupled weight decay, added after any Grad Mult): in place on the fresh
+ * (multiplied) gradients, out of place on the parameters' own .grad, which stay untouched.
+ */
+function withWeightDecay(grads: Tensor[], params: Tensor[], owned: boolean[], wd: number): Tensor[] {
+  const own = owned.flatMap((o, i) => (o ? [i] : []));
+  const shared = owned.flatMap((o, i) => (o ? [] : [i]));
+  const out = grads.slice();
+  if (own.length) foreach.add_(own.map((i) => grads[i]), own.map((i) => params[i]), wd);
+  if (shared.length) {
+    const fresh = foreach.add(shared.map((i) => grads[i]), shared.map((i) => params[i]), wd);
+    shared.forEach((i, k) => (out[i] = fresh[k]));
+  }
+  return out;
+}
+
