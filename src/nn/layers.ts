@@ -6,11 +6,7 @@ import { defaultLayerInit_ } from './init.js';
 
 type Pair = number | [number, number];
 
-export interface Conv2dOptions {
-  stride?: Pair;
-  padding?: Pair;
-  dilation?: Pair;
-  groups?: number;
+export interface Conv2dOptions extends F.Conv2dOptions {
   bias?: boolean;
   dtype?: torch.DType;
 }
