@@ -3,6 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import os from 'node:os';
+import * as nodeFs from 'node:fs';
 import { REPO_ROOT } from './helpers/paths.js';
 
 const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
@@ -31,4 +33,24 @@ test('help and usage errors', () => {
   const flag = cli(['check-equivalency', '--dtype', 'f16']);
   assert.equal(flag.status, 2);
   assert.match(flag.stderr, /--dtype must be f32, f64 or both/);
+});
+
+test('`repopt demo` runs search, RepOpt, RepVGG and plain, then writes the table (tiny synthetic budget)', () => {
+  const fs = nodeFs;
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-demo-'));
+  const r = spawnSync(process.execPath, [CLI, 'demo', '--data', 'synthetic:128', '--epochs', '1', '--search-epochs', '1', '--batch-size', '32', '--threads', '1', '--out', out], {
+    encoding: 'utf8',
+    env: { ...process.env, CI: 'true' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  for (const d of ['search', 'repopt', 'repvgg', 'plain']) assert.ok(fs.existsSync(path.join(out, d, 'final.pth')), d);
+  assert.ok(fs.existsSync(path.join(out, 'search', 'scales.pth')));
+  const summary = fs.readFileSync(path.join(out, 'summary.md'), 'utf8');
+  assert.match(summary, /\| RepOpt-VGG \| target \+ RepSGD \| \d+\.\d\d% \| \d+ \| \d+ MiB \| 149,\d{3} \|/);
+  assert.match(summary, /\| RepVGG \| repvgg \+ SGD \|/);
+  assert.match(summary, /\| plain VGG \| target \+ SGD \|/);
+  // The RepOpt run really used the searched scales (Grad Mults) and the plain run did not.
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, 'repopt', 'config.json'), 'utf8')) as { scales: string; mode: string };
+  assert.equal(cfg.mode, 'target');
+  assert.ok(cfg.scales.endsWith('scales.pth'));
 });
