@@ -371,10 +371,7 @@ export function searchMaxBatch(probe: (batch: number) => number, capMiB: number,
     lo = hi;
     hi *= 2;
   }
-  if (lo === 0) {
-    // even `start` is over the cap: bisect below it
-    hi = start;
-  }
+  // (when even `start` is over the cap, lo = 0 and hi = start: the bisection below runs under it)
   while (hi - lo > granule) {
     const mid = Math.round((lo + hi) / 2 / granule) * granule || granule;
     if (mid <= lo || mid >= hi) break;
