@@ -15,7 +15,7 @@ import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { loadStateDictFile, saveStateDict } from '../train/checkpoint.js';
 import { buildModel, type ModelConfig } from '../train/setup.js';
-import { vggBlockLayout, type RepOptVGG } from '../models/repoptvgg.js';
+import type { RepOptVGG } from '../models/repoptvgg.js';
 import { DeployVGG, deployVGG, modeOfStateDict } from '../deploy/fuse.js';
 import {
   DEFAULT_POLICY,
@@ -133,19 +133,18 @@ async function collectBatches(ds: Dataset, limit: number, batchSize: number, shu
   const out: Batch[] = [];
   let n = 0;
   try {
-    for await (const { x, y } of loader.epoch(0)) {
-      if (n >= limit) {
-        x.dispose();
-        y.dispose();
-        continue;
+    // Stop once `limit` images are in: the rest of the epoch would only be decoded to be thrown away.
+    if (limit > 0) {
+      for await (const { x, y } of loader.epoch(0)) {
+        const take = Math.min(x.shape[0], limit - n);
+        if (take < x.shape[0]) {
+          out.push({ x: torch.keep(x.narrow(0, 0, take).contiguous()), y: torch.keep(y.narrow(0, 0, take).contiguous()) });
+          x.dispose();
+          y.dispose();
+        } else out.push({ x, y });
+        n += take;
+        if (n >= limit) break;
       }
-      const take = Math.min(x.shape[0], limit - n);
-      out.push(take < x.shape[0] ? { x: torch.keep(x.narrow(0, 0, take).contiguous()), y: torch.keep(y.narrow(0, 0, take).contiguous()) } : { x, y });
-      if (take < x.shape[0]) {
-        x.dispose();
-        y.dispose();
-      }
-      n += take;
     }
   } finally {
     await loader.close();
@@ -160,28 +159,25 @@ function disposeBatches(bs: Batch[]): void {
   }
 }
 
-/** Top-1 of a model over batches, and its predictions. */
-function top1(model: Module, batches: Batch[]): { top1: number; preds: number[] } {
+/** Top-1 of a model over batches. */
+function top1(model: Module, batches: Batch[]): number {
   const wasTraining = model.training;
   model.eval();
-  const preds: number[] = [];
   let hits = 0;
   let n = 0;
   try {
     for (const { x, y } of batches) {
       torch.noGrad(() =>
         torch.tidy(() => {
-          const p = model.forward(x).argmax(1);
-          hits += p.eq(y).sum().item();
+          hits += model.forward(x).argmax(1).eq(y).sum().item();
           n += y.shape[0];
-          preds.push(...p.toArray());
         }),
       );
     }
   } finally {
     model.train(wasTraining);
   }
-  return { top1: n ? hits / n : 0, preds };
+  return n ? hits / n : 0;
 }
 
 export interface OnnxAgreement {
@@ -428,8 +424,8 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
   const test = await collectBatches(testSet, o.testImages ?? testSet.length, o.batchSize, false, 0);
   try {
     const testImages = test.reduce((s, b) => s + b.x.shape[0], 0);
-    const fp32Trained = m.trained ? top1(m.trained, test).top1 : null;
-    const fp32Deployed = top1(m.deployed, test).top1;
+    const fp32Trained = m.trained ? top1(m.trained, test) : null;
+    const fp32Deployed = top1(m.deployed, test);
     const obs = calibrate(m.deployed, calib.map((b) => b.x));
     const rows: QuantRow[] = [];
     const nets = new Map<string, QuantizedVGG>();
@@ -442,7 +438,7 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
         for (const observer of bits < 8 ? (o.lowBitObservers ?? o.observers) : o.observers) {
           const q = make(observer, perChannel, bits);
           nets.set(key(observer, perChannel, bits), q);
-          const r = top1(q, test).top1;
+          const r = top1(q, test);
           rows.push({ observer, perChannel, weightBits: bits, top1: r });
           log(`  ${label(bits)} ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
         }
@@ -474,14 +470,14 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
       const candidates = rows.filter((r) => r.perChannel === perChannel && r.weightBits === bits);
       const observer = o.qatObserver ?? (candidates.length ? candidates.reduce((a, b) => (b.top1 > a.top1 ? b : a)).observer : best.observer);
       const q = nets.get(key(observer, perChannel, bits)) ?? make(observer, perChannel, bits);
-      const before = top1(q, test).top1;
+      const before = top1(q, test);
       const loader = new DataLoader(trainSet, { batchSize: o.batchSize, shuffle: true, seed: o.seed, augment: true, transforms: defaultTransforms(trainSet, 'train', true), workers: 1 });
       try {
         await qatFineTune(q, loader, { epochs: o.qatEpochs, lr: o.qatLr, log: (l) => log(`  ${l}`) });
       } finally {
         await loader.close();
       }
-      const after = top1(q, test).top1;
+      const after = top1(q, test);
       report.qat = { observer, perChannel, weightBits: bits, epochs: o.qatEpochs, before, after };
       log(`  QAT ${o.qatEpochs} epoch(s) (${observer}, lr ${o.qatLr}): ${label(bits)} top-1 ${pct(before)} -> ${pct(after)}`);
     }
