@@ -6,7 +6,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { InMemoryDataset, sharedBytes, sharedInt32 } from './memory.js';
-import { Rng, STREAM, hashWords } from './rng.js';
+import { Rng, STREAM, hashWords, mix32 } from './rng.js';
 
 const CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'];
 const CIFAR100_NAMES = (
@@ -213,12 +213,7 @@ export function makeSynthetic(n: number, split: 'train' | 'test'): InMemoryDatas
     const key = hashWords([0, STREAM.synthetic, splitKey, i]);
     for (let p = 0; p < sz; p++) {
       // lowbias32 of (key + p * golden): one independent 32-bit draw per pixel
-      let r = (key + Math.imul(p + 1, 0x9e3779b9)) >>> 0;
-      r ^= r >>> 16;
-      r = Math.imul(r, 0x7feb352d);
-      r ^= r >>> 15;
-      r = Math.imul(r, 0x846ca68b);
-      r ^= r >>> 16;
+      const r = mix32(key + Math.imul(p + 1, 0x9e3779b9));
       const noise = ((r & 0xffff) + (r >>> 16)) / 65536 - 1; // triangular on (-1, 1), std 0.41
       const v = Math.round(templates[t + p] + 64 * noise);
       pixels[o + p] = v < 0 ? 0 : v > 255 ? 255 : v;
