@@ -181,6 +181,7 @@ export class Transformer {
   readonly augment: boolean;
   readonly spec: TransformSpec;
   readonly #lut: Float32Array; // [C][256] normalised values
+  readonly #rrc: ReturnType<typeof rrcParams>;
   #bufA: Uint8Array;
   #bufB: Uint8Array;
   #tmp: Float32Array = new Float32Array(0);
@@ -194,6 +195,7 @@ export class Transformer {
     this.augment = augment;
     this.outShape = outputShape(spec, c, h, w);
     this.#lut = normalizationLut(spec.normalize, c);
+    this.#rrc = rrcParams(spec);
     const maxPix = c * Math.max(h * w, this.outShape[1] * this.outShape[2], spec.randomCrop ? spec.randomCrop.size ** 2 : 0);
     this.#bufA = new Uint8Array(maxPix);
     this.#bufB = new Uint8Array(maxPix);
@@ -223,7 +225,7 @@ export class Transformer {
     };
 
     // 1. geometry (random draws: crop parameters, then the flip bit)
-    const rrc = rrcParams(spec);
+    const rrc = this.#rrc;
     let flipPending = false;
     if (rrc) {
       const box: [number, number, number, number] = augment ? rrcBox(h, w, rrc.scale, rrc.ratio, rng) : [0, 0, h, w];
