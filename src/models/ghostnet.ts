@@ -64,6 +64,7 @@ import { loadPth, extractStateDict, type PyValue } from '../io/pth.js';
 import { fuseKernel, type CslaSpec } from '../repopt/csla.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
 import { registerArch } from './registry.js';
+import { ScaleLayer } from './repoptvgg.js';
 
 export type GhostNetMode = 'target' | 'hs' | 'csla' | 'rep';
 export const GHOSTNET_MODES: readonly GhostNetMode[] = ['target', 'hs', 'csla', 'rep'];
@@ -108,19 +109,6 @@ export function makeDivisible(v: number, divisor = 4, minValue = divisor): numbe
   return n;
 }
 
-/** Per-channel multiplier `x * weight[c]` (`weight` [C]); a buffer when frozen (the key stays `weight`). */
-export class ScaleLayer extends Module {
-  readonly weight: Tensor;
-  constructor(readonly numFeatures: number, init: number, opts: { trainable?: boolean; dtype?: DType } = {}) {
-    super();
-    const w = torch.full([numFeatures], init, { dtype: opts.dtype ?? 'float32' });
-    this.weight = opts.trainable === false ? this.registerBuffer('weight', w) : this.registerParameter('weight', w);
-  }
-  forward(x: Tensor): Tensor {
-    return x.mul(this.weight.view([1, this.numFeatures, 1, 1]));
-  }
-}
-
 interface LayerOpts {
   dtype: DType;
 }
@@ -151,7 +139,7 @@ class GhostModule extends Module {
       this.fusion_scale = this.registerModule('fusion_scale', new ScaleLayer(c, 1, { dtype }));
       this.cheap_operation = this.registerModule(
         'cheap_operation',
-        new Sequential(dw, new ScaleLayer(c, scaleInit, { trainable: mode === 'hs', dtype })),
+        new Sequential(dw, new ScaleLayer(c, scaleInit, { trainable: mode === 'hs', frozenAsBuffer: true, dtype })),
       );
       this.bn = this.registerModule('bn', new BatchNorm2d(c, { dtype }));
     } else {

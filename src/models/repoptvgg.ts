@@ -133,13 +133,18 @@ export function vggTargetStats(cfg: RepOptVGGConfig, opts: { numClasses?: number
 
 // ------------------------------------------------------------------ layers
 
-/** A trainable (or frozen) per-channel scale: y = x * weight[c]. */
+/**
+ * A trainable (or frozen) per-channel scale: y = x * weight[c] (`weight` [C]). Frozen, it stays a
+ * parameter with `requiresGrad` off, or with `frozenAsBuffer` becomes a buffer (the key stays `weight`).
+ */
 export class ScaleLayer extends Module {
   readonly weight: Tensor;
-  constructor(readonly numFeatures: number, init: number, opts: { trainable?: boolean; dtype?: torch.DType } = {}) {
+  constructor(readonly numFeatures: number, init: number, opts: { trainable?: boolean; frozenAsBuffer?: boolean; dtype?: torch.DType } = {}) {
     super();
-    this.weight = this.registerParameter('weight', torch.full([numFeatures], init, { dtype: opts.dtype ?? 'float32' }));
-    if (opts.trainable === false) this.weight.requiresGrad_(false);
+    const w = torch.full([numFeatures], init, { dtype: opts.dtype ?? 'float32' });
+    if (opts.trainable !== false) this.weight = this.registerParameter('weight', w);
+    else if (opts.frozenAsBuffer) this.weight = this.registerBuffer('weight', w);
+    else this.weight = this.registerParameter('weight', w).requiresGrad_(false);
   }
   forward(x: Tensor): Tensor {
     return x.mul(this.weight.view([1, this.numFeatures, 1, 1]));
