@@ -12,6 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readJsonl } from '../train/log.js';
 import { vggBlockLayout } from '../models/repoptvgg.js';
+import { DeployVGG } from '../deploy/fuse.js';
 
 export interface DemoOptions {
   out: string;
@@ -33,9 +34,10 @@ function archFlags(): string[] {
 /** Parameters of the deployed net (every block one 3x3 conv with bias, then the classifier). */
 export function deployedParams(inChannels: number, numClasses: number): number {
   const layout = vggBlockLayout({ numBlocks: ARCH.blocks, widthMultiplier: ARCH.widths }, { inChannels, strides: ARCH.strides });
-  const convs = layout.reduce((s, b) => s + b.outChannels * b.inChannels * 9 + b.outChannels, 0);
-  const last = layout[layout.length - 1].outChannels;
-  return convs + last * numClasses + numClasses;
+  const net = new DeployVGG({ layout, numClasses });
+  const n = net.numParameters();
+  net.dispose();
+  return n;
 }
 
 function run(args: string[], log: (l: string) => void): Promise<void> {

@@ -118,9 +118,14 @@ export function normalizeSpec(spec: CslaSpec): NormalSpec {
   return { cin, cout, groups, kh, kw, stride: spec.stride ?? 1, branches };
 }
 
+/** A block description resolved once (already-normalised ones pass through). */
+function normal(spec: CslaSpec | NormalSpec): NormalSpec {
+  return 'cin' in spec ? spec : normalizeSpec(spec);
+}
+
 /** Shape of the target kernel, [Cout, Cin/groups, kh, kw]. */
 export function kernelShape(spec: CslaSpec | NormalSpec): number[] {
-  const n = 'cin' in spec ? spec : normalizeSpec(spec);
+  const n = normal(spec);
   return [n.cout, n.cin / n.groups, n.kh, n.kw];
 }
 
@@ -148,7 +153,7 @@ function addCentred(target: Tensor, n: NormalSpec, bh: number, bw: number, adden
  * branch covers (p = 2 for SGD, 1 for AdamW). Frozen identities add nothing.
  */
 export function gradMult(spec: CslaSpec | NormalSpec, rule: GradRule, opts: GradMultOptions = {}): Tensor {
-  const n = 'cin' in spec ? spec : normalizeSpec(spec);
+  const n = normal(spec);
   const dtype = opts.dtype ?? 'float32';
   const signed = rule === 'adamw' && (opts.signed ?? false);
   const power = (s: number) => (rule === 'sgd' ? s * s : signed ? s : Math.abs(s));
@@ -169,7 +174,7 @@ export function gradMult(spec: CslaSpec | NormalSpec, rule: GradRule, opts: Grad
 
 /** Freshly initialised branch kernels with PyTorch's default conv init, in branch order (conv branches only). */
 export function freshBranchKernels(spec: CslaSpec | NormalSpec, dtype: DType = 'float32'): Tensor[] {
-  const n = 'cin' in spec ? spec : normalizeSpec(spec);
+  const n = normal(spec);
   return n.branches
     .filter((b) => b.kind === 'conv')
     .map((b) => {
@@ -191,7 +196,7 @@ export interface FuseInputs {
  * With fresh branch kernels this is the Rule of Initialization.
  */
 export function fuseKernel(spec: CslaSpec | NormalSpec, inputs: FuseInputs, dtype: DType = inputs.convKernels[0]?.dtype ?? 'float32'): Tensor {
-  const n = 'cin' in spec ? spec : normalizeSpec(spec);
+  const n = normal(spec);
   const convs = n.branches.filter((b) => b.kind === 'conv');
   const ids = n.branches.filter((b) => b.kind === 'identity');
   if (inputs.convKernels.length !== convs.length) {
@@ -224,6 +229,6 @@ export function fuseKernel(spec: CslaSpec | NormalSpec, inputs: FuseInputs, dtyp
 
 /** Rule of Initialization from fresh, default-initialised branch kernels (identity weights: given or 1). */
 export function initKernel(spec: CslaSpec | NormalSpec, opts: { dtype?: DType; identityWeights?: FuseInputs['identityWeights'] } = {}): Tensor {
-  const n = 'cin' in spec ? spec : normalizeSpec(spec);
+  const n = normal(spec);
   return torch.tidy(() => fuseKernel(n, { convKernels: freshBranchKernels(n, opts.dtype), identityWeights: opts.identityWeights }, opts.dtype));
 }

@@ -7,7 +7,7 @@
  */
 import * as torch from '../torch/index.js';
 import type { DType, Tensor } from '../torch/index.js';
-import type { Module } from '../nn/index.js';
+import { BatchNorm2d, type Module } from '../nn/index.js';
 import { gradMult, initKernel, kernelShape, normalizeSpec, type CslaSpec, type GradMultOptions, type GradRule } from './csla.js';
 
 /** One re-parameterised kernel of a target model. */
@@ -24,8 +24,8 @@ export interface ReparamSite {
 export function assertFresh(model: Module, force = false): void {
   if (force) return;
   for (const [name, m] of model.namedModules()) {
-    const w = (m as { weight?: Tensor | null; runningMean?: unknown }).weight;
-    if (!w || !('runningMean' in m)) continue; // only BatchNorm layers
+    if (!(m instanceof BatchNorm2d) || !m.weight) continue;
+    const w = m.weight;
     const trained = torch.tidy(() => w.sub(1).abs().max().item() !== 0);
     if (trained) {
       throw new Error(

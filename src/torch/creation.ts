@@ -88,10 +88,6 @@ export function tensor(data: NestedArray | TypedArray, opts: CreateOptions = {})
   return finish(fromTypedArray(arr, shape, dtype), opts);
 }
 
-export function scalarTensor(v: number, opts: CreateOptions = {}): Tensor {
-  return tensor(v, opts);
-}
-
 export function zeros(shape: number[], opts: CreateOptions = {}): Tensor {
   return finish(wrapHandle(O.zeros(shape, code(opts))), opts);
 }

@@ -59,6 +59,7 @@ export function tidy<T>(fn: () => T): T {
   }
   stack.pop();
   if (result instanceof Promise) {
+    close(scope, undefined);
     throw new Error('tidy() takes a synchronous function; await outside it');
   }
   close(scope, result);

@@ -118,8 +118,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         const [loss, hits] = torch.tidy(() => {
           const logits = model.forward(x);
           const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
-          optimizer.zeroGrad();
-          l.backward();
+          l.backward(); // grads are None here: cleared after every step below
           if (o.clipNorm) {
             if (setup.cslaMults) clipGradNormCsla(model.namedParameters(), o.clipNorm, setup.cslaMults);
             else clipGradNorm(model.parameters(), o.clipNorm);
@@ -127,7 +126,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           optimizer.step();
           return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
         });
-        optimizer.zeroGrad();
+        optimizer.zeroGrad(); // frees the gradients while the next batch loads and during evaluation
         ema?.update(model);
         const n = y.shape[0];
         x.dispose();
