@@ -22,7 +22,8 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import { Tensor, fromTypedArray, type DType, type TypedArray } from '../torch/index.js';
+import { Tensor, fromTypedArray, isFloating, type DType, type TypedArray } from '../torch/index.js';
+import { typedArrayFor } from '../torch/dtype.js';
 import {
   pickle,
   unpickle,
@@ -122,26 +123,7 @@ function typedArrayOf(dtype: DType, bytes: Uint8Array, numel: number): TypedArra
   // fresh, aligned buffer (entry data may sit at an unaligned offset)
   const buf = new ArrayBuffer(numel * ITEM_SIZE[dtype]);
   new Uint8Array(buf).set(bytes.subarray(0, buf.byteLength));
-  switch (dtype) {
-    case 'float32':
-      return new Float32Array(buf);
-    case 'float64':
-      return new Float64Array(buf);
-    case 'float16':
-    case 'bfloat16':
-      return new Uint16Array(buf);
-    case 'int64':
-      return new BigInt64Array(buf);
-    case 'int32':
-      return new Int32Array(buf);
-    case 'int16':
-      return new Int16Array(buf);
-    case 'int8':
-      return new Int8Array(buf);
-    case 'uint8':
-    case 'bool':
-      return new Uint8Array(buf);
-  }
+  return typedArrayFor(dtype, buf);
 }
 
 function byteSwap(bytes: Uint8Array, size: number): Uint8Array {
@@ -262,7 +244,7 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
     const t = view.clone();
     view.dispose();
     created.push(t);
-    if (requiresGrad === true && (t.dtype.startsWith('float') || t.dtype === 'bfloat16')) t.requiresGrad_(true);
+    if (requiresGrad === true && isFloating(t.dtype)) t.requiresGrad_(true);
     return t;
   };
 
@@ -277,7 +259,7 @@ function loadPthBytes(bytes: Uint8Array, label: string, options: LoadPthOptions)
         return new PyCallable(module, name, (args) => {
           const [data, requiresGrad] = args;
           if (!(data instanceof Tensor)) throw new CheckpointError(`${q}: data is not a tensor`);
-          if (typeof requiresGrad === 'boolean' && data.dtype !== 'bool' && !data.dtype.startsWith('int') && data.dtype !== 'uint8') {
+          if (typeof requiresGrad === 'boolean' && isFloating(data.dtype)) {
             data.requiresGrad_(requiresGrad);
           }
           return data;
