@@ -258,7 +258,7 @@ export class GhostNet extends Module {
   readonly width: number;
   readonly mode: GhostNetMode;
   readonly numClasses: number;
-  readonly #sites: GhostSite[] = [];
+  readonly #sites: GhostSite[];
   constructor(opts: GhostNetOptions = {}) {
     super();
     const w = (this.width = opts.width ?? 1.0);
@@ -270,23 +270,23 @@ export class GhostNet extends Module {
     let cin = makeDivisible(16 * w, 4);
     this.conv_stem = this.registerModule('conv_stem', new Conv2d(opts.inChannels ?? 3, cin, 3, { stride: 2, padding: 1, bias: false, dtype: o.dtype }));
     this.bn1 = this.registerModule('bn1', new BatchNorm2d(cin, { dtype: o.dtype }));
+    this.#sites = ghostnetLayout(w);
     const stages: Module[] = [];
     const inStage = new Map<number, number>(); // ghost modules seen so far per paper stage
+    const init = (idx: number) => Math.sqrt(2 / (idx + 1)); // idx: 1-based index within the stage
     let lastHidden = 0;
     GHOSTNET_CFG.forEach((group, s) => {
       const blocks: Module[] = [];
-      group.forEach(([k, t, c, se, stride], i) => {
+      for (const [k, t, c, se, stride] of group) {
         const hidden = makeDivisible(t * w, 4);
         const out = makeDivisible(c * w, 4);
         const ps = PAPER_STAGE[s];
         const n = inStage.get(ps) ?? 0;
         inStage.set(ps, n + 2);
-        const init = (idx: number) => Math.sqrt(2 / (idx + 1)); // idx: 1-based index within the stage
         blocks.push(new GhostBottleneck(cin, hidden, out, k, stride, se, mode, [init(n + 1), init(n + 2)], o));
-        this.#sites.push({ prefix: `blocks.${s}.${i}.ghost1`, channels: hidden }, { prefix: `blocks.${s}.${i}.ghost2`, channels: out });
         cin = out;
         lastHidden = t;
-      });
+      }
       stages.push(new Sequential(...blocks));
     });
     const last = makeDivisible(lastHidden * w * 2, 4);
