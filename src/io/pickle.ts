@@ -159,10 +159,6 @@ export type PyValue =
   | { [key: string]: PyValue }
   | object;
 
-export function isPyDict(v: unknown): v is Map<PyValue, PyValue> {
-  return v instanceof Map;
-}
-
 // ---------------------------------------------------------------------------
 // Reader
 
@@ -228,37 +224,27 @@ function iterItems(v: PyValue): PyValue[] {
   throw new Error('pickle: expected an iterable');
 }
 
+/** dict(src) / OrderedDict(src): fills `d` from a mapping or an iterable of (key, value) pairs. */
+function fillDict<D extends Map<PyValue, PyValue>>(d: D, args: PyValue[], what: string): D {
+  if (args.length > 0 && args[0] !== null) {
+    const src = args[0];
+    if (src instanceof Map) for (const [k, v] of src) d.set(k, v);
+    else
+      for (const pair of iterItems(src)) {
+        const kv = toTuple(pair, what);
+        d.set(kv[0], kv[1]);
+      }
+  }
+  return d;
+}
+
 function defaultGlobal(module: string, name: string): PyValue | undefined {
   const q = `${module}.${name}`;
   switch (q) {
     case 'collections.OrderedDict':
-      return new PyCallable(module, name, (args) => {
-        const d = new PyOrderedDict();
-        if (args.length > 0 && args[0] !== null) {
-          const src = args[0];
-          if (src instanceof Map) for (const [k, v] of src) d.set(k, v);
-          else
-            for (const pair of iterItems(src)) {
-              const kv = toTuple(pair, 'OrderedDict item');
-              d.set(kv[0], kv[1]);
-            }
-        }
-        return d;
-      });
+      return new PyCallable(module, name, (args) => fillDict(new PyOrderedDict(), args, 'OrderedDict item'));
     case 'builtins.dict':
-      return new PyCallable(module, name, (args) => {
-        const d = new Map<PyValue, PyValue>();
-        if (args.length > 0 && args[0] !== null) {
-          const src = args[0];
-          if (src instanceof Map) for (const [k, v] of src) d.set(k, v);
-          else
-            for (const pair of iterItems(src)) {
-              const kv = toTuple(pair, 'dict item');
-              d.set(kv[0], kv[1]);
-            }
-        }
-        return d;
-      });
+      return new PyCallable(module, name, (args) => fillDict(new Map<PyValue, PyValue>(), args, 'dict item'));
     case 'builtins.list':
       return new PyCallable(module, name, (args) => (args.length ? [...iterItems(args[0])] : []));
     case 'builtins.tuple':
@@ -890,7 +876,8 @@ export function pickle(value: PyValue, hooks: PickleHooks = {}): Uint8Array {
   const enc = new TextEncoder();
 
   let nextMemo = 0;
-  const put = (key: unknown): void => {
+  /** Memoizes the top of the stack under the next index (BINPUT / LONG_BINPUT) and returns it. */
+  const putNext = (): number => {
     const idx = nextMemo++;
     if (idx < 256) {
       w.u8(0x71);
@@ -899,7 +886,10 @@ export function pickle(value: PyValue, hooks: PickleHooks = {}): Uint8Array {
       w.u8(0x72);
       w.u32(idx);
     }
-    memo.set(key, idx);
+    return idx;
+  };
+  const put = (key: unknown): void => {
+    memo.set(key, putNext());
   };
   const get = (idx: number): void => {
     if (idx < 256) {
@@ -944,15 +934,7 @@ export function pickle(value: PyValue, hooks: PickleHooks = {}): Uint8Array {
     if (idx !== undefined) return get(idx);
     w.u8(0x63);
     w.ascii(`${module}\n${name}\n`);
-    const i = nextMemo++;
-    globalMemo.set(key, i);
-    if (i < 256) {
-      w.u8(0x71);
-      w.u8(i);
-    } else {
-      w.u8(0x72);
-      w.u32(i);
-    }
+    globalMemo.set(key, putNext());
   };
   const writeTupleItems = (items: PyValue[]): void => {
     if (items.length === 0) w.u8(0x29);
