@@ -25,7 +25,6 @@ import {
   RepOptVGG,
   repOptVggConfig,
   vggBlockLayout,
-  type RepOptVGGConfig,
   type VGGBlockInfo,
 } from './repoptvgg.js';
 import { checkScales, registerScaleScheme, type ScaleMap, type ScaleScheme, type SiteOptions } from './scales.js';
@@ -49,16 +48,14 @@ function layoutOf(arch: string, opts: CreateModelOptions = {}): VGGBlockInfo[] {
   return vggBlockLayout(cfg, opts);
 }
 
-function need(scales: ScaleMap, key: string, c: number): Tensor {
-  const t = scales.get(key);
-  if (!t) throw new Error(`RepOpt-VGG scales: missing '${key}' (expected shape [${c}])`);
-  if (t.shape.length !== 1 || t.shape[0] !== c) throw new Error(`RepOpt-VGG scales: '${key}' has shape [${t.shape.join(', ')}], expected [${c}]`);
-  return t;
-}
-
-/** The CSLA sites of a RepOpt-VGG target model (or block layout) from scales keyed as in the scale files. */
+/**
+ * The CSLA sites of a RepOpt-VGG target model (or block layout) from scales keyed as in the scale
+ * files; the scales are checked against the layout first (`checkScales`: keys, shapes, finite values).
+ */
 export function repOptVggSites(model: RepOptVGG | VGGBlockInfo[], scales: ScaleMap, opts: SiteOptions = {}): ReparamSite[] {
   const layout = model instanceof RepOptVGG ? model.layout : model;
+  checkScales(scales, 'RepOpt-VGG', { label: 'RepOpt-VGG scales', scheme: layoutScheme(layout) });
+  const scale = (b: VGGBlockInfo, kind: string): Tensor => scales.get(`${b.name}.scale_${kind}.weight`)!;
   const useSearched = (opts.identityInit ?? 'searched') === 'searched';
   return layout.map((b): ReparamSite => {
     const c = b.outChannels;
@@ -68,13 +65,13 @@ export function repOptVggSites(model: RepOptVGG | VGGBlockInfo[], scales: ScaleM
       kernel: 3,
       stride: b.stride,
       branches: [
-        { kind: 'conv', kernel: 3, scale: need(scales, `${b.name}.scale_conv.weight`, c) },
-        { kind: 'conv', kernel: 1, scale: need(scales, `${b.name}.scale_1x1.weight`, c) },
+        { kind: 'conv', kernel: 3, scale: scale(b, 'conv') },
+        { kind: 'conv', kernel: 1, scale: scale(b, '1x1') },
         ...(b.identity ? [{ kind: 'identity' as const, scale: 1, trainable: true }] : []),
       ],
     };
     const site: ReparamSite = { param: `${b.name}.conv.weight`, spec };
-    if (b.identity) site.identityInit = [useSearched ? need(scales, `${b.name}.scale_identity.weight`, c).toArray() : 1];
+    if (b.identity) site.identityInit = [useSearched ? scale(b, 'identity').toArray() : 1];
     return site;
   });
 }
@@ -84,9 +81,7 @@ export function repOptVggHandler(model: RepOptVGG | VGGBlockInfo[], scales: Scal
   if (model instanceof RepOptVGG && model.mode !== 'target') {
     throw new Error(`RepOpt-VGG handler: the model is in '${model.mode}' mode; the optimizer re-parameterises 'target' models`);
   }
-  const layout = model instanceof RepOptVGG ? model.layout : model;
-  checkScales(scales, 'RepOpt-VGG', { label: 'RepOpt-VGG scales', scheme: layoutScheme(layout) });
-  return new RepOptHandler(repOptVggSites(layout, scales, opts));
+  return new RepOptHandler(repOptVggSites(model, scales, opts));
 }
 
 /** A one-architecture scheme over a given layout (custom configs, other strides). */
@@ -103,8 +98,3 @@ export const vggScaleScheme: ScaleScheme = {
   sites: (arch, scales, opts = {}) => repOptVggSites(layoutOf(arch, opts), scales, opts),
 };
 registerScaleScheme(vggScaleScheme);
-
-/** The scale layout of a custom config (for `checkScales` on unnamed models). */
-export function vggScalesFor(cfg: RepOptVGGConfig, opts: CreateModelOptions = {}): Map<string, number[]> {
-  return vggScaleShapes(vggBlockLayout(cfg, opts));
-}
