@@ -80,6 +80,8 @@ function scaleEntries(sd: Map<string, Tensor>, scheme: ScaleScheme): ScaleMap {
   return out;
 }
 
+const asFloat32 = (scales: ScaleMap): ScaleMap => new Map([...scales].map(([k, t]) => [k, t.dtype === 'float32' ? t : t.to('float32')]));
+
 function fits(scales: ScaleMap, expected: Map<string, number[]>): boolean {
   if (scales.size !== expected.size) return false;
   for (const [k, shape] of expected) {
@@ -128,7 +130,7 @@ export function readScaleEntries(file: string, scheme: ScaleScheme): ScaleMap {
   return torch.tidy(() => {
     const scales = scaleEntries(extractStateDict(loadPth(file), file), scheme);
     if (scales.size === 0) throw new Error(`${file}: holds no ${scheme.family} scale tensors`);
-    return new Map([...scales].map(([k, t]) => [k, t.dtype === 'float32' ? t : t.to('float32')]));
+    return asFloat32(scales);
   });
 }
 
@@ -146,7 +148,7 @@ export function loadScaleFile(file: string, arch: string, opts: CreateModelOptio
       throw new Error(`${file}: holds no ${scheme.family} scale tensors (keys such as '${like}'); is it a scale file of another model family?`);
     }
     const checked = checkScales(scales, arch, { ...opts, scheme, label: `${file}: scales` });
-    return new Map([...checked].map(([k, t]) => [k, t.dtype === 'float32' ? t : t.to('float32')]));
+    return asFloat32(checked);
   });
 }
 
