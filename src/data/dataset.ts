@@ -30,15 +30,11 @@ export interface Dataset {
   readonly storage?: { pixels: Uint8Array; labels: Int32Array };
 }
 
-export { InMemoryDataset, sharedBytes, sharedInt32, type DatasetInfo } from './memory.js';
-
-/** Default folder for Fashion-MNIST: Debian's dataset-fashion-mnist package. */
+/** Default folders for MNIST and Fashion-MNIST (Debian's dataset packages). */
 export const DEFAULT_DIRS: Record<string, string> = {
   'fashion-mnist': '/usr/share/datasets/fashion-mnist',
   mnist: '/usr/share/datasets/mnist',
 };
-
-export const DATASET_KINDS = ['cifar10', 'cifar100', 'mnist', 'fashion-mnist', 'folder', 'synthetic'] as const;
 
 /**
  * Opens a dataset from a spec string:
