@@ -356,8 +356,6 @@ Napi::Value Call(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------- data in and out
 
-size_t ElementSize(at::ScalarType st) { return c10::elementSize(st); }
-
 at::ScalarType DtypeArg(const Napi::Value& v) {
   int64_t code = v.As<Napi::Number>().Int64Value();
   if (code < 0 || code >= static_cast<int64_t>(at::ScalarType::NumOptions)) {
@@ -397,7 +395,7 @@ Napi::Value FromBuffer(const Napi::CallbackInfo& info) {
   auto dtype = DtypeArg(info[2]);
   GUARD_BEGIN
   at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
-  size_t need = static_cast<size_t>(t.numel()) * ElementSize(dtype);
+  size_t need = static_cast<size_t>(t.numel()) * c10::elementSize(dtype);
   if (need != length) {
     throw Napi::RangeError::New(env, "fromBuffer: shape [" + c10::Join(", ", shape) + "] needs " +
                                          std::to_string(need) + " bytes, got " + std::to_string(length));
@@ -417,18 +415,6 @@ Napi::Value ToBuffer(const Napi::CallbackInfo& info) {
   if (n) std::memcpy(ab.Data(), t.data_ptr(), n);
   return ab;
   GUARD_END(env)
-}
-
-// copyInto(t, typedArray): writes a typed array's bytes into an existing contiguous tensor.
-Napi::Value CopyFromBuffer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const at::Tensor& t = TensorOf(info[0], "self");
-  auto ta = info[1].As<Napi::TypedArray>();
-  size_t n = static_cast<size_t>(t.numel()) * t.element_size();
-  if (ta.ByteLength() != n) throw Napi::RangeError::New(env, "copyFromBuffer: byte length mismatch");
-  if (!t.is_contiguous()) throw Napi::Error::New(env, "copyFromBuffer: tensor must be contiguous");
-  std::memcpy(t.data_ptr(), static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), n);
-  return env.Undefined();
 }
 
 // ---------------------------------------------------------------- tensor facts
@@ -604,7 +590,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("call", Call);
   FN("fromBuffer", FromBuffer);
   FN("toBuffer", ToBuffer);
-  FN("copyFromBuffer", CopyFromBuffer);
   FN("shape", Shape);
   FN("strides", Strides);
   FN("dtype", Dtype);

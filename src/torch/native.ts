@@ -19,7 +19,6 @@ export interface NativeBinding {
   call(id: number, args: unknown[]): unknown;
   fromBuffer(data: ArrayBufferView | ArrayBuffer, shape: number[], dtype: number): Handle;
   toBuffer(h: Handle): ArrayBuffer;
-  copyFromBuffer(h: Handle, data: ArrayBufferView): void;
   shape(h: Handle): number[];
   strides(h: Handle): number[];
   dtype(h: Handle): number;
