@@ -1,7 +1,7 @@
 """RepOpt-VGG's training step in PyTorch: the reference for `repopt bench`.
 
 Run through bench/train_step.py --model repoptvgg (see there for the flags).
-The model is written here from REPOPT.md section 3 with the release's module
+The model is written here from the paper (Ding et al., ICLR 2023, arXiv 2205.15242, sec. 4) with the release's module
 names (stage0, stage1..4, conv/bn, conv_3x3/bn_3x3/conv_1x1/bn_1x1/bn_identity,
 scale_conv/scale_1x1/scale_identity, linear) and mirrors src/models/repoptvgg.ts
 module for module, in the same construction order, so that the same seed gives
@@ -111,7 +111,7 @@ class RepOptVGG(nn.Module):
 
 def grad_mults_sgd(model):
     """SGD Grad Mults of every target kernel from the initial scales: s^2 on all taps, + t^2 and
-    + 1 (identity) at the centre (REPOPT.md section 2)."""
+    + 1 (identity) at the centre (paper sec. 3, Rule of Iteration)."""
     named = dict(model.named_parameters())
     out = {}
     for name, cin, cout, stride, identity, s in model.layout:

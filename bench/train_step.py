@@ -9,7 +9,7 @@ and for `repopt bench` (RepOpt-VGG, --model repoptvgg).
         [--warmup 3] [--steps 10] [--threads N]
         [--opt-overhead] [--peak]
 
-RepOpt-VGG (bench/repoptvgg_torch.py, written from REPOPT.md section 3 with the
+RepOpt-VGG (bench/repoptvgg_torch.py, written from the paper, arXiv 2205.15242, with the
 release's module names, mirroring src/models/repoptvgg.ts) is trained as
 `repopt bench` trains it: SGD(lr 0.1, momentum 0.9, wd 1e-4) with the release's
 weight-decay rule; in target mode RepSGD, SGD with Grad Mults from the

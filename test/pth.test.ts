@@ -9,19 +9,17 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import * as torch from '../src/torch/index.js';
 import { Tensor, type DType } from '../src/torch/index.js';
 import { loadPth, loadPthAsync, savePth, serializePth, extractStateDict } from '../src/io/pth.js';
 import { PyFloat, PyOrderedDict, PyTuple, type PyValue } from '../src/io/pickle.js';
 import { openZip, writeZip } from '../src/io/zip.js';
+import { SCALES_DIR } from './helpers/paths.js';
 
 const PYTHON = process.env.REPOPT_PYTHON ?? '/usr/bin/python3';
 // dist/test/pth.test.js -> repo root is two levels up (also works from test/ via tsx-like runners)
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repoRoot = fs.existsSync(path.join(here, '..', 'package.json')) ? path.resolve(here, '..') : path.resolve(here, '..', '..');
-const SCALES = path.resolve(repoRoot, '../shared/reference/scales');
+const SCALES = SCALES_DIR;
 
 let tmp = '';
 before(() => {
@@ -360,11 +358,7 @@ print(type(t).__name__, t.tolist())`, [file, (savePth(path.join(tmp, 'bare.pth')
   t.dispose();
 });
 
-test('reference scale files (RepOpt official)', (tt) => {
-  if (!fs.existsSync(SCALES)) {
-    tt.skip(`${SCALES} not present`);
-    return;
-  }
+test('reference scale files (RepOpt official)', () => {
   const b1 = loadPth(path.join(SCALES, 'RepOpt-VGG-B1-scales.pth'));
   assert.ok(b1 instanceof PyOrderedDict, 'B1 is an OrderedDict');
   const sd = extractStateDict(b1);

@@ -111,7 +111,7 @@ test('bad block descriptions are clear errors', () => {
   assert.throws(() => normalizeSpec({ inChannels: 2, outChannels: 2, kernel: 3, stride: 2, branches: [{ kind: 'identity' }] }), /stride 1/);
 });
 
-test('public check values: B1 scale file, block stage1.1 channel 0 Grad Mults (REPOPT.md section 4)', () => {
+test('public check values: B1 scale file, block stage1.1 channel 0 Grad Mults (s^2 + t^2 + 1 by hand from the file s, t)', () => {
   const sd = extractStateDict(loadPth(scaleFile('RepOpt-VGG-B1-scales.pth')));
   const s = sd.get('stage1.1.scale_conv.weight')!;
   const t = sd.get('stage1.1.scale_1x1.weight')!;

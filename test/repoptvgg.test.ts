@@ -226,7 +226,7 @@ test('hs (scales loaded) and csla forward equal the target with fused kernels, B
 });
 
 describe('handler', () => {
-  test('public check values through the handler: B1 stage1.1 channel 0 Grad Mults (REPOPT.md section 4)', () => {
+  test('public check values through the handler: B1 stage1.1 channel 0 Grad Mults (s^2 + t^2 + 1 by hand from the file s, t)', () => {
     const scales = loadScaleFile(scaleFile('RepOpt-VGG-B1-scales.pth'), 'RepOpt-VGG-B1');
     const sites = repOptVggSites(vggBlockLayout(REPOPT_VGG_CONFIGS.B1), scales);
     assert.equal(sites.length, 28);

@@ -45,7 +45,7 @@
  * Naming decisions where the release had to be guessed (only the scale keys are known from its file):
  *   - the scale keys `blocks.S.I.ghostK.fusion_scale.weight` and `.cheap_operation.1.weight` are the
  *     release's (checked against RepOptGhostNet_0_5x_scales.pth); the re-parameterised kernel
- *     `...cheap_operation.0.weight` follows from them (REPOPT.md);
+ *     `...cheap_operation.0.weight` follows from them (the release, DingXiaoH/RepOptimizers);
  *   - the BN after the CSLA sum in hs/csla is named `bn` (a guess: the release's hs may place it
  *     differently); in target it sits at `cheap_operation.1` like RepGhost's cheap-op BN, so the
  *     target key `cheap_operation.1.weight` is a BN weight, not a scale (the scale loaders require the

@@ -1,6 +1,6 @@
 /**
  * RepOptimizer for RepOpt-VGG: the searched scales of an `hs` model become one
- * CSLA block per target kernel (REPOPT.md sections 2 and 4). Each block
+ * CSLA block per target kernel (Ding et al., ICLR 2023, arXiv 2205.15242, sec. 3). Each block
  * `stageX.Y` of the target model stands for
  *   s (.) conv3x3(x) + t (.) conv1x1(x) [+ v (.) x]
  * with s = `stageX.Y.scale_conv.weight`, t = `stageX.Y.scale_1x1.weight` (constants)

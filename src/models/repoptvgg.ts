@@ -3,7 +3,7 @@
  * Architectures", ICLR 2023; behaviour and state-dict keys of the authors'
  * PyTorch release, DingXiaoH/RepOptimizers, MIT). A plain VGG-style net: a stem
  * block, four stages of 3x3 blocks (the first of each with stride 2), global
- * average pooling and one `linear` classifier. Written from REPOPT.md section 3;
+ * average pooling and one `linear` classifier. Written from the paper (arXiv 2205.15242) and the release's state-dict keys;
  * no code of the release is used.
  *
  * One config table (`REPOPT_VGG_CONFIGS`) drives every named variant; each is
@@ -58,7 +58,7 @@ export interface RepOptVGGOptions {
   dtype?: 'float32' | 'float64';
 }
 
-/** The released variants (REPOPT.md section 3). */
+/** The released variants (the release's configurations; paper Table 3). */
 export const REPOPT_VGG_CONFIGS = {
   A0: { numBlocks: [2, 4, 14, 1], widthMultiplier: [0.75, 0.75, 0.75, 2.5] },
   A1: { numBlocks: [2, 4, 14, 1], widthMultiplier: [1, 1, 1, 2.5] },

@@ -1,5 +1,5 @@
 /**
- * Scale files: the constants a Hyper-Search leaves behind (REPOPT.md section 4).
+ * Scale files: the constants a Hyper-Search leaves behind (Ding et al., ICLR 2023, arXiv 2205.15242, sec. 3.3).
  *
  * Reads the release's files as they are (a flat state dict of scale tensors,
  * plain dict or OrderedDict, any key order) and full hyper-search checkpoints

@@ -1,6 +1,6 @@
 """An independent PyTorch reference for RepOpt training (written for repopt's tests).
 
-It follows REPOPT.md: a RepOpt-VGG target model (stage0, stageX.Y blocks of
+It follows the paper (Ding et al., ICLR 2023, arXiv 2205.15242): a RepOpt-VGG target model (stage0, stageX.Y blocks of
 conv3x3 -> BN -> ReLU, global pool, linear), Grad Mults from the searched scales
 (SGD: s^2 on the 3x3, + t^2 at the centre, + 1 on the identity diagonal centre),
 and SGD with the mult applied to the gradient before coupled weight decay.
