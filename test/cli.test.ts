@@ -6,6 +6,8 @@ import path from 'node:path';
 import os from 'node:os';
 import * as nodeFs from 'node:fs';
 import { REPO_ROOT } from './helpers/paths.js';
+import { extractStateDict, loadPth } from '../src/io/pth.js';
+import { readJsonl } from '../src/train/log.js';
 
 const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
@@ -49,8 +51,25 @@ test('`repopt demo` runs search, RepOpt, RepVGG and plain, then writes the table
   assert.match(summary, /\| RepOpt-VGG \| target \+ RepSGD \| \d+\.\d\d% \| \d+ \| \d+ MiB \| 149,\d{3} \|/);
   assert.match(summary, /\| RepVGG \| repvgg \+ SGD \|/);
   assert.match(summary, /\| plain VGG \| target \+ SGD \|/);
-  // The RepOpt run really used the searched scales (Grad Mults) and the plain run did not.
-  const cfg = JSON.parse(fs.readFileSync(path.join(out, 'repopt', 'config.json'), 'utf8')) as { scales: string; mode: string };
-  assert.equal(cfg.mode, 'target');
-  assert.ok(cfg.scales.endsWith('scales.pth'));
+  // The RepOpt run really applied Grad Mults built from the searched scales, and the plain run none.
+  // Expected per kernel, by hand from the scale file (SGD, p = 2): every tap s_c^2, the centre tap t_c^2
+  // more, the identity's diagonal centre 1 more; summed over a [Cout, Cin, 3, 3] kernel that is
+  // sum_c (9 Cin s_c^2 + Cin t_c^2 + [identity]).
+  const startRecord = (run: string) => readJsonl(path.join(out, run, 'log.jsonl')).find((r) => r.type === 'start')!;
+  const applied = startRecord('repopt').gradMults as Record<string, number>;
+  assert.deepEqual(startRecord('plain').gradMults, {});
+  const scales = extractStateDict(loadPth(path.join(out, 'search', 'scales.pth')));
+  const kernels = extractStateDict(loadPth(path.join(out, 'repopt', 'final.pth')));
+  const blocks = [...scales.keys()].filter((k) => k.endsWith('.scale_conv.weight')).map((k) => k.slice(0, -'.scale_conv.weight'.length));
+  assert.ok(blocks.length >= 8);
+  assert.deepEqual(Object.keys(applied).sort(), blocks.map((b) => `${b}.conv.weight`).sort());
+  for (const b of blocks) {
+    const s = scales.get(`${b}.scale_conv.weight`)!.toArray();
+    const t = scales.get(`${b}.scale_1x1.weight`)!.toArray();
+    const cin = kernels.get(`${b}.conv.weight`)!.shape[1];
+    const identity = scales.has(`${b}.scale_identity.weight`) ? 1 : 0;
+    const want = s.reduce((sum, sc, c) => sum + 9 * cin * sc * sc + cin * t[c] * t[c] + identity, 0);
+    const got = applied[`${b}.conv.weight`];
+    assert.ok(Math.abs(got - want) <= 1e-5 * want, `${b}: applied Grad Mult sum ${got}, scales give ${want}`);
+  }
 });

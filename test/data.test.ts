@@ -3,7 +3,7 @@
  * image folders via sharp, synthetic), clear errors for corrupt files, transforms
  * (normalisation by hand, crop/flip/cutout/resized-crop invariants, RandAugment),
  * and the loader: determinism across worker counts, exact resume, natural order,
- * clean exit, and a throughput print.
+ * clean exit. Loader throughput is a benchmark: bench/data-loader.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -622,28 +622,4 @@ test('a loader that is never closed does not keep the process alive', () => {
   assert.equal(r.signal, null, `the child hung: ${r.stderr}`);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /batch 0/);
-});
-
-test('throughput (printed, no assertion)', async () => {
-  const ds = openDataset('synthetic:5000', 'train');
-  for (const [label, spec, workers] of [
-    ['crop+flip, 1 worker', defaultTransforms(ds, 'train'), 1],
-    ['crop+flip, inline', defaultTransforms(ds, 'train'), 0],
-    ['crop+flip+RandAugment(2,9)+cutout, 1 worker', heavy(ds), 1],
-  ] as const) {
-    const L = new DataLoader(ds, { batchSize: 128, seed: 1, workers, transforms: spec });
-    await collect(L, 0); // warm-up
-    const t0 = performance.now();
-    let n = 0;
-    for await (const b of L.epoch(1)) {
-      n += b.y.shape[0];
-      b.x.dispose();
-      b.y.dispose();
-    }
-    const s = (performance.now() - t0) / 1000;
-    console.log(`# loader ${label}, batch 128, 3x32x32: ${Math.round(n / s)} images/s`);
-    await L.close();
-  }
-  const sub = torch.zeros([1]);
-  sub.dispose();
 });

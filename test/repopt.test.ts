@@ -31,8 +31,10 @@ describe('equivalence cases (f32 and f64)', () => {
 test('release settings reproduce the release\'s reported f32 differences (1.3e-6 SGD, 2.8e-6 AdamW) in magnitude', () => {
   const sgd = runCase(CASES.find((c) => c.name.startsWith('release settings: SGD'))!, 'float32');
   const adamw = runCase(CASES.find((c) => c.name.startsWith('release settings: AdamW'))!, 'float32');
-  assert.ok(sgd.relL1 > 1e-8 && sgd.relL1 < 1e-5, `SGD ${sgd.relL1}`);
-  assert.ok(adamw.relL1 > 1e-8 && adamw.relL1 < 1e-5, `AdamW ${adamw.relL1}`);
+  // "In magnitude": within 10x of the release's figures either way (float32 round-off of the same 50 steps;
+  // measured here 1.5e-6 and 2.5e-6). Far below: the run was not float32; far above: the rule is off.
+  assert.ok(sgd.relL1 > 1.3e-7 && sgd.relL1 < 1.3e-5, `SGD ${sgd.relL1}`);
+  assert.ok(adamw.relL1 > 2.8e-7 && adamw.relL1 < 2.8e-5, `AdamW ${adamw.relL1}`);
 });
 
 const vggLike: CslaSpec = {

@@ -61,13 +61,21 @@ test("parity: `repopt train` equals an independent PyTorch RepOptimizerSGD run (
   const ref = weights(`${d}/ref.pth`);
   const init = weights(`${d}/init.pth`);
   assert.deepEqual([...ours.keys()], [...ref.keys()]);
+  // Both sides run the same float32 kernels of the same libtorch on one thread; what differs is only the
+  // order of a few reductions (loss, BN statistics, the Grad Mult product). Five steps of that round-off
+  // measure ~1e-6 relative per tensor, so 1e-5 leaves a 10x margin and still fails on any real deviation
+  // (a missing mult or a misplaced decay changes the update itself, which moves these weights by > 1e-3: see the last check).
+  let worst = 0;
   for (const [k, t] of ref) {
     if (t.dtype === 'int64') {
       assert.equal(ours.get(k)!.item(), t.item(), k);
       continue;
     }
-    assert.ok(maxRel(ours.get(k)!, t) <= 1e-4, `${k}: ${maxRel(ours.get(k)!, t)}`);
+    const d = maxRel(ours.get(k)!, t);
+    worst = Math.max(worst, d);
+    assert.ok(d <= 1e-5, `${k}: ${d}`);
   }
+  console.log(`# parity: worst relative difference per tensor ${worst.toExponential(2)}`);
   // The run really trained (the comparison is not init vs init).
   assert.ok(maxRel(init.get('stage1.0.conv.weight')!, ref.get('stage1.0.conv.weight')!) > 1e-3);
 });

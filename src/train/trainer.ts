@@ -84,7 +84,11 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   } else if (o.resume && !o.quiet) {
     process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
   }
-  if (state.iteration === 0) log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads() });
+  if (state.iteration === 0) {
+    // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
+    const gradMults = Object.fromEntries(torch.tidy(() => [...optimizer.gradMults].map(([n, m]) => [n, m.to('float64').sum().item()])));
+    log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
+  }
 
   let stop = false;
   const onSigint = () => {
