@@ -75,14 +75,14 @@ test('0.5x builds in every mode with the right names and a [2, 10] forward on [2
     assert.ok(params.has('conv_stem.weight') && params.has('conv_head.bias') && params.has('classifier.weight'), mode);
     assert.ok(params.has('blocks.3.0.se.conv_reduce.weight') && params.has('blocks.1.0.conv_dw.weight') && params.has('blocks.1.0.shortcut.2.weight'), mode);
     assert.ok(params.has('blocks.9.0.conv.weight') && params.has('blocks.9.0.bn1.weight'), mode);
-    if (mode === 'target') {
-      assert.ok(sd.has(`${g}.cheap_operation.1.running_mean`));
-      assert.ok(!sd.has(`${g}.fusion_scale.weight`) && !sd.has(`${g}.fusion_bn.0.weight`));
-    } else if (mode === 'rep') {
-      assert.ok(sd.has(`${g}.cheap_operation.1.running_mean`) && sd.has(`${g}.fusion_bn.0.running_var`));
-    } else {
-      assert.ok(params.has(`${g}.fusion_scale.weight`), mode);
-      assert.ok(sd.has(`${g}.bn.running_mean`), mode);
+    // The release's names: final_bn after the cheap op (target, hs, csla), a BN at cheap_operation.1 and
+    // fusion_bn (a BN, not a Sequential) in rep; scales at cheap_operation.1 and fusion_scale in hs/csla.
+    assert.equal(sd.has(`${g}.final_bn.running_mean`), mode !== 'rep', mode);
+    assert.equal(sd.has(`${g}.fusion_bn.running_var`), mode === 'rep', mode);
+    assert.equal(sd.has(`${g}.cheap_operation.1.running_mean`), mode === 'rep', mode);
+    assert.equal(params.has(`${g}.fusion_scale.weight`), mode === 'hs' || mode === 'csla', mode);
+    if (mode === 'target') assert.ok(![...sd.keys()].some((k) => k.includes('cheap_operation.1')));
+    if (mode === 'hs' || mode === 'csla') {
       // hs trains the cheap scale; csla holds it frozen under the same key.
       assert.equal(params.has(`${g}.cheap_operation.1.weight`), mode === 'hs', mode);
       assert.deepEqual(sd.get(`${g}.cheap_operation.1.weight`)?.shape, [4], mode);
@@ -229,9 +229,9 @@ test('Rule of Initialization: target kernel = s * W_fresh + fusion at the centre
   target.dispose();
 });
 
-test('hs forward (BN eval, release scales) equals the target forward with the fused kernels (float64)', () => {
+for (const mode of ['hs', 'csla'] as const) test(`${mode} forward (BN eval, release scales) equals the target forward with the fused kernels (float64)`, () => {
   torch.manualSeed(7);
-  const hs = new GhostNet({ width: 0.5, mode: 'hs', numClasses: 10, dtype: 'float64' });
+  const hs = new GhostNet({ width: 0.5, mode, numClasses: 10, dtype: 'float64' });
   const scales = loadGhostnetScales(FILE, hs);
   hs.loadStateDict(scales, false);
   // Non-trivial BN statistics and affine parameters everywhere.
@@ -239,9 +239,9 @@ test('hs forward (BN eval, release scales) equals the target forward with the fu
     torch.tidy(() => {
       for (const [n, t] of [...hs.namedParameters(), ...hs.namedBuffers()]) {
         if (/(running_var)$/.test(n)) t.copy_(torch.rand(t.shape, { dtype: 'float64' }).add(0.5));
-        else if (/running_mean$/.test(n) || (/\.(bn|bn1|bn_dw|fusion_bn\.0|cheap_operation\.1|primary_conv\.1|shortcut\.[13])\.bias$/.test(n))) {
+        else if (/running_mean$/.test(n) || (/\.(final_bn|bn1|bn_dw|primary_conv\.1|shortcut\.[13])\.bias$/.test(n))) {
           t.copy_(torch.randn(t.shape, { dtype: 'float64' }).mul(0.1));
-        } else if (/\.(bn|bn1|bn_dw|primary_conv\.1|shortcut\.[13])\.weight$/.test(n) || n === 'bn1.weight') {
+        } else if (/\.(final_bn|bn1|bn_dw|primary_conv\.1|shortcut\.[13])\.weight$/.test(n) || n === 'bn1.weight') {
           t.copy_(torch.rand(t.shape, { dtype: 'float64' }).add(0.5));
         }
       }
@@ -254,7 +254,7 @@ test('hs forward (BN eval, release scales) equals the target forward with the fu
   target.eval();
   // The fused kernel by hand for one module: s * W + f at the centre.
   const g = 'blocks.6.3.ghost1';
-  const hsParams = new Map([...hs.namedParameters()]);
+  const hsParams = new Map([...hs.namedParameters(), ...hs.namedBuffers()]);
   torch.tidy(() => {
     const w = hsParams.get(`${g}.cheap_operation.0.weight`)!;
     const s = hsParams.get(`${g}.cheap_operation.1.weight`)!.view([120, 1, 1, 1]);
@@ -306,7 +306,7 @@ test('scale errors name the missing, unexpected or mis-shaped keys', () => {
   // The 0.5x file against a 1.0x model: shapes differ, each named with both shapes.
   const m10 = new GhostNet({ width: 1.0, numClasses: 10 });
   assert.throws(() => loadGhostnetScales(FILE, m10), /mis-shaped scale keys: blocks\.0\.0\.ghost1\.fusion_scale\.weight \[4\] \(model: \[8\]\)/);
-  // A target checkpoint is not taken for scales (its cheap_operation.1.weight is a BN weight).
+  // A target checkpoint is not taken for scales (it has neither scale key).
   const tsd = m05.stateDict();
   assert.throws(() => pickGhostnetScales(tsd, m05), /missing scale keys: blocks\.0\.0\.ghost1\.fusion_scale\.weight/);
   for (const t of [...scales.values(), ...tsd.values()]) t.dispose();

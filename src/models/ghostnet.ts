@@ -27,34 +27,24 @@
  * `.2` 1x1 conv, `.3` BN.
  *
  * Ghost module `...ghostK` (RepGhost's form: the cheap op maps the primary output to the same width
- * and is ADDED to it, no concatenation): `primary_conv.0` 1x1 conv, `.1` BN, `.2` ReLU (ghost1) or
- * identity (ghost2), giving x1; then by mode
- *   - `target`: y = cheap_operation(x1) with `cheap_operation.0` = 3x3 depthwise conv (no bias),
- *     `cheap_operation.1` = BN. The plain model trained with RepOptimizer.
- *   - `hs` (Hyper-Search): y = bn(cheap_operation.1(cheap_operation.0(x1)) + fusion_scale(x1)), with
+ * and is ADDED to it, no concatenation). Keys and forward are the release's (RepOptimizers,
+ * repoptghostnet_model.py), so its `torch.save(model.state_dict())` files load strictly, in every mode:
+ * `primary_conv.0` 1x1 conv, `.1` BN, `.2` ReLU (ghost1) or identity (ghost2), giving x1; then by mode
+ *   - `target`: `final_bn(cheap_operation.0(x1))`, cheap_operation.0 the 3x3 depthwise conv (no bias),
+ *     `cheap_operation.1` an identity (no keys). The plain model trained with RepOptimizer.
+ *   - `hs` (Hyper-Search): `final_bn(cheap_operation.1(cheap_operation.0(x1)) + fusion_scale(x1))`, with
  *     `cheap_operation.1` and `fusion_scale` per-channel trainable scale layers (`.weight` [C], no bias).
- *   - `csla`: as hs, `cheap_operation.1.weight` frozen (held as a buffer: same key, not trained),
- *     `fusion_scale` still trainable; the CSLA block trained plainly, for equivalence checks.
- *   - `rep` (RepGhostNet baseline): y = cheap_operation(x1) + fusion_bn.0(x1), cheap_operation as in target.
- *   then ReLU where the module has one (ghost1). Registration order follows RepGhost (primary, fusion
- *   branch, cheap op), which is also the key order of the release's scale file.
+ *   - `csla`: the keys and forward of hs, `cheap_operation.1.weight` frozen (held as a buffer: same key,
+ *     not trained), `fusion_scale` still trainable; the CSLA block trained plainly, for equivalence checks.
+ *   - `rep` (RepGhostNet baseline): `cheap_operation(x1) + fusion_bn(x1)`, `cheap_operation.1` a BN,
+ *     `fusion_bn` a BN (not a Sequential), no `final_bn`.
+ *   then ReLU for ghost1. Registration (and key) order: primary_conv, fusion branch, final_bn, cheap_operation.
  * The CSLA block is therefore `s (.) dwconv3x3(x1) + f (.) x1` (s: cheap_operation.1.weight constant,
- * f: the trainable identity), followed in every mode by one BN; the target's kernel is
- * W' = s W + diag(f) at the centre (Grad Mult s^p everywhere, +1 at every centre; Init W *= s, W[c,0,1,1] += f_c).
- *
- * Naming decisions where the release had to be guessed (only the scale keys are known from its file):
- *   - the scale keys `blocks.S.I.ghostK.fusion_scale.weight` and `.cheap_operation.1.weight` are the
- *     release's (checked against RepOptGhostNet_0_5x_scales.pth); the re-parameterised kernel
- *     `...cheap_operation.0.weight` follows from them (the release, DingXiaoH/RepOptimizers);
- *   - the BN after the CSLA sum in hs/csla is named `bn` (a guess: the release's hs may place it
- *     differently); in target it sits at `cheap_operation.1` like RepGhost's cheap-op BN, so the
- *     target key `cheap_operation.1.weight` is a BN weight, not a scale (the scale loaders require the
- *     matching `fusion_scale.weight` too, so a target checkpoint is not mistaken for scales);
- *   - rep's identity BN is `fusion_bn.0` (RepGhost's Sequential), everything outside the Ghost module
- *     follows RepGhostNet (conv_stem, bn1, blocks, conv_head, classifier; `blocks.9.0.conv`/`.bn1`).
- * Hyper-Search scale init (inferred from the untouched values in the release's late stages, which are
- * sqrt(2/3), sqrt(2/4), ..., sqrt(2/11) and fusion 1.0): cheap_operation.1 = sqrt(2 / (k + 1)) where k is
- * the 1-based index of the Ghost module within its paper stage (the grouping above), fusion_scale = 1.
+ * f: the trainable identity), followed by `final_bn`; the target's kernel is W' = s W + diag(f) at the
+ * centre (Grad Mult s^p everywhere, +1 at every centre; Init W *= s, W[c,0,1,1] += f_c).
+ * Hyper-Search scale init (the release's): cheap_operation.1 = sqrt(2 / (n + 1)), fusion_scale = 1, where
+ * ghost1 is module n = 2m - 1 and ghost2 n = 2m of the m-th bottleneck in a row that keeps width and
+ * resolution (m resets to 1 at a stride-2 or width-changing bottleneck).
  * Weights use PyTorch's default layer inits (RepGhostNet adds none).
  */
 import * as torch from '../torch/index.js';
@@ -97,8 +87,6 @@ export const GHOSTNET_CFG: readonly (readonly BlockCfg[])[] = [
   ],
 ];
 
-/** Paper stage of each `blocks.S` (used for the Hyper-Search scale init). */
-const PAPER_STAGE = [1, 2, 2, 3, 3, 4, 4, 5, 5];
 const HEAD_CHANNELS = 1280;
 const DROPOUT = 0.2;
 
@@ -115,10 +103,10 @@ interface LayerOpts {
 
 class GhostModule extends Module {
   readonly primary_conv: Sequential;
+  readonly fusion_bn: BatchNorm2d | null = null;
   readonly fusion_scale: ScaleLayer | null = null;
-  readonly fusion_bn: Sequential | null = null;
+  readonly final_bn: BatchNorm2d | null = null;
   readonly cheap_operation: Sequential;
-  readonly bn: BatchNorm2d | null = null;
   constructor(
     inp: number,
     readonly channels: number,
@@ -134,24 +122,30 @@ class GhostModule extends Module {
       'primary_conv',
       new Sequential(new Conv2d(inp, c, 1, { bias: false, dtype }), new BatchNorm2d(c, { dtype }), relu ? new ReLU() : new Identity()),
     );
-    const dw = new Conv2d(c, c, 3, { padding: 1, groups: c, bias: false, dtype });
-    if (mode === 'hs' || mode === 'csla') {
-      this.fusion_scale = this.registerModule('fusion_scale', new ScaleLayer(c, 1, { dtype }));
-      this.cheap_operation = this.registerModule(
-        'cheap_operation',
-        new Sequential(dw, new ScaleLayer(c, scaleInit, { trainable: mode === 'hs', frozenAsBuffer: true, dtype })),
-      );
-      this.bn = this.registerModule('bn', new BatchNorm2d(c, { dtype }));
+    // Registration order is the release's (primary, fusion branch, final BN, cheap op): state dicts list
+    // keys in that order, and so does the release's scale file.
+    let afterCheap: Module;
+    if (mode === 'rep') {
+      this.fusion_bn = this.registerModule('fusion_bn', new BatchNorm2d(c, { dtype }));
+      afterCheap = new BatchNorm2d(c, { dtype });
+    } else if (mode === 'target') {
+      this.final_bn = this.registerModule('final_bn', new BatchNorm2d(c, { dtype }));
+      afterCheap = new Identity();
     } else {
-      if (mode === 'rep') this.fusion_bn = this.registerModule('fusion_bn', new Sequential(new BatchNorm2d(c, { dtype })));
-      this.cheap_operation = this.registerModule('cheap_operation', new Sequential(dw, new BatchNorm2d(c, { dtype })));
+      this.fusion_scale = this.registerModule('fusion_scale', new ScaleLayer(c, 1, { dtype }));
+      // csla holds the constant scale under the same key, not trained (the release starts it at 1: it is loaded).
+      afterCheap = new ScaleLayer(c, mode === 'hs' ? scaleInit : 1, { trainable: mode === 'hs', frozenAsBuffer: true, dtype });
+      this.final_bn = this.registerModule('final_bn', new BatchNorm2d(c, { dtype }));
     }
+    const dw = new Conv2d(c, c, 3, { padding: 1, groups: c, bias: false, dtype });
+    this.cheap_operation = this.registerModule('cheap_operation', new Sequential(dw, afterCheap));
   }
   forward(x: Tensor): Tensor {
     const x1 = this.primary_conv.forward(x);
     let y = this.cheap_operation.forward(x1);
-    if (this.fusion_scale) y = this.bn!.forward(y.add(this.fusion_scale.forward(x1)));
-    else if (this.fusion_bn) y = y.add(this.fusion_bn.forward(x1));
+    if (this.fusion_bn) y = y.add(this.fusion_bn.forward(x1));
+    else if (this.fusion_scale) y = y.add(this.fusion_scale.forward(x1));
+    if (this.final_bn) y = this.final_bn.forward(y);
     return this.relu ? F.relu(y) : y;
   }
 }
@@ -272,18 +266,19 @@ export class GhostNet extends Module {
     this.bn1 = this.registerModule('bn1', new BatchNorm2d(cin, { dtype: o.dtype }));
     this.#sites = ghostnetLayout(w);
     const stages: Module[] = [];
-    const inStage = new Map<number, number>(); // ghost modules seen so far per paper stage
-    const init = (idx: number) => Math.sqrt(2 / (idx + 1)); // idx: 1-based index within the stage
+    // Hyper-Search init of the cheap scales (the release's rule): m counts the bottlenecks in a row that
+    // keep width and resolution (stride 1, in == out), reset to 1 by any other; ghost1 is module n = 2m - 1,
+    // ghost2 n = 2m, and the scale starts at sqrt(2 / (n + 1)).
+    const init = (n: number) => Math.sqrt(2 / (n + 1));
+    let run = 0;
     let lastHidden = 0;
-    GHOSTNET_CFG.forEach((group, s) => {
+    GHOSTNET_CFG.forEach((group) => {
       const blocks: Module[] = [];
       for (const [k, t, c, se, stride] of group) {
         const hidden = makeDivisible(t * w, 4);
         const out = makeDivisible(c * w, 4);
-        const ps = PAPER_STAGE[s];
-        const n = inStage.get(ps) ?? 0;
-        inStage.set(ps, n + 2);
-        blocks.push(new GhostBottleneck(cin, hidden, out, k, stride, se, mode, [init(n + 1), init(n + 2)], o));
+        run = stride === 1 && cin === out ? run + 1 : 1;
+        blocks.push(new GhostBottleneck(cin, hidden, out, k, stride, se, mode, [init(2 * run - 1), init(2 * run)], o));
         cin = out;
         lastHidden = t;
       }
@@ -495,7 +490,7 @@ export function ghostnetHandler(scales: Map<string, Tensor> | Record<string, Ten
 
 /**
  * The target model's state dict equal to an hs/csla model: each cheap kernel fused with its scale and
- * identity (W' = s W + f at the centre), the post-sum `bn` moved to `cheap_operation.1`, all else copied.
+ * identity (W' = s W + f at the centre), the scales dropped, all else (`final_bn` included) copied.
  * (Deploys a CSLA-trained model; the target model, BN in eval, then computes the same function.)
  * Copied entries alias the hs model's tensors (loadStateDict copies them); dispose the map when done.
  */
@@ -503,16 +498,15 @@ export function ghostnetHsToTarget(model: GhostNet): StateDict {
   if (model.mode !== 'hs' && model.mode !== 'csla') throw new Error(`ghostnetHsToTarget: needs an 'hs' or 'csla' model, got '${model.mode}'`);
   const sd = model.stateDict();
   const out: StateDict = new Map();
-  const sites = new Map(model.ghostSites().map((s) => [s.prefix, s]));
+  const sites = new Set(model.ghostSites().map((s) => s.prefix));
   for (const [k, t] of sd) {
-    const m = /^(.*\.ghost[12])\.(fusion_scale|cheap_operation|bn)\.(.*)$/.exec(k);
+    const m = /^(.*\.ghost[12])\.(fusion_scale\.weight|cheap_operation\.[01]\.weight)$/.exec(k);
     if (!m || !sites.has(m[1])) {
       out.set(k, t);
       continue;
     }
-    const [, p, part, rest] = m;
-    if (part === 'bn') out.set(`${p}.cheap_operation.1.${rest}`, t);
-    else if (part === 'cheap_operation' && rest === '0.weight') {
+    const [, p, part] = m;
+    if (part === 'cheap_operation.0.weight') {
       const s = sd.get(p + CHEAP)!;
       const f = sd.get(p + FUSION)!;
       out.set(k, torch.keep(torch.noGrad(() => fuseKernel(ghostCslaSpec(s.toArray() as number[]), { convKernels: [t], identityWeights: [f] }, t.dtype as DType))));
