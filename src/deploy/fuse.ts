@@ -146,6 +146,26 @@ export function fuseBlock(block: VGGBlock): { weight: Tensor; bias: Tensor } {
   );
 }
 
+/** The deployed form of one trained block (any mode): a new DeployBlock in eval mode, with the block's dtype. */
+export function deployBlock(block: VGGBlock): DeployBlock {
+  const dtype = block.parameters()[0].dtype as torch.DType;
+  const out = new DeployBlock(block.info, { postSE: block.postSE !== null, dtype });
+  try {
+    torch.noGrad(() =>
+      torch.tidy(() => {
+        const { weight, bias } = fuseBlock(block);
+        const sd = new Map<string, Tensor>([['conv.weight', weight.to(dtype)], ['conv.bias', bias.to(dtype)]]);
+        if (block.postSE) for (const [k, t] of block.postSE.stateDict()) sd.set(`post_se.${k}`, t);
+        out.loadStateDict(sd);
+      }),
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out.eval();
+}
+
 /**
  * The deployed network of a trained RepOpt-VGG (any mode). The trained model is not changed; the result
  * is a new module in eval mode, with the trained model's dtype.

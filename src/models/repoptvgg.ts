@@ -35,6 +35,9 @@ import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
 import { registerArch, type CreateModelOptions } from './registry.js';
+import type { Reparameterizable } from '../repopt/reparam.js';
+// Cycle by design: fuse.ts knows the block classes; only the reparameterize() methods call into it.
+import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from '../deploy/fuse.js';
 
 export type RepOptVGGMode = 'target' | 'hs' | 'csla' | 'repvgg';
 export const REPOPT_VGG_MODES: readonly RepOptVGGMode[] = ['target', 'hs', 'csla', 'repvgg'];
@@ -166,10 +169,14 @@ export class SEBlock extends Module {
   }
 }
 
-abstract class VGGBlockBase extends Module {
+abstract class VGGBlockBase extends Module implements Reparameterizable {
   postSE: SEBlock | null = null;
   constructor(readonly info: VGGBlockInfo) {
     super();
+  }
+  /** The deployed block: conv3x3 with bias -> ReLU [-> SE] (a new module; this one is unchanged). */
+  reparameterize(): DeployBlock {
+    return deployBlock(this as unknown as VGGBlock);
   }
   protected addPostSE(on: boolean, dtype: torch.DType): void {
     if (on) this.postSE = this.registerModule('post_se', new SEBlock(this.info.outChannels, Math.trunc(this.info.outChannels / 4), dtype));
@@ -288,7 +295,7 @@ export type VGGBlock = TargetBlock | LinearAddBlock | RepVGGBlock;
 
 // ------------------------------------------------------------------ the net
 
-export class RepOptVGG extends Module {
+export class RepOptVGG extends Module implements Reparameterizable {
   readonly mode: RepOptVGGMode;
   readonly config: RepOptVGGConfig;
   readonly numClasses: number;
@@ -328,6 +335,11 @@ export class RepOptVGG extends Module {
     let y = this.stage0.forward(x);
     for (const s of this.stages) y = s.forward(y);
     return this.linear.forward(F.adaptiveAvgPool2d(y, 1).flatten(1));
+  }
+
+  /** The deployed network (`DeployVGG`, one conv3x3 + bias per block), in any mode; this model is unchanged. */
+  reparameterize(): DeployVGG {
+    return deployVGG(this);
   }
 }
 

@@ -58,6 +58,25 @@ export abstract class Module {
     table.set(name, t);
   }
 
+  /**
+   * Replaces the registered child `name` by `m` (Python's `setattr(parent, name, m)`): the registry
+   * entry, and every own field of this module that holds the old child, directly or as an element
+   * of an array field, so a `forward` that reads `this.block` or `this.layers[i]` uses `m`.
+   * Returns the old child, which the caller now owns (dispose it when done).
+   */
+  replaceModule(name: string, m: Module): Module {
+    const old = this.#modules.get(name);
+    if (!old) throw new Error(`replaceModule: no child module named '${name}'`);
+    this.#modules.set(name, m);
+    const fields = this as unknown as Record<string, unknown>;
+    for (const key of Object.keys(fields)) {
+      const v = fields[key];
+      if (v === old) fields[key] = m;
+      else if (Array.isArray(v)) v.forEach((e, i) => { if (e === old) v[i] = m; });
+    }
+    return old;
+  }
+
   children(): [string, Module][] {
     return [...this.#modules.entries()];
   }

@@ -3,3 +3,4 @@ export * from './csla.js';
 export { RepSGD, RepAdamW, type GradMults } from './optimizers.js';
 export { runCase, CASES, TOLERANCE, type EquivalenceCase, type EquivalenceResult } from './equivalence.js';
 export { RepOptHandler, assertFresh, type ReparamSite } from './handler.js';
+export { reparameterizeModel, isReparameterizable, type Reparameterizable } from './reparam.js';
