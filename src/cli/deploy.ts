@@ -33,6 +33,7 @@ import {
 import { OnnxRunner, exportOnnx } from '../deploy/onnx.js';
 import { runTraining } from './train.js';
 import { UsageError, parseFlags, type FlagSpec } from './flags.js';
+import { InterruptedError } from '../train/interrupt.js';
 import type { Module } from '../nn/index.js';
 
 type Log = (line: string) => void;
@@ -616,7 +617,7 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
     if (fs.existsSync(path.join(dir, 'latest.pth'))) extra = [...extra, '--resume'];
     log(`[${name}] repopt ${cmd} ${[...common, ...extra, '--epochs', String(ep), '--out', dir].join(' ')}`);
     const r = await runTraining([...common, ...extra, '--epochs', String(ep), '--out', dir, '--quiet'], cmd, log);
-    if (r.result.interrupted) throw new Error(`${name} interrupted; rerun quant-demo to continue`);
+    if (r.result.stopSignal) throw new InterruptedError(r.result.stopSignal, `${name} interrupted by ${r.result.stopSignal}: its checkpoint is saved; rerun quant-demo to continue`);
     log(`[${name}] done in ${((performance.now() - t0) / 1000).toFixed(0)} s${r.result.lastEval ? `, test top-1 ${pct(r.result.lastEval.top1)}` : ''}`);
     return done;
   };

@@ -9,6 +9,7 @@ import { runDemo } from './demo.js';
 import { listArchs } from '../models/index.js';
 import { runBench } from './bench.js';
 import { UsageError, parseFlags } from './flags.js';
+import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
 
 const USAGE = `usage: repopt <command> [options]
 
@@ -46,7 +47,8 @@ training options: --epochs N --batch-size N --lr X [--lr-per-256] --optimizer sg
   --nesterov --wd X [--wd-all] --schedule cosine|constant --warmup EPOCHS --label-smoothing X
   --ema DECAY --clip NORM --seed N --threads N --workers N --no-augment --no-shuffle --no-eval
   --init FILE.pth --identity-init searched|one --signed-adamw --strides 2,2,2,2,2 --image-size N
-  --out DIR --resume --log-every N --quiet
+  --out DIR --resume --save-every STEPS --save-every-min MINUTES --log-every N --quiet
+signals: SIGINT (Ctrl-C) or SIGTERM saves latest.pth at the next step and exits 130 / 143; a second one quits at once
 data SPEC: cifar10:DIR  cifar100:DIR  mnist[:DIR]  fashion-mnist[:DIR]  folder:DIR  synthetic[:N]
 `;
 
@@ -83,9 +85,9 @@ async function main(argv: string[]): Promise<number> {
     case 'search':
     case 'train': {
       const r = await runTraining(rest, cmd, (l) => console.log(l));
-      if (r.result.interrupted) {
-        console.log(`interrupted: checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
-        return 130;
+      if (r.result.stopSignal) {
+        console.log(`interrupted (${r.result.stopSignal}): checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
+        return exitCodeFor(r.result.stopSignal);
       }
       const e = r.result.lastEval;
       console.log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
@@ -144,7 +146,10 @@ async function main(argv: string[]): Promise<number> {
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (e) {
-  if (e instanceof UsageError) {
+  if (e instanceof InterruptedError) {
+    process.stderr.write(`repopt: ${e.message}\n`);
+    process.exitCode = e.exitCode;
+  } else if (e instanceof UsageError) {
     process.stderr.write(`repopt: ${e.message}\n\n${USAGE}`);
     process.exitCode = 2;
   } else {

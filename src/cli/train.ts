@@ -61,6 +61,8 @@ const TRAIN_FLAGS: FlagSpec = {
   resume: 'boolean',
   'log-every': 'number',
   'max-steps': 'number',
+  'save-every': 'number',
+  'save-every-min': 'number',
   quiet: 'boolean',
 };
 
@@ -132,6 +134,10 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
   const clip = f.clip as number | undefined;
   if (clip !== undefined && !(clip > 0)) throw new UsageError(`--clip must be positive, got ${clip}`);
   const resume = f.resume === true;
+  const saveEvery = f['save-every'] as number | undefined;
+  if (saveEvery !== undefined && !(Number.isInteger(saveEvery) && saveEvery > 0)) throw new UsageError(`--save-every must be a positive integer (steps), got ${saveEvery}`);
+  const saveEveryMin = f['save-every-min'] as number | undefined;
+  if (saveEveryMin !== undefined && !(saveEveryMin > 0)) throw new UsageError(`--save-every-min must be a positive number of minutes, got ${saveEveryMin}`);
   const configPath = path.join(out, 'config.json');
   if (!resume && fs.existsSync(path.join(out, 'latest.pth'))) {
     throw new UsageError(`${out} already holds a run (latest.pth); pass --resume to continue it or choose another --out`);
@@ -207,6 +213,8 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
         label: command === 'search' ? 'search' : mode,
         quiet: f.quiet === true,
         maxIterations: f['max-steps'] as number | undefined,
+        saveEvery,
+        saveEveryMinutes: saveEveryMin,
       },
     );
     if (command === 'search' && !result.interrupted && result.state.epoch >= epochs) {

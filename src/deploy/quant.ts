@@ -28,6 +28,7 @@ import { Module } from '../nn/index.js';
 import { SGD } from '../optim/index.js';
 import { lrAt } from '../train/schedule.js';
 import type { BatchSource } from '../train/evaluate.js';
+import { InterruptedError, catchStopSignals, turnEventLoop } from '../train/interrupt.js';
 import { wrapHandle } from '../torch/tensor.js';
 import type { DeployVGG } from './fuse.js';
 
@@ -493,6 +494,8 @@ export async function qatFineTune(q: QuantizedVGG, loader: BatchSource & { batch
   const losses: number[] = [];
   q.train();
   let it = 0;
+  // QAT writes nothing to disk: a stop signal ends it at the next step with an InterruptedError.
+  const stop = catchStopSignals({ notice: 'stopping QAT at the next step' });
   try {
     for (let e = 0; e < o.epochs && it < total; e++) {
       let sum = 0;
@@ -509,10 +512,13 @@ export async function qatFineTune(q: QuantizedVGG, loader: BatchSource & { batch
         }
         x.dispose();
         y.dispose();
+        await turnEventLoop();
+        if (stop.signal) throw new InterruptedError(stop.signal, `QAT interrupted by ${stop.signal} after ${it} step(s); nothing was saved`);
       }
       o.log?.(`qat epoch ${e + 1}/${o.epochs}: loss ${(sum / Math.max(1, n)).toFixed(4)}`);
     }
   } finally {
+    stop.close();
     q.eval();
     opt.dispose();
   }

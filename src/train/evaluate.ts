@@ -2,6 +2,7 @@
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
+import { turnEventLoop } from './interrupt.js';
 
 export interface EvalResult {
   top1: number;
@@ -38,6 +39,7 @@ export async function evaluate(model: Module, loader: BatchSource): Promise<Eval
       );
       x.dispose();
       y.dispose();
+      await turnEventLoop(); // signal handlers, timers and finalizers run between batches
     }
   } finally {
     model.train(wasTraining);

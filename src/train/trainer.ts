@@ -15,6 +15,7 @@ import { ModelEma } from './ema.js';
 import { JsonlLog } from './log.js';
 import { Progress } from './progress.js';
 import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
+import { catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
 import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
 
 export interface TrainLoader extends BatchSource {
@@ -48,19 +49,29 @@ export interface TrainerOptions {
   quiet?: boolean;
   /** Stop after this many optimizer steps in total (tests, interruption drills). */
   maxIterations?: number;
+  /** Also save latest.pth every this many steps inside an epoch (bounds the work a SIGKILL loses). */
+  saveEvery?: number;
+  /** Also save latest.pth when this many minutes have passed since the last save. */
+  saveEveryMinutes?: number;
 }
 
 export interface TrainResult {
   state: TrainingState;
   lastEval?: EvalResult;
   emaEval?: EvalResult;
+  /** Stopped by a signal (latest.pth holds where). */
   interrupted: boolean;
+  /** The signal that stopped the run (exit with exitCodeFor(it)), or null. */
+  stopSignal: StopSignal | null;
   trainImgPerSec: number;
   peakRssBytes: number;
   seconds: number;
 }
 
 export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader: BatchSource | null, o: TrainerOptions): Promise<TrainResult> {
+  for (const [k, v] of [['saveEvery', o.saveEvery], ['saveEveryMinutes', o.saveEveryMinutes]] as const) {
+    if (v !== undefined && !(v > 0 && (k === 'saveEveryMinutes' || Number.isInteger(v)))) throw new Error(`train: ${k} must be a positive ${k === 'saveEvery' ? 'integer' : 'number'}, got ${v}`);
+  }
   const { model, optimizer } = setup;
   fs.mkdirSync(o.out, { recursive: true });
   const latestPath = path.join(o.out, 'latest.pth');
@@ -71,35 +82,18 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   const schedule = { kind: o.schedule, baseLr: o.lr, totalIters, warmupIters: Math.round(o.warmupEpochs * perEpoch) };
   let state: TrainingState = { epoch: 0, nextBatch: 0, iteration: 0, bestAcc: 0 };
 
-  if (o.resume && fs.existsSync(latestPath)) {
-    const ck = loadTrainingCheckpoint(latestPath);
-    model.loadStateDict(ck.model);
-    optimizer.loadStateDict(ck.optimizer);
-    if (ema && ck.ema) ema.load(ck.ema);
-    state = ck.state;
-    for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
-    for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
-    log.write('resume', { ...state });
-    if (!o.quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
-  } else if (o.resume && !o.quiet) {
-    process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
-  }
-  if (state.iteration === 0) {
-    // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
-    const gradMults = Object.fromEntries(torch.tidy(() => [...optimizer.gradMults].map(([n, m]) => [n, m.to('float64').sum().item()])));
-    log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
-  }
+  const stopScope = catchStopSignals({ notice: 'saving a checkpoint at the next step boundary' });
+  let stopSignal: StopSignal | null = null;
+  let stoppedEarly = false;
 
-  let stop = false;
-  const onSigint = () => {
-    if (stop) process.exit(130); // second Ctrl-C: leave now (checkpoints are atomic)
-    stop = true;
-    process.stderr.write('\ninterrupt: saving a checkpoint at the next step boundary (Ctrl-C again to quit now)\n');
-  };
-  process.on('SIGINT', onSigint);
-
-  const save = () =>
+  let lastSaveAt = performance.now();
+  const save = () => {
     saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, config: o.config, meta: { saved: new Date().toISOString() } });
+    lastSaveAt = performance.now();
+  };
+  const periodicSaveDue = () =>
+    (o.saveEvery !== undefined && state.iteration % o.saveEvery === 0) ||
+    (o.saveEveryMinutes !== undefined && performance.now() - lastSaveAt >= o.saveEveryMinutes * 60_000);
 
   let lastEval: EvalResult | undefined;
   let emaEval: EvalResult | undefined;
@@ -107,6 +101,25 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   let trainSeconds = 0;
   const t0 = performance.now();
   try {
+    if (o.resume && fs.existsSync(latestPath)) {
+      const ck = loadTrainingCheckpoint(latestPath);
+      model.loadStateDict(ck.model);
+      optimizer.loadStateDict(ck.optimizer);
+      if (ema && ck.ema) ema.load(ck.ema);
+      state = ck.state;
+      for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
+      for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
+      log.write('resume', { ...state });
+      if (!o.quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
+    } else if (o.resume && !o.quiet) {
+      process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
+    }
+    if (state.iteration === 0) {
+      // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
+      const gradMults = Object.fromEntries(torch.tidy(() => [...optimizer.gradMults].map(([n, m]) => [n, m.to('float64').sum().item()])));
+      log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
+    }
+
     model.train();
     outer: for (let epoch = state.epoch; epoch < o.epochs; epoch++) {
       const progress = new Progress(`${o.label ?? 'train'} epoch ${epoch + 1}/${o.epochs}`, perEpoch);
@@ -152,11 +165,19 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         if (state.iteration % o.logEvery === 0) {
           log.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
         }
-        if (stop || (o.maxIterations !== undefined && state.iteration >= o.maxIterations)) {
+        // The step boundary: let signal handlers run, then stop, or save periodically.
+        await turnEventLoop();
+        stopSignal = stopScope.signal;
+        if (stopSignal || (o.maxIterations !== undefined && state.iteration >= o.maxIterations)) {
           if (!o.quiet) progress.done();
           save();
-          log.write('interrupt', { ...state });
+          log.write('interrupt', { ...state, signal: stopSignal });
+          stoppedEarly = true;
           break outer;
+        }
+        if (index + 1 < perEpoch && periodicSaveDue()) {
+          save(); // the end of the epoch saves anyway
+          log.write('checkpoint', { ...state });
         }
       }
       if (!o.quiet) progress.done();
@@ -194,12 +215,14 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       }
       log.write('epoch', record);
       save();
-      if (stop) {
-        log.write('interrupt', { ...state });
+      stopSignal = stopScope.signal;
+      if (stopSignal) {
+        log.write('interrupt', { ...state, signal: stopSignal });
+        stoppedEarly = true;
         break;
       }
     }
-    if (!stop && (o.maxIterations === undefined || state.iteration < o.maxIterations)) {
+    if (!stoppedEarly) {
       torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
       log.write('end', {
         ...state,
@@ -212,7 +235,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       });
     }
   } finally {
-    process.off('SIGINT', onSigint);
+    stopScope.close();
     log.close();
     ema?.dispose();
   }
@@ -220,7 +243,8 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     state,
     lastEval,
     emaEval,
-    interrupted: stop,
+    interrupted: stopSignal !== null,
+    stopSignal,
     trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     seconds: (performance.now() - t0) / 1000,
