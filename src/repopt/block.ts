@@ -1,0 +1,305 @@
+/**
+ * Generic re-parameterization: from ONE block description (a `CslaSpec`, csla.ts) the three forms of
+ * the method (Ding et al., ICLR 2023, arXiv 2205.15242) as one module class, `CslaBlock`:
+ *
+ *   'hs'      Hyper-Search twin: sum of the branches with TRAINABLE per-channel scales, then BN.
+ *   'csla'    the same sum with CONSTANT scales (the searched ones): trained with a plain optimizer it
+ *             is what the target trained with RepSGD / RepAdamW computes.
+ *   'target'  one conv (no bias) with the target kernel, then BN: what RepOptimizers train.
+ *
+ * and, on any model built from such blocks and ordinary layers, by block name (module path):
+ *   extractScales(hs)              the searched scales, keyed `<block>.branches.<i>.scale.weight`
+ *   loadScales(model, scales)      sets them in an hs/csla model (the twin), every key checked
+ *   repOptHandler(target, scales)  Grad Mults and the Rule of Initialization (a RepOptHandler)
+ *   initializeFromTwin(target, t)  the Rule of Initialization from a given hs/csla twin (so the two
+ *                                  start equal and can be compared after training)
+ *   block.reparameterize()         the deploy form of any of the three: one Conv2d with bias (BN
+ *                                  folded); `reparameterizeModel(model)` fuses a whole model.
+ *
+ * State-dict keys under a block: hs/csla `branches.<i>.conv.weight` (conv branches),
+ * `branches.<i>.scale.weight` [Cout] (every branch: the scale of a conv branch, the per-channel weight
+ * of an identity branch), `bn.*`; target `conv.weight`, `bn.*`; deploy (a Conv2d) `weight`, `bias`.
+ * In csla form the conv scales are buffers (constants no optimizer sees); an identity branch's
+ * weight v stays trainable, multiplied by the spec's constant identity scale (1 by default), and
+ * starts at the searched identity scale (the release's choice; the paper's is 1).
+ */
+import * as torch from '../torch/index.js';
+import { F, type DType, type Tensor } from '../torch/index.js';
+import { BatchNorm2d, Conv2d, Module } from '../nn/index.js';
+import { ScaleLayer } from '../models/repoptvgg.js';
+import { foldBN } from '../deploy/fuse.js';
+import { fuseKernel, normalizeSpec, type CslaSpec, type NormalSpec } from './csla.js';
+import { RepOptHandler, assertFresh, type ReparamSite } from './handler.js';
+import type { Reparameterizable } from './reparam.js';
+
+export type CslaMode = 'hs' | 'csla' | 'target';
+export const CSLA_MODES: readonly CslaMode[] = ['hs', 'csla', 'target'];
+
+export interface CslaBlockOptions {
+  /** Default 'target'. */
+  mode?: CslaMode;
+  /** BatchNorm after the sum (default true, as RepOpt-VGG and RepOpt-GhostNet). */
+  bn?: boolean;
+  dtype?: DType;
+}
+
+/** One branch of an hs/csla block: a conv (kernel + scale) or an identity (per-channel weight). */
+class Branch extends Module {
+  readonly conv: Conv2d | null;
+  readonly scale: ScaleLayer;
+  constructor(n: NormalSpec, i: number, mode: 'hs' | 'csla', dtype: DType) {
+    super();
+    const b = n.branches[i];
+    const trainable = b.kind === 'identity' ? b.trainable : mode === 'hs';
+    this.conv =
+      b.kind === 'conv'
+        ? this.registerModule('conv', new Conv2d(n.cin, n.cout, [b.kh, b.kw], { stride: n.stride, padding: [(b.kh - 1) / 2, (b.kw - 1) / 2], groups: n.groups, bias: false, dtype }))
+        : null;
+    this.scale = this.registerModule('scale', new ScaleLayer(n.cout, 1, { trainable, frozenAsBuffer: true, dtype }));
+    // Initial scale: the spec's (the Hyper-Search init); an identity's weight starts at 1 in csla form
+    // (its constant factor is the spec's scale) and at the spec's scale in hs form.
+    const init = b.kind === 'identity' && mode === 'csla' ? new Float64Array(n.cout).fill(1) : b.scale;
+    torch.noGrad(() => this.scale.weight.copy_(torch.fromTypedArray(Float64Array.from(init), [n.cout], 'float64')));
+  }
+  forward(x: Tensor): Tensor {
+    return this.scale.forward(this.conv ? this.conv.forward(x) : x);
+  }
+}
+
+/** A CSLA block in one of its three forms (see the file comment), with the deploy form as its re-parameterization. */
+export class CslaBlock extends Module implements Reparameterizable {
+  readonly mode: CslaMode;
+  readonly spec: NormalSpec;
+  /** hs/csla: one module per branch, in the spec's order. */
+  readonly branches: Branch[];
+  /** target: the single conv. */
+  readonly conv: Conv2d | null;
+  readonly bn: BatchNorm2d | null;
+  /** csla: the constant factor in front of each identity branch's weight (per channel). */
+  readonly #identityFactor: (Tensor | null)[];
+
+  constructor(spec: CslaSpec, opts: CslaBlockOptions = {}) {
+    super();
+    const mode = opts.mode ?? 'target';
+    if (!CSLA_MODES.includes(mode)) throw new Error(`CslaBlock: unknown mode '${mode}' (modes: ${CSLA_MODES.join(', ')})`);
+    this.mode = mode;
+    const n = (this.spec = normalizeSpec(spec));
+    const dtype = opts.dtype ?? 'float32';
+    if (mode === 'target') {
+      this.branches = [];
+      this.conv = this.registerModule(
+        'conv',
+        new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: false, dtype }),
+      );
+    } else {
+      this.conv = null;
+      const list = new BranchList(n.branches.map((_, i) => new Branch(n, i, mode, dtype)));
+      this.registerModule('branches', list);
+      this.branches = list.items;
+    }
+    this.#identityFactor = n.branches.map((b) =>
+      mode === 'csla' && b.kind === 'identity' ? torch.keep(torch.fromTypedArray(Float64Array.from(b.scale), [1, n.cout, 1, 1], 'float64').to(dtype)) : null,
+    );
+    this.bn = opts.bn === false ? null : this.registerModule('bn', new BatchNorm2d(n.cout, { dtype }));
+  }
+
+  /** The conv (or sum of branches) before BN. */
+  linear(x: Tensor): Tensor {
+    if (this.conv) return this.conv.forward(x);
+    let y: Tensor | null = null;
+    for (let i = 0; i < this.branches.length; i++) {
+      const f = this.#identityFactor[i];
+      let term = this.branches[i].forward(x);
+      if (f) term = term.mul(f);
+      y = y ? y.add(term) : term;
+    }
+    return y!;
+  }
+
+  forward(x: Tensor): Tensor {
+    const y = this.linear(x);
+    return this.bn ? this.bn.forward(y) : y;
+  }
+
+  /** The block's scales as they stand (hs: current trainable values; csla: the constants), as a spec. */
+  currentSpec(): CslaSpec {
+    const n = this.spec;
+    return {
+      inChannels: n.cin,
+      outChannels: n.cout,
+      kernel: [n.kh, n.kw],
+      groups: n.groups,
+      stride: n.stride,
+      branches: n.branches.map((b, i) => {
+        if (b.kind === 'conv') return { kind: 'conv', kernel: [b.kh, b.kw], scale: this.mode === 'target' ? b.scale : this.branches[i].scale.weight.toArray() };
+        return { kind: 'identity', scale: this.mode === 'csla' ? b.scale : 1, trainable: b.trainable };
+      }),
+    };
+  }
+
+  /** The single kernel equal to the block's linear part (float64): W' = sum_b scale_b pad(W_b) (+ identity). */
+  fusedKernel(): Tensor {
+    return torch.noGrad(() => {
+      if (this.conv) return this.conv.weight.double();
+      const convKernels = this.branches.filter((b) => b.conv).map((b) => b.conv!.weight);
+      const identityWeights = this.branches.filter((b) => !b.conv).map((b) => b.scale.weight);
+      return fuseKernel(this.currentSpec(), { convKernels, identityWeights }, 'float64');
+    });
+  }
+
+  /** The deploy form: one Conv2d with bias (BN folded), eval mode, this block's dtype; this block is unchanged. */
+  reparameterize(): Conv2d {
+    const n = this.spec;
+    const dtype = this.parameters()[0].dtype as DType;
+    const hasBias = this.bn !== null;
+    const out = new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: hasBias, dtype });
+    torch.noGrad(() =>
+      torch.tidy(() => {
+        const k = this.fusedKernel();
+        const { weight, bias } = this.bn ? foldBN(k, this.bn) : { weight: k, bias: null };
+        out.weight.copy_(weight);
+        if (bias && out.bias) out.bias.copy_(bias);
+      }),
+    );
+    return out.eval();
+  }
+
+  override dispose(): void {
+    super.dispose();
+    for (const f of this.#identityFactor) f?.dispose();
+  }
+}
+
+/** Children `0`, `1`, ... (PyTorch's ModuleList): the branches, stored under `branches.<i>`. */
+class BranchList extends Module {
+  constructor(readonly items: Branch[]) {
+    super();
+    items.forEach((b, i) => this.registerModule(String(i), b));
+  }
+  forward(): Tensor {
+    throw new Error('BranchList is a container; CslaBlock sums its branches');
+  }
+}
+
+/** Every CslaBlock of a model with its name (module path), in model order. */
+export function cslaBlocks(model: Module): [string, CslaBlock][] {
+  const out: [string, CslaBlock][] = [];
+  for (const [name, m] of model.namedModules()) if (m instanceof CslaBlock) out.push([name, m]);
+  return out;
+}
+
+function blocksOf(model: Module, modes: CslaMode[], what: string): [string, CslaBlock][] {
+  const blocks = cslaBlocks(model);
+  if (blocks.length === 0) throw new Error(`${what}: ${model.constructor.name} has no CslaBlock`);
+  for (const [name, b] of blocks) {
+    if (!modes.includes(b.mode)) throw new Error(`${what}: block '${name}' is in '${b.mode}' form; expected ${modes.map((m) => `'${m}'`).join(' or ')}`);
+  }
+  return blocks;
+}
+
+const scaleKey = (block: string, i: number) => `${block ? `${block}.` : ''}branches.${i}.scale.weight`;
+
+/** A model's scales by name, as the scale files hold them (a Map of [Cout] tensors). */
+export type BlockScales = Map<string, Tensor>;
+
+/**
+ * The searched scales of a Hyper-Search (or csla) model, keyed `<block>.branches.<i>.scale.weight`
+ * (copies, in model order; the caller owns and disposes them). `saveScaleFile` writes them.
+ */
+export function extractScales(model: Module): BlockScales {
+  const out: BlockScales = new Map();
+  for (const [name, b] of blocksOf(model, ['hs', 'csla'], 'extractScales')) {
+    b.branches.forEach((br, i) => out.set(scaleKey(name, i), torch.keep(br.scale.weight.detach().clone())));
+  }
+  return out;
+}
+
+function scaleOf(scales: BlockScales, key: string, cout: number, what: string): Tensor {
+  const t = scales.get(key);
+  if (!t) throw new Error(`${what}: no scale '${key}' (scales hold ${[...scales.keys()].slice(0, 4).join(', ')}${scales.size > 4 ? ', ...' : ''})`);
+  if (t.shape.length !== 1 || t.shape[0] !== cout) throw new Error(`${what}: scale '${key}' has shape [${t.shape.join(', ')}], the block has ${cout} output channels`);
+  return t;
+}
+
+/** Checks that `scales` has exactly the keys a model's blocks need. */
+function checkKeys(blocks: [string, CslaBlock][], scales: BlockScales, what: string): void {
+  const want = new Set(blocks.flatMap(([name, b]) => b.spec.branches.map((_, i) => scaleKey(name, i))));
+  const extra = [...scales.keys()].filter((k) => !want.has(k));
+  if (extra.length) throw new Error(`${what}: scales for blocks this model does not have: ${extra.slice(0, 4).join(', ')}${extra.length > 4 ? ', ...' : ''}`);
+}
+
+/** Sets the scales of every block of an hs/csla model (the twin) from `scales`; every key must match. */
+export function loadScales(model: Module, scales: BlockScales): void {
+  const blocks = blocksOf(model, ['hs', 'csla'], 'loadScales');
+  checkKeys(blocks, scales, 'loadScales');
+  torch.noGrad(() => {
+    for (const [name, b] of blocks) {
+      b.branches.forEach((br, i) => br.scale.weight.copy_(scaleOf(scales, scaleKey(name, i), b.spec.cout, 'loadScales')));
+    }
+  });
+}
+
+export interface SiteOptions {
+  /** Initial identity weight of the target: the searched identity scale (the release, default) or 1 (the paper). */
+  identityInit?: 'searched' | 'one';
+}
+
+/** The RepOptimizer sites of a target model (one per CslaBlock, `<block>.conv.weight`) from searched scales. */
+export function repOptSites(target: Module, scales: BlockScales, opts: SiteOptions = {}): ReparamSite[] {
+  const blocks = blocksOf(target, ['target'], 'repOptSites');
+  checkKeys(blocks, scales, 'repOptSites');
+  return blocks.map(([name, b]): ReparamSite => {
+    const n = b.spec;
+    const identityInit: number[][] = [];
+    const branches = n.branches.map((br, i) => {
+      const s = scaleOf(scales, scaleKey(name, i), n.cout, 'repOptSites').toArray();
+      if (br.kind === 'conv') return { kind: 'conv' as const, kernel: [br.kh, br.kw] as [number, number], scale: s };
+      identityInit.push(opts.identityInit === 'one' ? new Array<number>(n.cout).fill(1) : s);
+      return { kind: 'identity' as const, scale: br.scale, trainable: br.trainable };
+    });
+    const spec: CslaSpec = { inChannels: n.cin, outChannels: n.cout, kernel: [n.kh, n.kw], groups: n.groups, stride: n.stride, branches };
+    return { param: `${name ? `${name}.` : ''}conv.weight`, spec, identityInit };
+  });
+}
+
+/**
+ * A RepOptHandler for a target model built from CslaBlocks: `gradMults('sgd' | 'adamw')` for RepSGD /
+ * RepAdamW, and `reinitialize(target)` (the Rule of Initialization from fresh branch kernels).
+ */
+export function repOptHandler(target: Module, scales: BlockScales, opts: SiteOptions = {}): RepOptHandler {
+  return new RepOptHandler(repOptSites(target, scales, opts));
+}
+
+/**
+ * The Rule of Initialization from a given twin: every target block's kernel becomes the twin's
+ * fused kernel (W' = sum of its scaled branches), and every other parameter and buffer (BN, stem,
+ * head, ...) is copied from the twin by name. Trained from there on the same data, the target with
+ * RepSGD and the csla twin with SGD stay equal. The target must be fresh (BN weights 1).
+ */
+export function initializeFromTwin(target: Module, twin: Module, opts: { force?: boolean } = {}): void {
+  assertFresh(target, opts.force);
+  const mine = blocksOf(target, ['target'], 'initializeFromTwin');
+  const theirs = new Map(blocksOf(twin, ['hs', 'csla'], 'initializeFromTwin'));
+  const kernels = new Set<string>();
+  torch.noGrad(() =>
+    torch.tidy(() => {
+      for (const [name, b] of mine) {
+        const t = theirs.get(name);
+        if (!t) throw new Error(`initializeFromTwin: the twin has no block '${name}'`);
+        const want = b.conv!.weight.shape.join();
+        const k = t.fusedKernel();
+        if (k.shape.join() !== want) throw new Error(`initializeFromTwin: block '${name}' has kernel [${want}], the twin's fuses to [${k.shape.join()}]`);
+        b.conv!.weight.copy_(k);
+        kernels.add(`${name ? `${name}.` : ''}conv.weight`);
+      }
+      const src = new Map([...twin.namedParameters(), ...twin.namedBuffers()]);
+      for (const [key, t] of [...target.namedParameters(), ...target.namedBuffers()]) {
+        if (kernels.has(key)) continue;
+        const s = src.get(key);
+        if (!s) throw new Error(`initializeFromTwin: the twin has no '${key}'`);
+        if (s.shape.join() !== t.shape.join()) throw new Error(`initializeFromTwin: '${key}' is [${t.shape.join(', ')}] here, [${s.shape.join(', ')}] in the twin`);
+        t.copy_(s);
+      }
+    }),
+  );
+}
