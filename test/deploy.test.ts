@@ -288,7 +288,7 @@ test('CLI errors: bad or missing checkpoint, missing flags, INT8 without calibra
     [runQuantize, ['--checkpoint', bad], /--data SPEC is required/, true],
     [runQuantize, ['--data', 'synthetic'], /--checkpoint FILE is required/, true],
     [runQuantize, ['--checkpoint', bad, '--data', 'synthetic', '--observers', 'minmax,kl'], /unknown observer 'kl'/, true],
-    [runQuantize, ['--checkpoint', bad, '--data', 'synthetic', '--weight-scales', 'row'], /--weight-scales must be channel, tensor or both/, true],
+    [runQuantize, ['--checkpoint', bad, '--data', 'synthetic', '--weight-scales', 'row'], /--weight-scales must be one of channel, tensor, both/, true],
     [runQuantize, ['--checkpoint', bad, '--data', 'synthetic', '--percentile', '20'], /--percentile must be in/, true],
     [runInspectWeights, ['--checkpoint', bad, '--bogus'], /unknown flag --bogus/, true],
     [runInspectWeights, [], /--checkpoint FILE is required/, true],

@@ -191,7 +191,7 @@ test('repopt scales --json for B1: per-kernel shapes and Grad Mult statistics, c
   assert.match(wrong.stderr, /do not match RepOpt-VGG-B2.*they fit RepOpt-VGG-B1/);
   const usage = spawnSync(process.execPath, [CLI, 'scales', B1], { encoding: 'utf8' });
   assert.equal(usage.status, 2);
-  assert.match(usage.stderr, /needs --arch/);
+  assert.match(usage.stderr, /--arch ARCH is required/);
   const rule = spawnSync(process.execPath, [CLI, 'scales', B1, '--arch', 'RepOpt-VGG-B1', '--rule', 'adam'], { encoding: 'utf8' });
   assert.equal(rule.status, 2);
 });

@@ -44,10 +44,10 @@ import { SGD, type Optimizer } from '../optim/index.js';
 import { vggBlockLayout, type RepOptVGG, type RepOptVGGMode } from '../models/repoptvgg.js';
 import { repOptVggHandler } from '../models/repoptvgg-handler.js';
 import { buildModel, buildOptimizer, type ModelConfig } from '../train/setup.js';
-import { UsageError, parseFlags } from './flags.js';
+import { UsageError, parseCommand } from './flags.js';
+import { BENCH_COMMAND, BENCH_MODES, type BenchMode } from './commands.js';
 
-export type BenchMode = 'target' | 'repvgg' | 'hs';
-export const BENCH_MODES: readonly BenchMode[] = ['target', 'repvgg', 'hs'];
+export { BENCH_MODES, type BenchMode };
 
 export interface BenchOptions {
   model: ModelConfig;
@@ -384,57 +384,34 @@ export function searchMaxBatch(probe: (batch: number) => number, capMiB: number,
 
 // ------------------------------------------------------------ the command
 
-const FLAGS = {
-  arch: 'string', blocks: 'list', widths: 'list', strides: 'list', 'image-size': 'number', classes: 'number',
-  mode: 'string', modes: 'string', optimizer: 'string', batch: 'number', warmup: 'number', steps: 'number', threads: 'number',
-  'channels-last': 'boolean', seed: 'number', json: 'boolean', rounds: 'number', 'max-batch': 'boolean', 'mem-cap': 'number',
-  'opt-overhead': 'boolean', reps: 'number', peak: 'boolean',
-} as const;
-
-const posInt = (f: Record<string, unknown>, k: string, d: number, min = 1): number => {
-  const v = (f[k] as number | undefined) ?? d;
-  if (!Number.isInteger(v) || v < min) throw new UsageError(`--${k} must be an integer >= ${min}, got ${v}`);
-  return v;
-};
-
 export function runBench(argv: string[], log: (l: string) => void): number {
-  const f = parseFlags(argv, FLAGS);
+  const { flags: f } = parseCommand(BENCH_COMMAND, argv);
   const custom = f.arch === undefined && f.blocks === undefined && f.widths === undefined;
+  if (f.arch && (f.blocks || f.widths)) throw new UsageError('give either --arch or --blocks/--widths, not both');
   const model: ModelConfig = custom
-    ? { ...DEFAULT_BENCH_MODEL, strides: (f.strides as number[] | undefined) ?? DEFAULT_BENCH_MODEL.strides, numClasses: posInt(f, 'classes', 100) }
-    : {
-        arch: f.arch as string | undefined,
-        blocks: f.blocks as number[] | undefined,
-        widths: f.widths as number[] | undefined,
-        strides: f.strides as number[] | undefined,
-        inChannels: 3,
-        numClasses: posInt(f, 'classes', 100),
-      };
+    ? { ...DEFAULT_BENCH_MODEL, strides: f.strides ?? DEFAULT_BENCH_MODEL.strides, numClasses: f.classes }
+    : { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, inChannels: 3, numClasses: f.classes };
   // Resolve arch names to blocks/widths once (MAC counting and child args use them).
   const probeModel = buildModel(model, 'target');
   const resolved: ModelConfig = { ...model, arch: undefined, blocks: [...probeModel.config.numBlocks], widths: [...probeModel.config.widthMultiplier] };
   probeModel.dispose();
-  const mode = ((f.mode as string | undefined) ?? 'target') as BenchMode;
-  if (!BENCH_MODES.includes(mode)) throw new UsageError(`--mode must be one of ${BENCH_MODES.join(', ')}, got '${mode}'`);
-  const optimizer = (f.optimizer as string | undefined) ?? 'repsgd';
-  if (optimizer !== 'repsgd' && optimizer !== 'sgd') throw new UsageError(`--optimizer must be repsgd or sgd, got '${optimizer}'`);
   const o: BenchOptions = {
     model: resolved,
-    imageSize: posInt(f, 'image-size', 64),
-    mode,
-    optimizer,
-    batch: posInt(f, 'batch', 32),
-    warmup: posInt(f, 'warmup', 3, 0),
-    steps: posInt(f, 'steps', 10),
-    threads: posInt(f, 'threads', os.availableParallelism()),
-    channelsLast: f['channels-last'] === true,
-    seed: posInt(f, 'seed', 0, 0),
+    imageSize: f['image-size'],
+    mode: f.mode,
+    optimizer: f.optimizer,
+    batch: f.batch,
+    warmup: f.warmup,
+    steps: f.steps,
+    threads: f.threads,
+    channelsLast: f['channels-last'],
+    seed: f.seed,
   };
-  const json = f.json === true;
+  const json = f.json;
   const out = (obj: unknown, text: () => void) => (json ? log(JSON.stringify(obj)) : text());
 
   if (f.peak) {
-    const p = benchPeak(o.threads, posInt(f, 'reps', 7));
+    const p = benchPeak(o.threads, f.reps ?? 7);
     out(p, () => {
       log(`machine peak, ${p.threads} threads (forward only, median of runs):`);
       log(`  matmul ${p.matmul.n}x${p.matmul.n}: ${p.matmul.ms.toFixed(1)} ms, ${p.matmul.gflops.toFixed(1)} GFLOP/s`);
@@ -443,7 +420,7 @@ export function runBench(argv: string[], log: (l: string) => void): number {
     return 0;
   }
   if (f['opt-overhead']) {
-    const r = benchOptimizerOverhead(o, posInt(f, 'reps', 30));
+    const r = benchOptimizerOverhead(o, f.reps ?? 30);
     out(r, () => {
       log(`optimizer step on the target model (${modelLabel(o.model)}), ${r.reps} alternating steps each:`);
       log(`  RepSGD ${r.repsgdMs.toFixed(3)} ms, SGD ${r.sgdMs.toFixed(3)} ms: Grad Mults add ${r.overheadMs.toFixed(3)} ms`);
@@ -452,8 +429,8 @@ export function runBench(argv: string[], log: (l: string) => void): number {
   }
   if (f['max-batch']) {
     if (f['mem-cap'] === undefined) throw new UsageError('--max-batch needs --mem-cap MIB (a cap on peak RSS)');
-    const cap = f['mem-cap'] as number;
-    const modes = f.modes ? parseModes(f.modes as string) : [mode];
+    const cap = f['mem-cap'];
+    const modes = f.modes ?? [o.mode];
     const res = modes.map((m) => {
       if (!json) log(`${m}: searching the largest batch under ${cap} MiB peak RSS`);
       const r = searchMaxBatch((b) => benchChild({ ...o, mode: m, batch: b, warmup: 1, steps: 2 }).maxRSSKiB / 1024, cap, o.batch, 8, json ? undefined : log);
@@ -463,8 +440,8 @@ export function runBench(argv: string[], log: (l: string) => void): number {
     return 0;
   }
   if (f.modes) {
-    const modes = parseModes(f.modes as string);
-    const rounds = posInt(f, 'rounds', 3);
+    const modes = f.modes;
+    const rounds = f.rounds;
     const runs = new Map<BenchMode, BenchResult[]>(modes.map((m) => [m, []]));
     for (let r = 0; r < rounds; r++) {
       const order = r % 2 ? [...modes].reverse() : modes;
@@ -500,10 +477,4 @@ export function runBench(argv: string[], log: (l: string) => void): number {
       `${r.imgPerSec.toFixed(1)} img/s, ${r.gflops.toFixed(1)} GFLOP/s, peak RSS ${(r.maxRSSKiB / 1024).toFixed(0)} MiB, final loss ${r.finalLoss.toFixed(6)}`);
   });
   return 0;
-}
-
-function parseModes(s: string): BenchMode[] {
-  const ms = s.split(',').map((x) => x.trim()) as BenchMode[];
-  for (const m of ms) if (!BENCH_MODES.includes(m)) throw new UsageError(`--modes: unknown mode '${m}' (${BENCH_MODES.join(', ')})`);
-  return ms;
 }

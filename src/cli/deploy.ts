@@ -32,13 +32,23 @@ import {
 } from '../deploy/quant.js';
 import { OnnxRunner, exportOnnx } from '../deploy/onnx.js';
 import { runTraining } from './train.js';
-import { UsageError, parseFlags, type FlagSpec } from './flags.js';
+import { UsageError, parseCommand } from './flags.js';
+import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
+import { applyThreads } from './threads.js';
 import { InterruptedError } from '../train/interrupt.js';
 import type { Module } from '../nn/index.js';
 
 type Log = (line: string) => void;
 
-const MODEL_FLAGS: FlagSpec = { checkpoint: 'string', arch: 'string', blocks: 'list', widths: 'list', strides: 'list', threads: 'number' };
+/** Where a checkpoint's model comes from. */
+export interface CheckpointModel {
+  checkpoint: string;
+  arch?: string;
+  blocks?: number[];
+  widths?: number[];
+  strides?: number[];
+}
+
 
 export interface LoadedModel {
   /** The trained model (null when the checkpoint already holds a deployed network). */
@@ -62,9 +72,8 @@ function firstKernel(sd: Map<string, Tensor>): Tensor {
  * [--strides], else from the run's config.json beside the checkpoint; the mode, input channels and classes
  * from the state dict itself.
  */
-export function loadForDeploy(f: Record<string, unknown>, opts: { imageSize?: number } = {}): LoadedModel {
-  const file = f.checkpoint as string | undefined;
-  if (!file) throw new UsageError('--checkpoint FILE is required');
+export function loadForDeploy(f: CheckpointModel, opts: { imageSize?: number } = {}): LoadedModel {
+  const file = f.checkpoint;
   if (!fs.existsSync(file)) throw new Error(`${file}: no such checkpoint`);
   if (f.arch && (f.blocks || f.widths)) throw new UsageError('give either --arch or --blocks/--widths, not both');
   const sd = loadStateDictFile(file);
@@ -76,13 +85,13 @@ export function loadForDeploy(f: Record<string, unknown>, opts: { imageSize?: nu
     let config: ModelConfig;
     if (f.arch || f.blocks || f.widths) {
       if (!f.arch && !(f.blocks && f.widths)) throw new UsageError('give --arch NAME, or both --blocks and --widths');
-      config = { arch: f.arch as string | undefined, blocks: f.blocks as number[] | undefined, widths: f.widths as number[] | undefined, strides: f.strides as number[] | undefined, ...inferred };
+      config = { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, ...inferred };
     } else {
       const cfgFile = path.join(path.dirname(file), 'config.json');
       if (!fs.existsSync(cfgFile)) throw new UsageError(`no config.json beside ${file}: give the model with --arch or --blocks/--widths [--strides]`);
       const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model?: ModelConfig };
       if (!saved.model) throw new Error(`${cfgFile}: no model configuration`);
-      config = { ...saved.model, ...(f.strides ? { strides: f.strides as number[] } : {}), ...inferred };
+      config = { ...saved.model, ...(f.strides ? { strides: f.strides } : {}), ...inferred };
     }
     if (mode === 'deploy') {
       const shape = buildModel(config, 'target');
@@ -232,67 +241,14 @@ const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
 /** "INT8", or "INT8 (W4)" for narrower weights. */
 const label = (bits = 8) => (bits < 8 ? `INT8 (W${bits})` : 'INT8');
 
-function setThreads(f: Record<string, unknown>): void {
-  if (f.threads !== undefined) {
-    const n = f.threads as number;
-    if (!Number.isInteger(n) || n < 1) throw new UsageError(`--threads must be a positive integer, got ${n}`);
-    torch.setNumThreads(n);
-  }
-}
-
-function positiveInt(f: Record<string, unknown>, name: string, dflt: number, allowZero = false): number {
-  const v = f[name];
-  if (v === undefined) return dflt;
-  const n = v as number;
-  if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) throw new UsageError(`--${name} must be a ${allowZero ? 'non-negative' : 'positive'} integer, got ${n}`);
-  return n;
-}
-
-function policyOf(f: Record<string, unknown>, perChannel = true): QuantPolicy {
-  return { perChannel, quantizeFirst: f['fp32-first'] !== true, quantizeLast: f['fp32-last'] !== true, weightBits: weightBitsOf(f) };
-}
-
-function weightBitsOf(f: Record<string, unknown>): number {
-  const b = (f['weight-bits'] as number | undefined) ?? 8;
-  if (!Number.isInteger(b) || b < 2 || b > 8) throw new UsageError(`--weight-bits must be an integer from 2 to 8, got ${b}`);
-  return b;
-}
-
-function weightBitsListOf(f: Record<string, unknown>): number[] {
-  const bs = (f['weight-bits'] as number[] | undefined) ?? [8];
-  for (const b of bs) if (!Number.isInteger(b) || b < 2 || b > 8) throw new UsageError(`--weight-bits takes integers from 2 to 8, got ${bs.join(',')}`);
-  return bs;
-}
-
-function observersOf(v: unknown): ObserverKind[] {
-  if (v === undefined) return [...OBSERVERS];
-  const list = String(v).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const k of list) if (!OBSERVERS.includes(k as ObserverKind)) throw new UsageError(`--observers: unknown observer '${k}' (known: ${OBSERVERS.join(', ')})`);
-  if (!list.length) throw new UsageError('--observers needs at least one observer');
-  return list as ObserverKind[];
-}
-
-function observerOf(v: unknown, dflt: ObserverKind): ObserverKind {
-  if (v === undefined) return dflt;
-  if (!OBSERVERS.includes(v as ObserverKind)) throw new UsageError(`--observer must be one of ${OBSERVERS.join(', ')}, got '${String(v)}'`);
-  return v as ObserverKind;
-}
-
-function percentileOf(f: Record<string, unknown>): number {
-  const p = (f.percentile as number | undefined) ?? 99.99;
-  if (!(p > 50 && p <= 100)) throw new UsageError(`--percentile must be in (50, 100], got ${p}`);
-  return p;
-}
-
 // ------------------------------------------------------------------ deploy
 
 export async function runDeploy(argv: string[], log: Log): Promise<number> {
-  const f = parseFlags(argv, { ...MODEL_FLAGS, out: 'string' });
-  if (!f.out) throw new UsageError('--out FILE.pth is required');
-  setThreads(f);
+  const { flags: f } = parseCommand(DEPLOY_COMMAND, argv);
+  applyThreads(f.threads);
   const m = loadForDeploy(f);
   try {
-    saveStateDict(f.out as string, m.deployed.stateDict());
+    saveStateDict(f.out, m.deployed.stateDict());
     log(`${f.checkpoint} (${m.mode}) -> ${f.out}: ${m.deployed.blocks.length} conv3x3+bias blocks, ${m.deployed.numParameters().toLocaleString('en-US')} params` +
       (m.trained ? ` (trained ${m.trained.numParameters().toLocaleString('en-US')}); max |trained - deployed| = ${m.fuseError.toExponential(2)} of the logits' scale` : ''));
     return 0;
@@ -305,42 +261,35 @@ export async function runDeploy(argv: string[], log: Log): Promise<number> {
 // ------------------------------------------------------------------ export
 
 export async function runExport(argv: string[], log: Log): Promise<number> {
-  const f = parseFlags(argv, {
-    ...MODEL_FLAGS, format: 'string', out: 'string', int8: 'boolean', calib: 'string', 'calib-images': 'number', observer: 'string',
-    percentile: 'number', 'per-tensor': 'boolean', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'number', 'image-size': 'number', 'no-verify': 'boolean', seed: 'number',
-  });
-  const format = (f.format as string | undefined) ?? 'onnx';
-  if (format !== 'onnx') throw new UsageError(`--format must be onnx, got '${format}'`);
-  if (!f.out) throw new UsageError('--out FILE.onnx is required');
+  const { flags: f, given } = parseCommand(EXPORT_COMMAND, argv);
   if (f.int8 && !f.calib) throw new UsageError('--int8 needs calibration data: --calib SPEC (e.g. fashion-mnist)');
-  if (!f.int8 && (f.calib || f.observer || f['per-tensor'] || f['fp32-first'] || f['fp32-last'] || f['weight-bits'])) throw new UsageError('--calib, --observer, --per-tensor, --weight-bits, --fp32-first and --fp32-last need --int8');
-  setThreads(f);
-  const observer = observerOf(f.observer, 'minmax');
-  const percentile = percentileOf(f);
-  const calibImages = positiveInt(f, 'calib-images', 512);
-  const seed = (f.seed as number | undefined) ?? 0;
+  const int8Only = (['calib', 'calib-images', 'observer', 'per-tensor', 'weight-bits', 'fp32-first', 'fp32-last', 'percentile'] as const).filter((k) => given.has(k));
+  if (!f.int8 && int8Only.length) throw new UsageError(`${int8Only.map((k) => `--${k}`).join(', ')} need --int8`);
+  applyThreads(f.threads);
+  const { observer, percentile, seed } = f;
   torch.manualSeed(seed);
-  const calibSet = f.calib ? openDataset(f.calib as string, 'train', { imageSize: f['image-size'] as number | undefined }) : null;
+  const calibSet = f.calib ? openDataset(f.calib, 'train', { imageSize: f['image-size'] }) : null;
   const m = loadForDeploy(f, { imageSize: calibSet?.height });
   let calib: Batch[] = [];
   try {
     if (calibSet && calibSet.channels !== m.deployed.layout[0].inChannels) throw new Error(`--calib ${f.calib}: ${calibSet.channels}-channel images, the model takes ${m.deployed.layout[0].inChannels}`);
     let net: DeployVGG | QuantizedVGG = m.deployed;
     if (calibSet) {
-      calib = await collectBatches(calibSet, calibImages, 128, true, seed);
+      calib = await collectBatches(calibSet, f['calib-images'], 128, true, seed);
       const obs = calibrate(m.deployed, calib.map((b) => b.x));
-      net = quantizeModel(m.deployed, obs, observer, policyOf(f, f['per-tensor'] !== true), { percentile });
+      const policy: QuantPolicy = { perChannel: !f['per-tensor'], quantizeFirst: !f['fp32-first'], quantizeLast: !f['fp32-last'], weightBits: f['weight-bits'] };
+      net = quantizeModel(m.deployed, obs, observer, policy, { percentile });
     }
     const bytes = exportOnnx(net);
-    fs.mkdirSync(path.dirname(path.resolve(f.out as string)), { recursive: true });
-    fs.writeFileSync(f.out as string, bytes);
+    fs.mkdirSync(path.dirname(path.resolve(f.out)), { recursive: true });
+    fs.writeFileSync(f.out, bytes);
     const what = net instanceof QuantizedVGG
       ? `INT8 QDQ (${observer} activations on ${calib.reduce((s, b) => s + b.x.shape[0], 0)} images of ${calibSet!.name}, ${net.policy.perChannel ? 'per-channel' : 'per-tensor'}${net.weightBits < 8 ? ` ${net.weightBits}-bit` : ''} weights${net.policy.quantizeFirst ? '' : ', first conv FP32'}${net.policy.quantizeLast ? '' : ', last linear FP32'})`
       : 'FP32';
     log(`${f.out}: ${what}, opset 13, input [batch, ${m.deployed.layout[0].inChannels}, height, width], ${bytes.length.toLocaleString('en-US')} bytes` +
       (m.trained ? `; fusion error ${m.fuseError.toExponential(2)}` : ''));
-    if (f['no-verify'] !== true) {
-      const size = calibSet?.height ?? (f['image-size'] as number | undefined) ?? 32;
+    if (!f['no-verify']) {
+      const size = calibSet?.height ?? f['image-size'] ?? 32;
       const batches = calib.length ? calib.slice(0, 2) : [{ x: torch.keep(torch.randn([8, m.deployed.layout[0].inChannels, size, size])), y: torch.keep(torch.zeros([8], { dtype: 'int64' })) }];
       const a = await onnxAgreement(bytes, net, batches);
       if (!calib.length) disposeBatches(batches);
@@ -384,7 +333,7 @@ export interface QuantReport {
 
 export interface QuantizeOptions {
   checkpoint: string;
-  modelFlags?: Record<string, unknown>;
+  modelFlags?: Omit<CheckpointModel, 'checkpoint'>;
   data: string;
   calibImages: number;
   /** Test images (all when undefined). */
@@ -503,38 +452,28 @@ export function formatWeightStats(rows: LayerWeightStats[]): string[] {
 const WEIGHT_STATS_NOTE = 'deployed kernels (BN folded, branches fused); centre = tap [1,1], around = the other 8 taps; err/T, err/C = relative RMS error of int8 weights with per-tensor / per-channel scales';
 
 export async function runQuantize(argv: string[], log: Log): Promise<number> {
-  const f = parseFlags(argv, {
-    ...MODEL_FLAGS, data: 'string', 'calib-images': 'number', 'test-images': 'number', observers: 'string', percentile: 'number',
-    'weight-scales': 'string', 'fp32-first': 'boolean', 'fp32-last': 'boolean', 'weight-bits': 'list', 'qat-epochs': 'number', 'qat-bits': 'number', 'qat-lr': 'number', 'qat-observer': 'string',
-    'onnx-images': 'number', 'batch-size': 'number', seed: 'number', json: 'boolean', weights: 'boolean',
-  });
-  if (!f.checkpoint) throw new UsageError('--checkpoint FILE is required');
-  if (!f.data) throw new UsageError('--data SPEC is required (calibration uses its training split, accuracy its test split)');
-  setThreads(f);
-  const ws = (f['weight-scales'] as string | undefined) ?? 'channel';
-  const granularities = ({ channel: [true], tensor: [false], both: [true, false] } as Record<string, boolean[]>)[ws];
-  if (!granularities) throw new UsageError(`--weight-scales must be channel, tensor or both, got '${ws}'`);
-  const qatLr = (f['qat-lr'] as number | undefined) ?? 1e-3;
-  if (!(qatLr > 0)) throw new UsageError(`--qat-lr must be positive, got ${qatLr}`);
+  const { flags: f } = parseCommand(QUANTIZE_COMMAND, argv);
+  applyThreads(f.threads);
+  const granularities = { channel: [true], tensor: [false], both: [true, false] }[f['weight-scales']];
   const r = await quantizeStudy({
-    checkpoint: f.checkpoint as string,
+    checkpoint: f.checkpoint,
     modelFlags: f,
-    data: f.data as string,
-    calibImages: positiveInt(f, 'calib-images', 512),
-    testImages: f['test-images'] === undefined ? undefined : positiveInt(f, 'test-images', 0),
-    observers: observersOf(f.observers),
-    percentile: percentileOf(f),
+    data: f.data,
+    calibImages: f['calib-images'],
+    testImages: f['test-images'],
+    observers: f.observers,
+    percentile: f.percentile,
     granularities,
-    quantizeFirst: f['fp32-first'] !== true,
-    quantizeLast: f['fp32-last'] !== true,
-    weightBits: weightBitsListOf(f),
-    qatEpochs: positiveInt(f, 'qat-epochs', 0, true),
-    qatLr,
-    qatObserver: f['qat-observer'] === undefined ? undefined : observerOf(f['qat-observer'], 'minmax'),
-    qatBits: f['qat-bits'] === undefined ? undefined : weightBitsOf({ 'weight-bits': f['qat-bits'] }),
-    onnxImages: positiveInt(f, 'onnx-images', 1000, true),
-    batchSize: positiveInt(f, 'batch-size', 256),
-    seed: (f.seed as number | undefined) ?? 0,
+    quantizeFirst: !f['fp32-first'],
+    quantizeLast: !f['fp32-last'],
+    weightBits: f['weight-bits'],
+    qatEpochs: f['qat-epochs'],
+    qatLr: f['qat-lr'],
+    qatObserver: f['qat-observer'],
+    qatBits: f['qat-bits'],
+    onnxImages: f['onnx-images'],
+    batchSize: f['batch-size'],
+    seed: f.seed,
     log: f.json ? undefined : log,
   });
   if (f.json) {
@@ -561,8 +500,8 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
 // ------------------------------------------------------------------ inspect-weights
 
 export async function runInspectWeights(argv: string[], log: Log): Promise<number> {
-  const f = parseFlags(argv, { ...MODEL_FLAGS, json: 'boolean' });
-  setThreads(f);
+  const { flags: f } = parseCommand(INSPECT_WEIGHTS_COMMAND, argv);
+  applyThreads(f.threads);
   const m = loadForDeploy(f);
   try {
     const rows = weightStats(deployedKernels(m.deployed));
@@ -586,25 +525,17 @@ export async function runInspectWeights(argv: string[], log: Log): Promise<numbe
 
 // ------------------------------------------------------------------ quant-demo
 
-export const QUANT_DEMO_ARCH = { blocks: [2, 2, 2, 1], widths: [0.25, 0.25, 0.25, 0.25], strides: [1, 1, 2, 2, 2] };
+export { QUANT_DEMO_ARCH };
 
 export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
-  const f = parseFlags(argv, {
-    data: 'string', out: 'string', epochs: 'number', 'search-epochs': 'number', 'batch-size': 'number', lr: 'number', threads: 'number',
-    'calib-images': 'number', 'test-images': 'number', 'qat-epochs': 'number', 'onnx-images': 'number', seed: 'number', blocks: 'list', widths: 'list', strides: 'list',
-    'weight-bits': 'list',
-  });
-  setThreads(f);
-  const data = (f.data as string | undefined) ?? 'fashion-mnist';
-  const out = (f.out as string | undefined) ?? path.join('runs', 'quant-demo');
-  const epochs = positiveInt(f, 'epochs', 1);
+  const { flags: f } = parseCommand(QUANT_DEMO_COMMAND, argv);
+  applyThreads(f.threads);
+  const { data, out, epochs, seed } = f;
   // 8-bit weights with every observer, then narrower weights (MSE activations): where weight outliers cost.
-  const bitsList = f['weight-bits'] === undefined ? [8, 6, 5] : weightBitsListOf(f);
-  const searchEpochs = positiveInt(f, 'search-epochs', 1);
-  const batchSize = positiveInt(f, 'batch-size', 128);
-  const seed = (f.seed as number | undefined) ?? 0;
-  const arch = ['--blocks', ((f.blocks as number[] | undefined) ?? QUANT_DEMO_ARCH.blocks).join(','), '--widths', ((f.widths as number[] | undefined) ?? QUANT_DEMO_ARCH.widths).join(','),
-    '--strides', ((f.strides as number[] | undefined) ?? QUANT_DEMO_ARCH.strides).join(',')];
+  const bitsList = f['weight-bits'];
+  const searchEpochs = f['search-epochs'];
+  const batchSize = f['batch-size'];
+  const arch = ['--blocks', f.blocks.join(','), '--widths', f.widths.join(','), '--strides', f.strides.join(',')];
   const common = ['--data', data, ...arch, '--batch-size', String(batchSize), '--seed', String(seed), '--log-every', '1000000', ...(f.lr !== undefined ? ['--lr', String(f.lr)] : [])];
   const t0 = performance.now();
   const stage = async (name: string, cmd: 'search' | 'train', extra: string[], ep: number): Promise<string> => {
@@ -631,8 +562,8 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
     reports[name] = await quantizeStudy({
       checkpoint: ckpt,
       data,
-      calibImages: positiveInt(f, 'calib-images', 512),
-      testImages: f['test-images'] === undefined ? undefined : positiveInt(f, 'test-images', 0),
+      calibImages: f['calib-images'],
+      testImages: f['test-images'],
       observers: [...OBSERVERS],
       lowBitObservers: ['mse'],
       weightBits: bitsList,
@@ -640,9 +571,9 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
       granularities: [true, false],
       quantizeFirst: true,
       quantizeLast: true,
-      qatEpochs: positiveInt(f, 'qat-epochs', 0, true),
+      qatEpochs: f['qat-epochs'],
       qatLr: 1e-3,
-      onnxImages: positiveInt(f, 'onnx-images', 2000, true),
+      onnxImages: f['onnx-images'],
       batchSize: 256,
       seed,
       log,
