@@ -5,7 +5,8 @@
  * threads. SIGINT and SIGTERM save at the next step, log an `interrupt` record
  * and exit 130 / 143; --resume then ends with weights identical to an
  * uninterrupted run. SIGKILL loses only the steps since the last periodic
- * checkpoint (--save-every). The demo passes signals to its child.
+ * checkpoint (--save-every). The demo passes signals to its child; quant-demo's
+ * training stages and quantize's QAT stop the same way.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -168,4 +169,31 @@ test('a second signal quits at once with its own exit code (the first only reque
   child.kill('SIGINT');
   assert.equal(await exit, 130, out);
   assert.match(out, /SIGINT again: quitting now/);
+});
+
+test('`repopt quantize --qat-epochs` stops QAT at the next step on SIGINT and exits 130', async () => {
+  const d = tmp();
+  const trained = cli([...RUN, '--out', `${d}/run`, '--max-steps', '2']);
+  assert.equal(trained.status, 0, trained.stderr);
+  const run = start(['quantize', '--checkpoint', `${d}/run/latest.pth`, '--data', `fashion-mnist:${FMNIST}`, '--calib-images', '64', '--test-images', '256',
+    '--onnx-images', '0', '--observers', 'minmax', '--qat-epochs', '1']);
+  await waitFor(() => run.output().includes('qat: 1 epoch(s) of 235 steps'), run.exit, 'QAT started');
+  run.child.kill('SIGINT');
+  const { code } = await run.exit;
+  assert.equal(code, 130, run.output());
+  assert.match(run.output(), /QAT interrupted by SIGINT after \d+ step\(s\)/);
+});
+
+test('`repopt quant-demo` stops its training stage on SIGTERM with a checkpoint and exits 143', async () => {
+  const d = tmp();
+  const run = start(['quant-demo', '--data', `fashion-mnist:${FMNIST}`, '--out', `${d}/qd`, '--batch-size', '32']);
+  const log = `${d}/qd/search/log.jsonl`;
+  await waitFor(() => records(log).some((r) => r.type === 'start'), run.exit, 'the search started');
+  run.child.kill('SIGTERM');
+  const { code } = await run.exit;
+  assert.equal(code, 143, run.output());
+  assert.match(run.output(), /search interrupted by SIGTERM: its checkpoint is saved/);
+  const stop = records(log).find((r) => r.type === 'interrupt');
+  assert.ok(stop && stop.signal === 'SIGTERM');
+  assert.equal((loadPth(`${d}/qd/search/latest.pth`) as Map<unknown, unknown>).get('next_batch'), stop.nextBatch);
 });

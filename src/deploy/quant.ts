@@ -497,6 +497,7 @@ export async function qatFineTune(q: QuantizedVGG, loader: BatchSource & { batch
   // QAT writes nothing to disk: a stop signal ends it at the next step with an InterruptedError.
   const stop = catchStopSignals({ notice: 'stopping QAT at the next step' });
   try {
+    o.log?.(`qat: ${o.epochs} epoch(s) of ${loader.batchesPerEpoch} steps, ${total} in all; SIGINT/SIGTERM stop it`);
     for (let e = 0; e < o.epochs && it < total; e++) {
       let sum = 0;
       let n = 0;
