@@ -255,7 +255,7 @@ test('repopt deploy / export / inspect-weights / quantize on a saved run', async
   assert.equal(r.status, 0, r.stderr);
   const stats = JSON.parse(r.stdout) as { mode: string; layers: { layer: string; std: number; centreStd: number }[] };
   assert.equal(stats.mode, 'deploy');
-  assert.deepEqual(stats.layers.map((l) => l.layer), ['stage0', 'stage1.0', 'stage1.1', 'stage2.0', 'stage3.0', 'stage4.0', 'linear']);
+  assert.deepEqual(stats.layers.map((l) => l.layer), ['stage0.conv', 'stage1.0.conv', 'stage1.1.conv', 'stage2.0.conv', 'stage3.0.conv', 'stage4.0.conv', 'linear']);
   assert.ok(stats.layers.every((l) => l.std > 0));
 
   r = await run(runQuantize, ['--checkpoint', ckpt, '--data', 'synthetic:64', '--calib-images', '32', '--test-images', '32', '--onnx-images', '32', '--observers', 'minmax,mse', '--json', '--threads', '1']);

@@ -212,8 +212,8 @@ test('calibration on a tiny set: every site observed; min-max equals the activat
   const all = { perChannel: true, quantizeFirst: true, quantizeLast: true };
   const inner = { perChannel: true, quantizeFirst: false, quantizeLast: false };
   assert.deepEqual(activationSites(d, inner), ['stage0', 'stage1.0', 'stage2.0', 'stage3.0', 'stage4.0']);
-  assert.deepEqual(quantizedLayers(d, inner), ['stage1.0', 'stage2.0', 'stage3.0', 'stage4.0']);
-  assert.deepEqual(quantizedLayers(d, all), ['stage0', 'stage1.0', 'stage2.0', 'stage3.0', 'stage4.0', 'linear']);
+  assert.deepEqual(quantizedLayers(d, inner), ['stage1.0.conv', 'stage2.0.conv', 'stage3.0.conv', 'stage4.0.conv']);
+  assert.deepEqual(quantizedLayers(d, all), ['stage0.conv', 'stage1.0.conv', 'stage2.0.conv', 'stage3.0.conv', 'stage4.0.conv', 'linear']);
   const x = torch.randn([8, 1, 12, 12]);
   const fp = torch.noGrad(() => d.forward(x));
   for (const kind of ['minmax', 'percentile', 'mse'] as const) {

@@ -23,6 +23,7 @@
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
+import type { GraphBuilder, GraphExportable, GraphValue } from './graph.js';
 import {
   LinearAddBlock,
   RepOptVGG,
@@ -34,7 +35,7 @@ import {
 } from '../models/repoptvgg.js';
 
 /** One deployed block: conv3x3 with bias -> ReLU [-> post-SE]. */
-export class DeployBlock extends Module {
+export class DeployBlock extends Module implements GraphExportable {
   readonly conv: Conv2d;
   readonly postSE: SEBlock | null;
   constructor(readonly info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
@@ -47,6 +48,14 @@ export class DeployBlock extends Module {
     const r = F.relu(this.conv.forward(x));
     return this.postSE ? this.postSE.forward(r) : r;
   }
+  /** The block's output value is named after the block (its activation-quantization site). */
+  exportGraph(g: GraphBuilder, x: GraphValue): GraphValue {
+    const se = this.postSE;
+    const r = g.relu(g.module(this.conv, x, 'conv'), se ? 'relu' : '');
+    if (!se) return r;
+    const s = g.relu(g.conv(se.down, g.globalAvgPool(r, 'post_se.pool'), 'post_se.down'), 'post_se.relu');
+    return g.mul(r, g.sigmoid(g.conv(se.up, s, 'post_se.up'), 'post_se.gate'), '');
+  }
 }
 
 export interface DeployVGGOptions {
@@ -57,7 +66,7 @@ export interface DeployVGGOptions {
 }
 
 /** The plain inference network: deployed blocks in stages `stage0..stage4`, global average pool, `linear`. */
-export class DeployVGG extends Module {
+export class DeployVGG extends Module implements GraphExportable {
   readonly layout: VGGBlockInfo[];
   readonly numClasses: number;
   readonly blocks: DeployBlock[];
@@ -85,6 +94,11 @@ export class DeployVGG extends Module {
   }
   forward(x: Tensor): Tensor {
     return this.linear.forward(this.features(x));
+  }
+  exportGraph(g: GraphBuilder, x: GraphValue): GraphValue {
+    let y = g.module(this.stage0, x, 'stage0');
+    this.stages.forEach((s, i) => (y = g.module(s, y, `stage${i + 1}`)));
+    return g.module(this.linear, g.flatten(g.globalAvgPool(y, 'pool.global'), 'pool'), 'linear');
   }
 }
 

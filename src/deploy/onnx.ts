@@ -5,19 +5,25 @@
  * in Node) for checking the files.
  *
  * Graph (opset 13, IR version 7): input `input` float32 [batch, C, height, width] (batch, height and
- * width symbolic), output `logits` float32 [batch, classes]. Per block `P` (stage0, stage1.0, ...):
- *   Conv(P.conv.weight, P.conv.bias; 3x3, pads 1, strides s) -> Relu
- * then GlobalAveragePool -> Flatten -> Gemm(linear.weight, linear.bias, transB = 1).
- * INT8 (the scheme of quant.ts): initializers `P.conv.weight_quantized` (int8), `P.conv.weight_scale`
- * (float [Cout], or a scalar for per-tensor weights), `P.conv.weight_zero_point` (int8 zeros), dequantized
+ * width symbolic), output `logits` float32 [batch, classes]. The nodes are the model's inference graph
+ * (graph.ts), one ONNX node each: Conv (kernel, pads, strides, dilations, group: dense, grouped and
+ * depthwise), Gemm (transB = 1) for linear layers, Relu, Sigmoid, HardSigmoid (alpha 1/6, beta 0.5:
+ * PyTorch's), Add, Mul, Concat (axis 1), Flatten (axis 1), GlobalAveragePool, AveragePool
+ * (count_include_pad, as PyTorch), MaxPool. Initializers carry the state-dict names (`stage0.conv.weight`,
+ * `blocks.0.0.ghost1.cheap_operation.bias`, ...); intermediate tensors the graph's value names.
+ * INT8 (the scheme of quant.ts): initializers `L.weight_quantized` (int8), `L.weight_scale`
+ * (float [Cout], or a scalar for per-tensor weights), `L.weight_zero_point` (int8 zeros), dequantized
  * with axis 0; every quantized activation X goes through QuantizeLinear(X_scale, X_zero_point: uint8) and
- * DequantizeLinear. ONNX Runtime fuses these patterns into its int8 kernels (QLinearConv and friends).
+ * DequantizeLinear, and every reader of X reads the dequantized tensor. ONNX Runtime fuses these patterns
+ * into its int8 kernels (QLinearConv and friends).
  */
 import onnxProto from 'onnx-proto';
 import type { Tensor } from '../torch/index.js';
 import * as torch from '../torch/index.js';
-import type { DeployVGG } from './fuse.js';
-import { QuantizedVGG, quantizeWeightInt8, type QParams } from './quant.js';
+import type { Module } from '../nn/index.js';
+import { traceGraph, type GraphValue, type InferenceGraph } from './graph.js';
+import { isReparameterizable } from '../repopt/reparam.js';
+import { QuantizedNet, quantizeWeightInt8, type QParams } from './quant.js';
 
 const { onnx } = onnxProto;
 type INodeProto = onnxProto.onnx.INodeProto;
@@ -43,21 +49,38 @@ function tensorInit(name: string, t: Tensor): ITensorProto {
 
 const ints = (name: string, v: number[]): IAttributeProto => ({ name, type: AT.INTS, ints: v });
 const int = (name: string, v: number): IAttributeProto => ({ name, type: AT.INT, i: v });
+const float = (name: string, v: number): IAttributeProto => ({ name, type: AT.FLOAT, f: v });
 
 export interface OnnxExportOptions {
   /** Written into the model's doc string. */
   docString?: string;
   producerVersion?: string;
+  /** The network's name in the doc string and graph name (default: the model's class name). */
+  title?: string;
 }
 
 /**
- * The ONNX bytes of a deployed network (`DeployVGG`) or of its simulated INT8 form (`QuantizedVGG`:
- * same weights, quantized with the scales and activation parameters it uses).
+ * The ONNX bytes of a deployed network (any model {@link traceGraph} describes: `DeployVGG`, a deployed
+ * RepOpt-GhostNet, a user's re-parameterized net), of a training form that re-parameterizes as a whole
+ * (exported as its `reparameterize()`), or of a simulated INT8 network (`QuantizedNet`: same weights,
+ * quantized with the scales and activation parameters it uses).
  */
-export function exportOnnx(net: DeployVGG | QuantizedVGG, o: OnnxExportOptions = {}): Uint8Array {
-  const q = net instanceof QuantizedVGG ? net : null;
-  const model = q ? q.model : (net as DeployVGG);
-  if (model.blocks.some((b) => b.postSE)) throw new Error('ONNX export of post-SE blocks is not supported');
+export function exportOnnx(net: Module, o: OnnxExportOptions = {}): Uint8Array {
+  const q = net instanceof QuantizedNet ? net : null;
+  const model = q ? q.model : net;
+  let graph: InferenceGraph;
+  try {
+    graph = q ? q.graph : traceGraph(model);
+  } catch (e) {
+    // A training form that re-parameterizes as a whole (RepOptVGG, GhostNet): export its deploy form.
+    if (q || !isReparameterizable(model)) throw e;
+    const deployed = model.reparameterize();
+    try {
+      return exportOnnx(deployed, { ...o, title: o.title ?? model.constructor.name });
+    } finally {
+      deployed.dispose();
+    }
+  }
   const nodes: INodeProto[] = [];
   const inits: ITensorProto[] = [];
   let counter = 0;
@@ -92,47 +115,106 @@ export function exportOnnx(net: DeployVGG | QuantizedVGG, o: OnnxExportOptions =
     inits.push({ name: `${name}_zero_point`, dataType: DT.INT8, dims: [], rawData: new Uint8Array(1) });
     return node('DequantizeLinear', [`${name}_quantized`, `${name}_scale`, `${name}_zero_point`], `${name}_dequantized`);
   };
-  const act = (x: string, site: string): string => {
-    const p = q?.act.get(site);
-    return p ? qdq(x, site, p) : x;
+  /** The graph value as an ONNX tensor name: after QDQ where it is an activation site. */
+  const onnxName = new Map<GraphValue, string>();
+  const produced = (v: GraphValue, name: string) => {
+    const p = q?.act.get(v);
+    onnxName.set(v, p ? qdq(name, v, p) : name);
   };
+  const read = (v: GraphValue) => onnxName.get(v)!;
+  const output = 'logits';
 
   torch.noGrad(() =>
     torch.tidy(() => {
-      let x = act('input', 'input');
-      for (const b of model.blocks) {
-        const p = b.info.name;
-        const w = weight(p, `${p}.conv.weight`, b.conv.weight);
-        inits.push(tensorInit(`${p}.conv.bias`, b.conv.bias!));
-        const s = b.info.stride;
-        const y = node('Conv', [x, w, `${p}.conv.bias`], `${p}.conv`, [ints('kernel_shape', [3, 3]), ints('pads', [1, 1, 1, 1]), ints('strides', [s, s])]);
-        x = act(node('Relu', [y], `${p}.relu`), p);
+      produced(graph.input, 'input');
+      for (const n of graph.nodes) {
+        const ins = n.inputs.map(read);
+        const out = n.output === graph.output ? output : n.output;
+        const op = n.op;
+        switch (op.kind) {
+          case 'conv': {
+            const m = op.module;
+            const w = weight(op.layer, `${op.layer}.weight`, m.weight);
+            const inputs = [ins[0], w];
+            if (m.bias) {
+              inits.push(tensorInit(`${op.layer}.bias`, m.bias));
+              inputs.push(`${op.layer}.bias`);
+            }
+            const [p0, p1] = op.padding;
+            node('Conv', inputs, out, [
+              ints('kernel_shape', m.weight.shape.slice(2)),
+              ints('pads', [p0, p1, p0, p1]),
+              ints('strides', op.stride),
+              ints('dilations', op.dilation),
+              int('group', op.groups),
+            ]);
+            break;
+          }
+          case 'linear': {
+            const m = op.module;
+            const inputs = [ins[0], weight(op.layer, `${op.layer}.weight`, m.weight)];
+            if (m.bias) {
+              inits.push(tensorInit(`${op.layer}.bias`, m.bias));
+              inputs.push(`${op.layer}.bias`);
+            }
+            node('Gemm', inputs, out, [int('transB', 1)]);
+            break;
+          }
+          case 'relu':
+            node('Relu', ins, out);
+            break;
+          case 'sigmoid':
+            node('Sigmoid', ins, out);
+            break;
+          case 'hardsigmoid': // PyTorch's relu6(x + 3) / 6 = clip(x / 6 + 0.5, 0, 1)
+            node('HardSigmoid', ins, out, [float('alpha', 1 / 6), float('beta', 0.5)]);
+            break;
+          case 'add':
+            node('Add', ins, out);
+            break;
+          case 'mul':
+            node('Mul', ins, out);
+            break;
+          case 'concat':
+            node('Concat', ins, out, [int('axis', 1)]);
+            break;
+          case 'flatten':
+            node('Flatten', ins, out, [int('axis', 1)]);
+            break;
+          case 'globalAvgPool':
+            node('GlobalAveragePool', ins, out);
+            break;
+          case 'avgPool':
+          case 'maxPool': {
+            const [p0, p1] = op.padding;
+            const attrs = [ints('kernel_shape', op.kernel), ints('strides', op.stride), ints('pads', [p0, p1, p0, p1])];
+            // PyTorch's avg_pool2d counts the zero padding in the mean by default.
+            if (op.kind === 'avgPool') attrs.push(int('count_include_pad', 1));
+            node(op.kind === 'avgPool' ? 'AveragePool' : 'MaxPool', ins, out, attrs);
+            break;
+          }
+        }
+        produced(n.output, out);
       }
-      const pooled = node('GlobalAveragePool', [x], 'pool.global');
-      const feats = act(node('Flatten', [pooled], 'pool', [int('axis', 1)]), 'pool');
-      const lw = weight('linear', 'linear.weight', model.linear.weight);
-      const gemmIn = [feats, lw];
-      if (model.linear.bias) {
-        inits.push(tensorInit('linear.bias', model.linear.bias));
-        gemmIn.push('linear.bias');
-      }
-      node('Gemm', gemmIn, 'logits', [int('transB', 1)]);
     }),
   );
+  if (read(graph.output) !== output) throw new Error('ONNX export: the output is quantized; logits must stay float');
 
-  const cin = model.layout[0].inChannels;
+  const cin = graph.inChannels();
+  const classes = graph.outFeatures();
+  const title = o.title ?? model.constructor.name;
   const m = onnx.ModelProto.create({
     irVersion: IR_VERSION,
     producerName: 'repopt',
     producerVersion: o.producerVersion ?? '0.1.0',
-    docString: o.docString ?? (q ? 'RepOpt-VGG deployed network, INT8 (QDQ)' : 'RepOpt-VGG deployed network, FP32'),
+    docString: o.docString ?? `${title} deployed network, ${q ? 'INT8 (QDQ)' : 'FP32'}`,
     opsetImport: [{ domain: '', version: OPSET }],
     graph: {
-      name: q ? 'repopt_vgg_int8' : 'repopt_vgg',
+      name: `${title.replace(/[^A-Za-z0-9_]/g, '_')}${q ? '_int8' : ''}`,
       node: nodes,
       initializer: inits,
       input: [{ name: 'input', type: { tensorType: { elemType: DT.FLOAT, shape: { dim: [{ dimParam: 'batch' }, { dimValue: cin }, { dimParam: 'height' }, { dimParam: 'width' }] } } } }],
-      output: [{ name: 'logits', type: { tensorType: { elemType: DT.FLOAT, shape: { dim: [{ dimParam: 'batch' }, { dimValue: model.numClasses }] } } } }],
+      output: [{ name: output, type: { tensorType: { elemType: DT.FLOAT, shape: { dim: [{ dimParam: 'batch' }, classes === null ? { dimParam: 'classes' } : { dimValue: classes }] } } } }],
     },
   });
   const err = onnx.ModelProto.verify(m);

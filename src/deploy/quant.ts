@@ -30,7 +30,7 @@ import { lrAt } from '../train/schedule.js';
 import type { BatchSource } from '../train/evaluate.js';
 import { InterruptedError, catchStopSignals, turnEventLoop } from '../train/interrupt.js';
 import { wrapHandle } from '../torch/tensor.js';
-import type { DeployVGG } from './fuse.js';
+import { traceGraph, type GraphValue, type InferenceGraph } from './graph.js';
 
 const fqPerTensor = defOp('aten::fake_quantize_per_tensor_affine');
 const fqPerChannel = defOp('aten::fake_quantize_per_channel_affine');
@@ -310,42 +310,59 @@ export interface QuantPolicy {
 
 export const DEFAULT_POLICY: QuantPolicy = { perChannel: true, quantizeFirst: true, quantizeLast: true };
 
-/** The activation sites quantized under a policy, in network order. */
-export function activationSites(model: DeployVGG, policy: QuantPolicy): string[] {
-  return [...(policy.quantizeFirst ? ['input'] : []), ...model.layout.map((b) => b.name), ...(policy.quantizeLast ? ['pool'] : [])];
+/**
+ * The activation values quantized under a policy, in graph order: the input of every quantized layer and
+ * the output of every quantized layer (after its ReLU when a ReLU is its only reader), never the graph's
+ * output (logits stay float). With `quantizeFirst` off the layers reading the network input stay float;
+ * with `quantizeLast` off the layers producing the output.
+ */
+export function activationSites(model: Module, policy: QuantPolicy): string[] {
+  const g = traceGraph(model);
+  const layers = new Set(quantizedLayers(model, policy));
+  const sites = new Set<GraphValue>();
+  for (const n of g.nodes) {
+    if ((n.op.kind !== 'conv' && n.op.kind !== 'linear') || !layers.has(n.op.layer)) continue;
+    sites.add(n.inputs[0]);
+    const readers = g.consumers(n.output);
+    sites.add(readers.length === 1 && readers[0].op.kind === 'relu' ? readers[0].output : n.output);
+  }
+  sites.delete(g.output);
+  return [g.input, ...g.nodes.map((n) => n.output)].filter((v) => sites.has(v));
 }
 
-/** The layers (`stage0`, ..., `linear`) whose weights are quantized under a policy. */
-export function quantizedLayers(model: DeployVGG, policy: QuantPolicy): string[] {
-  const names = model.layout.map((b) => b.name);
-  return [...(policy.quantizeFirst ? names : names.slice(1)), ...(policy.quantizeLast ? ['linear'] : [])];
+/** The conv / linear layers (state-dict prefixes, e.g. `stage0.conv`, `linear`) whose weights are quantized under a policy. */
+export function quantizedLayers(model: Module, policy: QuantPolicy): string[] {
+  const g = traceGraph(model);
+  const first = new Set(g.consumers(g.input).map((n) => n.output));
+  const last = g.producer(g.output)?.output;
+  return g.nodes
+    .filter((n) => n.op.kind === 'conv' || n.op.kind === 'linear')
+    .filter((n) => (policy.quantizeFirst || !first.has(n.output)) && (policy.quantizeLast || n.output !== last))
+    .map((n) => (n.op as { layer: string }).layer);
 }
 
-interface Hooks {
+export interface Hooks {
   act?: (site: string, t: Tensor) => Tensor;
   weight?: (layer: string, w: Tensor) => Tensor;
 }
 
-/** The deployed network's forward with taps on activations and weights. */
-export function forwardWithHooks(model: DeployVGG, x: Tensor, hooks: Hooks): Tensor {
-  const act = hooks.act ?? ((_s, t) => t);
-  const weight = hooks.weight ?? ((_l, w) => w);
-  let y = act('input', x);
-  for (const b of model.blocks) {
-    const c = b.conv;
-    y = F.relu(F.conv2d(y, weight(b.info.name, c.weight), c.bias, { stride: b.info.stride, padding: 1 }));
-    if (b.postSE) y = b.postSE.forward(y);
-    y = act(b.info.name, y);
-  }
-  const pooled = act('pool', F.adaptiveAvgPool2d(y, 1).flatten(1));
-  return F.linear(pooled, weight('linear', model.linear.weight), model.linear.bias);
+/** Every value that can be an activation site (the sites with everything quantized). */
+function allSites(model: Module): Set<string> {
+  return new Set(activationSites(model, { perChannel: true, quantizeFirst: true, quantizeLast: true }));
+}
+
+/** The deployed network's forward (its inference graph) with taps on the activation sites and the weights. */
+export function forwardWithHooks(model: Module, x: Tensor, hooks: Hooks): Tensor {
+  const sites = allSites(model);
+  const act = hooks.act;
+  return traceGraph(model).run(x, { act: act ? (v, t) => (sites.has(v) ? act(v, t) : t) : undefined, weight: hooks.weight });
 }
 
 /**
  * Calibration: runs the float network over the batches twice (min-max, then histograms) and returns one
  * observer per activation site (all sites; the policy decides which are used).
  */
-export function calibrate(model: DeployVGG, batches: Tensor[], opts: { bins?: number } = {}): Map<string, ActivationObserver> {
+export function calibrate(model: Module, batches: Tensor[], opts: { bins?: number } = {}): Map<string, ActivationObserver> {
   if (!batches.length) throw new Error('calibration needs at least one batch');
   const obs = new Map<string, ActivationObserver>();
   const get = (s: string) => {
@@ -379,7 +396,7 @@ export function calibrate(model: DeployVGG, batches: Tensor[], opts: { bins?: nu
 
 /** Activation parameters per site from calibration observers. */
 export function activationQParams(
-  model: DeployVGG,
+  model: Module,
   observers: Map<string, ActivationObserver>,
   kind: ObserverKind,
   policy: QuantPolicy,
@@ -395,18 +412,23 @@ export function activationQParams(
 }
 
 /**
- * The simulated INT8 network: the deployed model's parameters (shared, trainable for QAT) with fake
- * quantization of weights (scales recomputed from the current weights at every forward) and of activations
- * (fixed calibrated parameters). A Module, so `evaluate` and optimizers work on it unchanged.
+ * The simulated INT8 network of any deployed model (anything {@link traceGraph} describes): the model's
+ * parameters (shared, trainable for QAT) with fake quantization of weights (scales recomputed from the
+ * current weights at every forward) and of activations (fixed calibrated parameters). A Module, so
+ * `evaluate` and optimizers work on it unchanged.
  */
-export class QuantizedVGG extends Module {
-  readonly model: DeployVGG;
+export class QuantizedNet extends Module {
+  readonly model: Module;
+  readonly graph: InferenceGraph;
   readonly layers: Set<string>;
-  constructor(model: DeployVGG, readonly act: Map<string, QParams>, readonly policy: QuantPolicy) {
+  readonly #weights: Map<string, Tensor>;
+  constructor(model: Module, readonly act: Map<string, QParams>, readonly policy: QuantPolicy) {
     super();
     this.model = this.registerModule('model', model);
-    for (const s of activationSites(model, policy)) if (!act.has(s)) throw new Error(`QuantizedVGG: no activation parameters for site '${s}'`);
+    this.graph = traceGraph(model);
+    for (const s of activationSites(model, policy)) if (!act.has(s)) throw new Error(`QuantizedNet: no activation parameters for site '${s}'`);
     this.layers = new Set(quantizedLayers(model, policy));
+    this.#weights = new Map(this.graph.layers().map((l) => [l.layer, l.module.weight]));
     weightGrid(this.weightBits);
   }
 
@@ -414,12 +436,11 @@ export class QuantizedVGG extends Module {
     return this.policy.weightBits ?? 8;
   }
 
-  /** The float weight of a layer (`stage0`, ..., `linear`). */
+  /** The float weight of a layer (`stage0.conv`, ..., `linear`). */
   layerWeight(layer: string): Tensor {
-    if (layer === 'linear') return this.model.linear.weight;
-    const b = this.model.blocks.find((x) => x.info.name === layer);
-    if (!b) throw new Error(`no layer '${layer}'`);
-    return b.conv.weight;
+    const w = this.#weights.get(layer);
+    if (!w) throw new Error(`no layer '${layer}'`);
+    return w;
   }
 
   /** The int8 weight scales of a quantized layer for its current weights. */
@@ -428,7 +449,7 @@ export class QuantizedVGG extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return forwardWithHooks(this.model, x, {
+    return this.graph.run(x, {
       act: (s, t) => {
         const p = this.act.get(s);
         return p ? fakeQuant(t, p) : t;
@@ -443,15 +464,18 @@ export class QuantizedVGG extends Module {
   }
 }
 
+/** The former name, from when only RepOpt-VGG deployed. */
+export { QuantizedNet as QuantizedVGG };
+
 /** Builds the quantized network of a deployed model from calibration batches with one observer kind. */
 export function quantizeModel(
-  model: DeployVGG,
+  model: Module,
   observers: Map<string, ActivationObserver>,
   kind: ObserverKind,
   policy: QuantPolicy = DEFAULT_POLICY,
   opts: { percentile?: number } = {},
-): QuantizedVGG {
-  return new QuantizedVGG(model, activationQParams(model, observers, kind, policy, opts), policy);
+): QuantizedNet {
+  return new QuantizedNet(model, activationQParams(model, observers, kind, policy, opts), policy);
 }
 
 // ------------------------------------------------------------------ QAT
@@ -467,7 +491,7 @@ export interface QatOptions {
 }
 
 /** One QAT step (forward through fake quant, cross entropy, backward, SGD step); returns the loss. */
-export function qatStep(q: QuantizedVGG, opt: SGD, x: Tensor, y: Tensor): number {
+export function qatStep(q: QuantizedNet, opt: SGD, x: Tensor, y: Tensor): number {
   opt.zeroGrad();
   const loss = torch.tidy(() => {
     const l = F.crossEntropy(q.forward(x), y);
@@ -478,7 +502,7 @@ export function qatStep(q: QuantizedVGG, opt: SGD, x: Tensor, y: Tensor): number
   return loss;
 }
 
-export function qatOptimizer(q: QuantizedVGG, lr: number, momentum = 0.9, weightDecay = 0): SGD {
+export function qatOptimizer(q: QuantizedNet, lr: number, momentum = 0.9, weightDecay = 0): SGD {
   const named = q.model.namedParameters().filter(([, p]) => p.requiresGrad);
   return new SGD(named, { lr, momentum, weightDecay });
 }
@@ -488,7 +512,7 @@ export function qatOptimizer(q: QuantizedVGG, lr: number, momentum = 0.9, weight
  * the fake-quant ops (their gradients are the straight-through estimator: 1 inside the range, 0 outside).
  * Activation ranges stay as calibrated; weight scales follow the weights.
  */
-export async function qatFineTune(q: QuantizedVGG, loader: BatchSource & { batchesPerEpoch: number }, o: QatOptions): Promise<{ losses: number[] }> {
+export async function qatFineTune(q: QuantizedNet, loader: BatchSource & { batchesPerEpoch: number }, o: QatOptions): Promise<{ losses: number[] }> {
   const opt = qatOptimizer(q, o.lr, o.momentum ?? 0.9, o.weightDecay ?? 0);
   const total = o.maxSteps ?? o.epochs * loader.batchesPerEpoch;
   const losses: number[] = [];
@@ -584,7 +608,7 @@ export function weightStats(layers: [string, Tensor][]): LayerWeightStats[] {
   );
 }
 
-/** The kernels of a deployed model by layer name (stage0, ..., linear). */
-export function deployedKernels(model: DeployVGG): [string, Tensor][] {
-  return [...model.blocks.map((b): [string, Tensor] => [b.info.name, b.conv.weight]), ['linear', model.linear.weight]];
+/** The kernels of a deployed model by layer (state-dict prefix: `stage0.conv`, ..., `linear`), in graph order. */
+export function deployedKernels(model: Module): [string, Tensor][] {
+  return traceGraph(model).layers().map((l): [string, Tensor] => [l.layer, l.module.weight]);
 }

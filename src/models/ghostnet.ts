@@ -54,6 +54,10 @@ import { loadPth, extractStateDict, type PyValue } from '../io/pth.js';
 import { fuseKernel, type CslaSpec } from '../repopt/csla.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
 import { registerArch } from './registry.js';
+import type { GraphBuilder, GraphExportable, GraphValue } from '../deploy/graph.js';
+import type { Reparameterizable } from '../repopt/reparam.js';
+// A cycle by design, as RepOpt-VGG's: the deploy forms read these classes; only reparameterize() calls them.
+import { deployGhostModule, deployGhostNet, type DeployGhostModule, type DeployGhostNet } from './ghostnet-deploy.js';
 import { ScaleLayer } from './repoptvgg.js';
 
 export type GhostNetMode = 'target' | 'hs' | 'csla' | 'rep';
@@ -101,7 +105,8 @@ interface LayerOpts {
   dtype: DType;
 }
 
-class GhostModule extends Module {
+/** A Ghost module in a training form (see the file comment). */
+export class GhostModule extends Module implements Reparameterizable {
   readonly primary_conv: Sequential;
   readonly fusion_bn: BatchNorm2d | null = null;
   readonly fusion_scale: ScaleLayer | null = null;
@@ -148,9 +153,14 @@ class GhostModule extends Module {
     if (this.final_bn) y = this.final_bn.forward(y);
     return this.relu ? F.relu(y) : y;
   }
+  /** The deployed module: 1x1 conv + bias [-> ReLU], one 3x3 depthwise conv + bias [-> ReLU]; this one is unchanged. */
+  reparameterize(): DeployGhostModule {
+    return deployGhostModule(this);
+  }
 }
 
-class SqueezeExcite extends Module {
+/** Squeeze-excitation with a hard-sigmoid gate (the same in every form, deployed included). */
+export class SqueezeExcite extends Module implements GraphExportable {
   readonly conv_reduce: Conv2d;
   readonly conv_expand: Conv2d;
   constructor(channels: number, ratio: number, o: LayerOpts) {
@@ -163,9 +173,13 @@ class SqueezeExcite extends Module {
     const s = F.adaptiveAvgPool2d(x, 1);
     return x.mul(F.hardsigmoid(this.conv_expand.forward(F.relu(this.conv_reduce.forward(s)))));
   }
+  exportGraph(g: GraphBuilder, x: GraphValue): GraphValue {
+    const s = g.relu(g.module(this.conv_reduce, g.globalAvgPool(x, 'pool'), 'conv_reduce'), 'relu');
+    return g.mul(x, g.hardsigmoid(g.module(this.conv_expand, s, 'conv_expand'), 'gate'), '');
+  }
 }
 
-class GhostBottleneck extends Module {
+export class GhostBottleneck extends Module {
   readonly ghost1: GhostModule;
   readonly conv_dw: Conv2d | null = null;
   readonly bn_dw: BatchNorm2d | null = null;
@@ -203,7 +217,7 @@ class GhostBottleneck extends Module {
   }
 }
 
-class ConvBnAct extends Module {
+export class ConvBnAct extends Module {
   readonly conv: Conv2d;
   readonly bn1: BatchNorm2d;
   constructor(inp: number, out: number, o: LayerOpts) {
@@ -243,7 +257,7 @@ export function ghostnetLayout(width: number): GhostSite[] {
   return out;
 }
 
-export class GhostNet extends Module {
+export class GhostNet extends Module implements Reparameterizable {
   readonly conv_stem: Conv2d;
   readonly bn1: BatchNorm2d;
   readonly blocks: Sequential;
@@ -294,6 +308,11 @@ export class GhostNet extends Module {
   /** The Ghost modules (re-parameterised cheap operations), in model order. */
   ghostSites(): GhostSite[] {
     return this.#sites.map((s) => ({ ...s }));
+  }
+
+  /** The deployed network (every BN folded, each Ghost module's cheap op and fusion branch one depthwise conv); this model is unchanged. */
+  reparameterize(): DeployGhostNet {
+    return deployGhostNet(this);
   }
 
   forward(x: Tensor): Tensor {

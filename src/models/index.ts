@@ -6,5 +6,6 @@ export { createModel, getArch, listArchs, type ArchInfo, type CreateModelOptions
 export { RepOptVGG, repOptVgg, extractVggScales, REPOPT_VGG_CONFIGS, type RepOptVGGMode, type RepOptVGGConfig } from './repoptvgg.js';
 export { repOptVggHandler, repOptVggSites } from './repoptvgg-handler.js';
 export * as ghostnet from './ghostnet.js';
+export { DeployGhostNet, DeployGhostModule, deployGhostNet, deployGhostModule } from './ghostnet-deploy.js';
 import './ghostnet-handler.js';
 export { loadScaleFile, saveScaleFile, checkScales, type ScaleMap } from './scales.js';
