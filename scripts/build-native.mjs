@@ -13,5 +13,12 @@ if (!gyp) {
   console.error('node-gyp not found in npm\'s installation; reinstall npm (it bundles node-gyp).');
   process.exit(1);
 }
-const nodedir = process.env.npm_config_nodedir || '/usr';
+// Node's headers: Debian's nodejs installs them under /usr/include/node; official builds (nvm, tarballs)
+// under <prefix>/include/node beside bin/node.
+const prefix = path.resolve(path.dirname(process.execPath), '..');
+const nodedir = process.env.npm_config_nodedir || (existsSync(path.join(prefix, 'include/node/node.h')) ? prefix : '/usr');
+if (!existsSync(path.join(nodedir, 'include/node/node.h'))) {
+  console.error(`Node's C headers not found under ${nodedir}/include/node; install them (Debian: apt-get install nodejs libnode-dev) or set npm_config_nodedir.`);
+  process.exit(1);
+}
 execFileSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '-j', '2'], { stdio: 'inherit' });

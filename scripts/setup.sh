@@ -4,19 +4,32 @@
 #                    python3-torch (the PyTorch reference for tests and benchmarks), python3-onnx (ONNX checker),
 #                    dataset-fashion-mnist (the demo's data)
 #   npm packages, the native addon (native/ -> build/Release/repopt.node), the TypeScript build (dist/).
+# In an installed package (`npx repopt setup`: no src/ beside this script) only what a library user needs:
+#   libtorch-dev, libopenblas0-pthread, a C++ toolchain for node-gyp, and the addon, built inside the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
+installed=0
+[ -d src ] || installed=1
+
 missing=()
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
 dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q 'ok installed' || missing+=(libopenblas0-pthread)
-if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then missing+=(python3-torch); fi
-# The official ONNX checker, for the export tests (they skip it when absent).
-if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import onnx' >/dev/null 2>&1; then missing+=(python3-onnx); fi
-# The demo's data set (Fashion-MNIST, ~30 MB) from Debian.
-[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+if [ "$installed" = 1 ]; then
+  # node-gyp needs a C++ compiler, make and python3 (only when the addon is not built yet)
+  if [ ! -f build/Release/repopt.node ]; then
+    command -v g++ >/dev/null && command -v make >/dev/null || missing+=(g++ make)
+    command -v python3 >/dev/null || missing+=(python3)
+  fi
+else
+  if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then missing+=(python3-torch); fi
+  # The official ONNX checker, for the export tests (they skip it when absent).
+  if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import onnx' >/dev/null 2>&1; then missing+=(python3-onnx); fi
+  # The demo's data set (Fashion-MNIST, ~30 MB) from Debian.
+  [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -32,8 +45,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ] ||
-   { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
+if [ "$installed" = 0 ] && { [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ] ||
+   { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; }; then
   say "installing npm packages"
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
 fi
@@ -42,6 +55,14 @@ addon=build/Release/repopt.node
 if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp scripts/libtorch-paths.cjs -newer "$addon" 2>/dev/null | head -n 1)" ]; then
   say "building the native addon (about 30 s)"
   node scripts/build-native.mjs >&2
+fi
+
+if [ "$installed" = 1 ]; then
+  # the installed package ships dist/; check that the addon loads from here
+  node -e "import('./dist/src/torch/index.js').then((t) => t.tensor([1, 2]).sum().item() === 3 || process.exit(1))" ||
+    { say "the addon was built but does not load"; exit 1; }
+  say "ready: import { ... } from 'repopt'"
+  exit 0
 fi
 
 stamp=dist/.build-stamp

@@ -232,3 +232,30 @@ test('scales by block name: extract from hs, load into csla, sites for the targe
   for (const m2 of [twin, target]) m2.dispose();
   for (const t of [...scales.values(), ...back.values()]) t.dispose();
 });
+
+test('gradMults ownership: the caller may dispose the map after building RepSGD; opt.dispose() frees the optimizer\'s references', () => {
+  const scales = searchedScales();
+  const target = new Net('target');
+  const handler = repOptHandler(target, scales);
+  const mults = handler.gradMults('sgd', { dtype: DT });
+  const want = mults.get('a.conv.weight')!.toArray();
+  const opt = new RepSGD(target.namedParameters(), { lr: 0.1 }, mults);
+  const live = torch.liveTensors();
+  for (const m of mults.values()) m.dispose();
+  assert.equal(live - torch.liveTensors(), 2, 'the caller\'s two mults freed');
+  // the optimizer's own references still hold the values and are used by step()
+  assert.deepEqual(opt.gradMult('a.conv.weight')!.toArray(), want);
+  torch.tidy(() => target.forward(torch.randn([2, 3, 5, 5], { dtype: DT })).sum().backward());
+  const before = torch.tidy(() => target.a.conv!.weight.detach().clone());
+  const g = torch.tidy(() => target.a.conv!.weight.grad!.clone());
+  opt.step();
+  const step = torch.tidy(() => before.sub(target.a.conv!.weight).div(0.1));
+  assert.ok(maxRelDiff(step, torch.tidy(() => g.mul(torch.tensor(want, { dtype: DT }).view([3, 3, 3, 3])))) < 1e-12);
+  for (const t of [before, g, step]) t.dispose();
+  target.zeroGrad();
+  const beforeDispose = torch.liveTensors();
+  opt.dispose();
+  assert.equal(beforeDispose - torch.liveTensors(), 2, 'the optimizer\'s two references freed by opt.dispose()');
+  target.dispose();
+  for (const t of scales.values()) t.dispose();
+});

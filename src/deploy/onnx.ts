@@ -230,9 +230,20 @@ export function decodeOnnx(bytes: Uint8Array): onnxProto.onnx.ModelProto {
 type Ort = typeof import('onnxruntime-web');
 let ortPromise: Promise<Ort> | null = null;
 
-/** onnxruntime-web, loaded on first use, single-threaded WebAssembly backend, errors only. */
-export function loadOrt(): Promise<Ort> {
-  ortPromise ??= import('onnxruntime-web').then((ort) => {
+/**
+ * onnxruntime-web, loaded on first use, single-threaded WebAssembly backend, errors only. It is an
+ * optional peer dependency (about 140 MB): only running ONNX models needs it, exporting does not.
+ * Not exported, so the package's types never name it.
+ */
+function loadOrt(): Promise<Ort> {
+  ortPromise ??= import('onnxruntime-web').catch((e: unknown) => {
+    ortPromise = null;
+    const code = (e as { code?: string }).code;
+    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
+      throw new Error('running ONNX models needs ONNX Runtime, an optional dependency of repopt: npm install onnxruntime-web');
+    }
+    throw e;
+  }).then((ort) => {
     ort.env.wasm.numThreads = 1;
     ort.env.wasm.proxy = false;
     ort.env.logLevel = 'error';

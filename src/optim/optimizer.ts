@@ -59,7 +59,8 @@ export abstract class Optimizer<H extends { lr: number }> {
 
   /**
    * Sets the constant Grad Mults (RepOptimizer), keyed by parameter name.
-   * Each must match its parameter's shape; unknown names are an error.
+   * Each must match its parameter's shape; unknown names are an error. The optimizer keeps its own
+   * reference to each (an alias, freed by `dispose()`); the caller's tensors stay the caller's.
    */
   setGradMults(mults: Map<string, Tensor>): void {
     const shapes = new Map<string, number[]>();

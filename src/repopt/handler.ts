@@ -41,7 +41,12 @@ export class RepOptHandler {
     for (const s of sites) normalizeSpec(s.spec); // validate early, with the block's own message
   }
 
-  /** Grad Mults keyed by parameter name (p = 2 for SGD, 1 for AdamW). */
+  /**
+   * Grad Mults keyed by parameter name (p = 2 for SGD, 1 for AdamW). The tensors are new and belong to
+   * the caller: RepSGD / RepAdamW (and `setGradMults`) keep their own references, so the caller may
+   * dispose these right after constructing the optimizer, and the optimizer's `dispose()` frees its own.
+   * Undisposed, they are released at garbage collection.
+   */
   gradMults(rule: GradRule, opts: GradMultOptions = {}): Map<string, Tensor> {
     return new Map(this.sites.map((s) => [s.param, torch.keep(gradMult(s.spec, rule, opts))]));
   }

@@ -3,6 +3,13 @@
  * CSLA blocks. The mults are constants rebuilt from the scales (never saved as
  * optimizer state), keyed by parameter name; parameters without a mult (BN,
  * classifier, ...) follow the plain rule.
+ *
+ *   const mults = repOptHandler(target, scales).gradMults('sgd');
+ *   const opt = new RepSGD(target.namedParameters(), { lr: 0.1, momentum: 0.9 }, mults);
+ *   for (const m of mults.values()) m.dispose();   // optional: the optimizer holds its own references
+ *
+ * Ownership: the optimizer keeps its own reference to each mult (an alias of the same storage), so
+ * the `mults` passed in stay the caller's to dispose; `opt.dispose()` frees the optimizer's.
  */
 import type { Tensor } from '../torch/index.js';
 import { SGD, type SGDOptions } from '../optim/sgd.js';

@@ -7,6 +7,7 @@
 import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
 import { SGD, AdamW, type Optimizer, type GroupSpec } from '../optim/index.js';
+import { RepSGD, RepAdamW, type GradMults } from '../repopt/optimizers.js';
 import { RepOptVGG, repOptVggConfig, type RepOptVGGMode } from '../models/repoptvgg.js';
 import { layoutScheme, repOptVggHandler } from '../models/repoptvgg-handler.js';
 import { checkScales, readScaleEntries, type ScaleMap } from '../models/scales.js';
@@ -72,18 +73,21 @@ export interface OptimizerConfig {
   decayAll?: boolean;
 }
 
-export function buildOptimizer(model: Module, o: OptimizerConfig): Optimizer<{ lr: number }> {
+/** SGD / AdamW, or with Grad Mults the RepOptimizers RepSGD / RepAdamW (the mults stay the caller's to dispose). */
+export function buildOptimizer(model: Module, o: OptimizerConfig, mults?: GradMults): Optimizer<{ lr: number }> {
   const named = model.namedParameters().filter(([, p]) => p.requiresGrad);
   const decay = o.decayAll ? named : named.filter(([n, p]) => decays(n, p));
   const rest = o.decayAll ? [] : named.filter(([n, p]) => !decays(n, p));
   if (o.kind === 'sgd') {
     const groups: GroupSpec<{ lr: number; momentum: number; dampening: number; nesterov: boolean; weightDecay: number }>[] = [{ params: decay }];
     if (rest.length) groups.push({ params: rest, options: { weightDecay: 0 } });
-    return new SGD(groups, { lr: o.lr, momentum: o.momentum, nesterov: o.nesterov, weightDecay: o.weightDecay });
+    const hyper = { lr: o.lr, momentum: o.momentum, nesterov: o.nesterov, weightDecay: o.weightDecay };
+    return mults ? new RepSGD(groups, hyper, mults) : new SGD(groups, hyper);
   }
   const groups: GroupSpec<{ lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; amsgrad: boolean }>[] = [{ params: decay }];
   if (rest.length) groups.push({ params: rest, options: { weightDecay: 0 } });
-  return new AdamW(groups, { lr: o.lr, weightDecay: o.weightDecay });
+  const hyper = { lr: o.lr, weightDecay: o.weightDecay };
+  return mults ? new RepAdamW(groups, hyper, mults) : new AdamW(groups, hyper);
 }
 
 /** Reads the searched scales for a model's layout (by name; any missing or mis-shaped key is an error). */
@@ -124,10 +128,9 @@ export function setupRun(s: SetupOptions): RunSetup {
       model.loadStateDict(sd);
       for (const t of sd.values()) t.dispose();
     }
-    const optimizer = buildOptimizer(model, s.optimizer);
     if (s.mode !== 'target') {
       if (s.scales) throw new Error(`--scales is only used by --mode target (RepOptimizer); this run is --mode ${s.mode}`);
-      return { model, optimizer };
+      return { model, optimizer: buildOptimizer(model, s.optimizer) };
     }
     if (!s.scales) throw new Error('--mode target trains with a RepOptimizer and needs --scales FILE (from `repopt search` or the release); use --mode plain for ordinary training');
     const scales = loadScalesFor(model, s.scales);
@@ -135,9 +138,12 @@ export function setupRun(s: SetupOptions): RunSetup {
       const handler = repOptVggHandler(model, scales, { identityInit: s.identityInit });
       // --init loads a state dict as it is; otherwise the fresh model gets the Rule of Initialization.
       if (!s.init && !s.resuming) handler.reinitialize(model);
-      optimizer.setGradMults(handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW }));
-      const cslaMults = s.optimizer.kind === 'sgd' ? new Map(optimizer.gradMults) : handler.gradMults('sgd');
-      return { model, optimizer, cslaMults };
+      const mults = handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW });
+      const optimizer = buildOptimizer(model, s.optimizer, mults);
+      // SGD's mults double as the CSLA-norm clipping weights; AdamW's are the optimizer's alone.
+      if (s.optimizer.kind === 'sgd') return { model, optimizer, cslaMults: mults };
+      for (const m of mults.values()) m.dispose();
+      return { model, optimizer, cslaMults: handler.gradMults('sgd') };
     } finally {
       for (const t of scales.values()) t.dispose();
     }

@@ -1,0 +1,33 @@
+/**
+ * repopt: RepOptimizer (Ding et al., "Re-parameterizing Your Optimizers rather than Architectures",
+ * ICLR 2023, arXiv 2205.15242) for TypeScript on libtorch. The public API, one import:
+ *
+ *   import { torch, F, Module, Conv2d, CslaBlock, RepSGD, reparameterizeModel } from 'repopt';
+ *
+ * Layers of the library, also reachable as subpaths ('repopt/torch', 'repopt/nn', 'repopt/optim',
+ * 'repopt/repopt', 'repopt/models', 'repopt/deploy'):
+ *   torch    tensors, autograd, functional ops (PyTorch semantics, computed by libtorch)
+ *   nn       Module and PyTorch's standard layers, same state-dict keys
+ *   optim    SGD, AdamW, gradient clipping
+ *   repopt   CSLA block descriptions, Grad Mults, the Rule of Initialization, RepSGD / RepAdamW,
+ *            the three block forms (CslaBlock), re-parameterization to the deploy form
+ *   models   the zoo (RepOpt-VGG, RepOpt-GhostNet), its registry and scale files
+ *   deploy   fused deploy networks, INT8 quantization, ONNX export (ONNX Runtime loads lazily)
+ *   io, data, train   PyTorch checkpoints, datasets and loaders, the training loop
+ */
+export * as torch from './torch/index.js';
+export { Tensor, F, tidy, keep, noGrad, enableGrad, manualSeed, type DType } from './torch/index.js';
+export * from './nn/index.js';
+export * from './optim/index.js';
+export * from './repopt/index.js';
+export * from './models/index.js';
+export * from './deploy/index.js';
+export { loadPth, savePth, loadPthAsync, savePthAsync, extractStateDict } from './io/pth.js';
+export { saveStateDict, loadStateDictFile, saveTrainingCheckpoint, loadTrainingCheckpoint } from './train/checkpoint.js';
+export { openDataset, type Dataset } from './data/dataset.js';
+export { DataLoader, type LoaderOptions, type Batch } from './data/loader.js';
+export { SyntheticImages, type SyntheticOptions } from './data/synthetic.js';
+export { train, type TrainerOptions, type TrainResult } from './train/trainer.js';
+export { evaluate, type EvalResult } from './train/evaluate.js';
+export { ModelEma } from './train/ema.js';
+export { lrAt, scaledLr, type Schedule } from './train/schedule.js';
