@@ -37,6 +37,28 @@ function randomize(m: Module, seed: number): void {
   });
 }
 
+/** Runs onnx.checker (full check) and strict shape inference on ONNX files; null when python3-onnx is missing. */
+function officialCheck(files: Record<string, Uint8Array>): string | null {
+  if (spawnSync(PYTHON, ['-c', 'import onnx'], { encoding: 'utf8' }).status !== 0) return null;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-ghost-onnx-'));
+  const paths = Object.entries(files).map(([name, bytes]) => {
+    const f = path.join(dir, `${name}.onnx`);
+    fs.writeFileSync(f, bytes);
+    return f;
+  });
+  const r = spawnSync(PYTHON, ['-c', `
+import sys, os, onnx
+for f in sys.argv[1:]:
+    m = onnx.load(f)
+    onnx.checker.check_model(m, full_check=True)
+    out = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph.output[0].type.tensor_type.shape.dim
+    print(os.path.basename(f), m.opset_import[0].version, [d.dim_param or d.dim_value for d in out])
+`, ...paths], { encoding: 'utf8' });
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
 const rel = (a: Tensor, b: Tensor) => torch.tidy(() => a.sub(b).abs().max().item() / Math.max(1e-12, a.abs().max().item()));
 
 test('every mode fuses to the plain deploy form: same eval logits (float64 1e-10, float32 1e-4), no BN left, model unchanged', () => {
@@ -215,33 +237,35 @@ class MyBlock extends Module {
   }
 }
 
-/** A user's network with its own forward: two blocks on two paths, concatenated, average-pooled, a head. */
+/** A user's network with its own forward: two blocks on two paths, concatenated, a BN, average-pooled, a head. */
 class MyNet extends Module {
   readonly stem: Conv2d;
   a: Module;
   b: Module;
+  readonly norm: BatchNorm2d;
   readonly head: Linear;
   constructor() {
     super();
     this.stem = this.registerModule('stem', new Conv2d(3, 8, 3, { stride: 2, padding: 1 }));
     this.a = this.registerModule('a', new MyBlock(8));
     this.b = this.registerModule('b', new MyBlock(8));
+    this.norm = this.registerModule('norm', new BatchNorm2d(16));
     this.head = this.registerModule('head', new Linear(16 * 4 * 4, 5));
   }
   forward(x: Tensor): Tensor {
     const s = F.relu(this.stem.forward(x));
     const y = F.cat([this.a.forward(s), this.b.forward(F.maxPool2d(s, 3, { stride: 1, padding: 1 }))], 1);
-    return this.head.forward(F.avgPool2d(y, 2).flatten(1));
+    return this.head.forward(F.avgPool2d(this.norm.forward(y), 2).flatten(1));
   }
   /** The same forward once more, as graph operations: what a user writes to export their own network. */
   exportGraph(g: GraphBuilder, x: GraphValue): GraphValue {
     const s = g.relu(g.module(this.stem, x, 'stem'), 'stem_relu');
     const y = g.concat([g.module(this.a, s, 'a'), g.module(this.b, g.maxPool(s, 3, { stride: 1, padding: 1 }, 'pool1'), 'b')], 'cat');
-    return g.module(this.head, g.flatten(g.avgPool(y, 2, {}, 'pool2'), 'flat'), 'head');
+    return g.module(this.head, g.flatten(g.avgPool(g.module(this.norm, y, 'norm'), 2, {}, 'pool2'), 'flat'), 'head');
   }
 }
 
-test('a user network (own block, concat, max/avg pooling): reparameterizeModel, graph, ONNX FP32 and INT8 in ONNX Runtime', async () => {
+test('a user network (own block, concat, BN, max/avg pooling): reparameterizeModel, graph, ONNX FP32 and INT8 in ONNX Runtime', async () => {
   torch.manualSeed(20);
   const net = new MyNet();
   randomize(net, 21);
@@ -255,6 +279,8 @@ test('a user network (own block, concat, max/avg pooling): reparameterizeModel, 
   assert.ok(rel(want, got) <= 1e-5, `deployed vs trained ${rel(want, got)}`);
   assert.ok(checkGraph(net, x) <= 1e-6);
   const bytes = exportOnnx(net);
+  const ops = new Set(decodeOnnx(bytes).graph!.node!.map((n) => n.opType));
+  for (const op of ['Conv', 'Relu', 'MaxPool', 'Concat', 'BatchNormalization', 'AveragePool', 'Flatten', 'Gemm']) assert.ok(ops.has(op), op);
   const runner = await OnnxRunner.create(bytes);
   const y = await runner.run(x);
   assert.ok(rel(want, y) <= 1e-4, `ONNX Runtime vs ours ${rel(want, y)}`);
@@ -265,35 +291,24 @@ test('a user network (own block, concat, max/avg pooling): reparameterizeModel, 
   const yq = await qr.run(x);
   assert.ok(rel(sim, yq) <= 0.05, `INT8 ONNX Runtime vs simulation ${rel(sim, yq)}`);
   await qr.release();
+  const out = officialCheck({ user_fp32: bytes, user_int8: exportOnnx(q) });
+  if (out !== null) assert.match(out, /user_fp32\.onnx 13 \['batch', 5\][\s\S]*user_int8\.onnx 13 \['batch', 5\]/);
   net.dispose();
 });
 
 test('GhostNet ONNX files (FP32 and INT8) pass the official checker (full check, strict shape inference)', async (t) => {
-  const probe = spawnSync(PYTHON, ['-c', 'import onnx'], { encoding: 'utf8' });
-  if (probe.status !== 0) {
-    t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
-    return;
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-ghost-onnx-'));
   const m = new GhostNet({ width: 0.5, mode: 'rep', numClasses: 10 });
   randomize(m, 30);
   const d = m.reparameterize();
   torch.manualSeed(31);
   const q = quantizeModel(d, calibrate(d, [torch.randn([8, 3, 32, 32])]), 'mse', { perChannel: true, quantizeFirst: true, quantizeLast: true });
-  fs.writeFileSync(path.join(dir, 'fp32.onnx'), exportOnnx(d));
-  fs.writeFileSync(path.join(dir, 'int8.onnx'), exportOnnx(q));
-  const r = spawnSync(PYTHON, ['-c', `
-import sys, onnx
-for f in sys.argv[1:]:
-    m = onnx.load(f)
-    onnx.checker.check_model(m, full_check=True)
-    out = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph.output[0].type.tensor_type.shape.dim
-    print(f, m.opset_import[0].version, [d.dim_param or d.dim_value for d in out])
-`, path.join(dir, 'fp32.onnx'), path.join(dir, 'int8.onnx')], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, /fp32\.onnx 13 \['batch', 10\]/);
-  assert.match(r.stdout, /int8\.onnx 13 \['batch', 10\]/);
-  fs.rmSync(dir, { recursive: true, force: true });
+  const out = officialCheck({ fp32: exportOnnx(d), int8: exportOnnx(q) });
   d.dispose();
   m.dispose();
+  if (out === null) {
+    t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
+    return;
+  }
+  assert.match(out, /fp32\.onnx 13 \['batch', 10\]/);
+  assert.match(out, /int8\.onnx 13 \['batch', 10\]/);
 });

@@ -3,15 +3,15 @@
  * model, not one family.
  *
  * A deployed model is described once as a graph of a few plain operations on named values:
- *   conv (dense, grouped or depthwise, with bias), linear, relu, sigmoid, hardsigmoid, add, mul, concat, flatten,
- *   global average pooling, average and max pooling.
+ *   conv (dense, grouped or depthwise, with bias), linear, batch norm (eval, standalone), relu, sigmoid,
+ *   hardsigmoid, add, mul, concat, flatten, global average pooling, average and max pooling.
  * Weighted nodes hold the model's own Conv2d / Linear modules (named by their state-dict prefix, e.g.
  * `blocks.0.0.ghost1.cheap_operation`), so the graph always sees the current weights (QAT trains them).
  *
  * How a model is described (`traceGraph`), module by module:
  *   - a module with `exportGraph(g, x)` ({@link GraphExportable}) describes its own forward with the
  *     builder's operations and `g.module(child, x, 'childName')` for its children;
- *   - `Sequential` chains its children; `Conv2d`, `Linear`, `ReLU`, `Flatten(1)`, `AdaptiveAvgPool2d(1)`
+ *   - `Sequential` chains its children; `Conv2d`, `Linear`, `BatchNorm2d`, `ReLU`, `Flatten(1)`, `AdaptiveAvgPool2d(1)`
  *     map to one node; `Identity` and `Dropout` (inference) to none;
  *   - anything else is an error naming the module and its path (write its `exportGraph`).
  * A user's network made of `Sequential`s and these layers therefore needs no code; one with its own
@@ -23,7 +23,7 @@
  */
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
-import { AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, Identity, Linear, Module, ReLU, Sequential } from '../nn/index.js';
+import { AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear, Module, ReLU, Sequential } from '../nn/index.js';
 
 /** The name of a value in the graph (`input`, `stage0`, `blocks.0.0.ghost1.relu`, ...). */
 export type GraphValue = string;
@@ -33,6 +33,7 @@ type Pair = [number, number];
 export type GraphOp =
   | { kind: 'conv'; layer: string; module: Conv2d; stride: Pair; padding: Pair; dilation: Pair; groups: number }
   | { kind: 'linear'; layer: string; module: Linear }
+  | { kind: 'batchNorm'; layer: string; module: BatchNorm2d }
   | { kind: 'relu' | 'sigmoid' | 'hardsigmoid' | 'add' | 'mul' | 'concat' | 'flatten' | 'globalAvgPool' }
   | { kind: 'avgPool' | 'maxPool'; kernel: Pair; stride: Pair; padding: Pair };
 
@@ -98,6 +99,7 @@ export class GraphBuilder {
     if (m instanceof Conv2d) return g.conv(m, x, '');
     if (m instanceof Linear) return g.linear(m, x, '');
     if (m instanceof ReLU) return g.relu(x, '');
+    if (m instanceof BatchNorm2d) return g.batchNorm(m, x, '');
     if (m instanceof Identity || m instanceof Dropout) return x;
     if (m instanceof Flatten) {
       if (m.startDim !== 1 || m.endDim !== -1) throw new Error(`graph: '${g.scope}': only Flatten(1) is supported`);
@@ -122,6 +124,11 @@ export class GraphBuilder {
   }
   linear(m: Linear, x: GraphValue, name = 'linear'): GraphValue {
     return this.emit({ kind: 'linear', layer: this.path(name), module: m }, [x], name);
+  }
+  /** An eval-mode BN on its own (one not following a conv; those are folded by re-parameterization). */
+  batchNorm(m: BatchNorm2d, x: GraphValue, name = 'bn'): GraphValue {
+    if (!m.runningMean || !m.runningVar) throw new Error(`graph: '${this.path(name)}': a BN without running statistics has no inference form`);
+    return this.emit({ kind: 'batchNorm', layer: this.path(name), module: m }, [x], name);
   }
   relu(x: GraphValue, name = 'relu'): GraphValue {
     return this.emit({ kind: 'relu' }, [x], name);
@@ -238,6 +245,10 @@ function evalNode(op: GraphOp, xs: Tensor[], weight: (layer: string, w: Tensor) 
     }
     case 'linear':
       return F.linear(xs[0], weight(op.layer, op.module.weight), op.module.bias);
+    case 'batchNorm': {
+      const m = op.module;
+      return F.batchNorm(xs[0], m.runningMean, m.runningVar, { weight: m.weight, bias: m.bias, training: false, momentum: 0, eps: m.eps });
+    }
     case 'relu':
       return F.relu(xs[0]);
     case 'sigmoid':
@@ -261,23 +272,24 @@ function evalNode(op: GraphOp, xs: Tensor[], weight: (layer: string, w: Tensor) 
   }
 }
 
-const cache = new WeakMap<Module, InferenceGraph>();
+const cache = new WeakMap<Module, { graph: InferenceGraph; modules: Module[] }>();
 
 /**
- * The inference graph of a deployed model (cached per model: the graph holds the model's layers, so it
- * stays current as weights change). Errors name the module that cannot be described.
+ * The inference graph of a deployed model (cached per model, and rebuilt when its module tree changed, e.g.
+ * after an in-place `reparameterizeModel`; the graph holds the model's layers, so it stays current as
+ * weights change). Errors name the module that cannot be described.
  */
 export function traceGraph(model: Module): InferenceGraph {
-  let g = cache.get(model);
-  if (!g) {
-    const state: BuildState = { nodes: [], names: new Set(['input']) };
-    const b = new GraphBuilder('', state);
-    const out = isGraphExportable(model) ? model.exportGraph(b, 'input') : b.module(model, 'input', '');
-    if (out === 'input') throw new Error(`graph: ${model.constructor.name} computes nothing from its input`);
-    g = new InferenceGraph(state.nodes, out);
-    cache.set(model, g);
-  }
-  return g;
+  const modules = [...model.namedModules()].map(([, m]) => m);
+  const hit = cache.get(model);
+  if (hit && hit.modules.length === modules.length && hit.modules.every((m, i) => m === modules[i])) return hit.graph;
+  const state: BuildState = { nodes: [], names: new Set(['input']) };
+  const b = new GraphBuilder('', state);
+  const out = isGraphExportable(model) ? model.exportGraph(b, 'input') : b.module(model, 'input', '');
+  if (out === 'input') throw new Error(`graph: ${model.constructor.name} computes nothing from its input`);
+  const graph = new InferenceGraph(state.nodes, out);
+  cache.set(model, { graph, modules });
+  return graph;
 }
 
 /**

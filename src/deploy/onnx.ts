@@ -7,7 +7,7 @@
  * Graph (opset 13, IR version 7): input `input` float32 [batch, C, height, width] (batch, height and
  * width symbolic), output `logits` float32 [batch, classes]. The nodes are the model's inference graph
  * (graph.ts), one ONNX node each: Conv (kernel, pads, strides, dilations, group: dense, grouped and
- * depthwise), Gemm (transB = 1) for linear layers, Relu, Sigmoid, HardSigmoid (alpha 1/6, beta 0.5:
+ * depthwise), Gemm (transB = 1) for linear layers, BatchNormalization (a standalone eval BN), Relu, Sigmoid, HardSigmoid (alpha 1/6, beta 0.5:
  * PyTorch's), Add, Mul, Concat (axis 1), Flatten (axis 1), GlobalAveragePool, AveragePool
  * (count_include_pad, as PyTorch), MaxPool. Initializers carry the state-dict names (`stage0.conv.weight`,
  * `blocks.0.0.ghost1.cheap_operation.bias`, ...); intermediate tensors the graph's value names.
@@ -158,6 +158,15 @@ export function exportOnnx(net: Module, o: OnnxExportOptions = {}): Uint8Array {
               inputs.push(`${op.layer}.bias`);
             }
             node('Gemm', inputs, out, [int('transB', 1)]);
+            break;
+          }
+          case 'batchNorm': {
+            const m = op.module;
+            const c = m.numFeatures;
+            const names = ['scale', 'B', 'mean', 'var'].map((k) => `${op.layer}.${k}`);
+            const values = [m.weight ?? torch.ones([c]), m.bias ?? torch.zeros([c]), m.runningMean!, m.runningVar!];
+            names.forEach((n, i) => inits.push(tensorInit(n, values[i])));
+            node('BatchNormalization', [ins[0], ...names], out, [float('epsilon', m.eps)]);
             break;
           }
           case 'relu':

@@ -346,9 +346,14 @@ export interface Hooks {
   weight?: (layer: string, w: Tensor) => Tensor;
 }
 
+const allSitesCache = new WeakMap<InferenceGraph, Set<string>>();
+
 /** Every value that can be an activation site (the sites with everything quantized). */
 function allSites(model: Module): Set<string> {
-  return new Set(activationSites(model, { perChannel: true, quantizeFirst: true, quantizeLast: true }));
+  const g = traceGraph(model);
+  let s = allSitesCache.get(g);
+  if (!s) allSitesCache.set(g, (s = new Set(activationSites(model, { perChannel: true, quantizeFirst: true, quantizeLast: true }))));
+  return s;
 }
 
 /** The deployed network's forward (its inference graph) with taps on the activation sites and the weights. */
