@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
 import { loadPth, extractStateDict } from '../src/io/pth.js';
@@ -24,8 +25,9 @@ const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 const FMNIST = '/usr/share/datasets/fashion-mnist';
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-signals-'));
 // A small RepOpt-VGG on 28x28 images; no --threads, no --workers: the defaults.
-const RUN = ['train', '--data', `fashion-mnist:${FMNIST}`, '--blocks', '1,1,1,1', '--widths', '0.25,0.25,0.25,0.25', '--strides', '1,1,2,2,2',
-  '--mode', 'plain', '--epochs', '1', '--batch-size', '32', '--no-eval', '--ema', '0.9', '--log-every', '1', '--quiet'];
+const trainArgs = (data: string, budget = ['--epochs', '1', '--batch-size', '32']) => ['train', '--data', data, '--blocks', '1,1,1,1', '--widths', '0.25,0.25,0.25,0.25',
+  '--strides', '1,1,2,2,2', '--mode', 'plain', ...budget, '--no-eval', '--ema', '0.9', '--log-every', '1', '--quiet'];
+const RUN = trainArgs(`fashion-mnist:${FMNIST}`);
 
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, CI: 'true' } });
@@ -44,7 +46,7 @@ function start(args: string[]): { child: ChildProcess; output: () => string; exi
 const records = (file: string) => (fs.existsSync(file) ? readJsonl(file) : []);
 
 /** Resolves once `ready()` holds (polled), or rejects if the child exits first. */
-function waitFor(ready: () => boolean, exit: Promise<unknown>, what: string): Promise<void> {
+function waitFor(ready: () => boolean, exit: Promise<unknown>, what: string, output?: () => string): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setInterval(() => {
       if (ready()) {
@@ -55,7 +57,7 @@ function waitFor(ready: () => boolean, exit: Promise<unknown>, what: string): Pr
     void exit.then(() => {
       clearInterval(timer);
       if (ready()) resolve();
-      else reject(new Error(`the run exited before ${what}`));
+      else reject(new Error(`the run exited before ${what}${output ? `:\n${output()}` : ''}`));
     });
   });
 }
@@ -75,11 +77,58 @@ function assertSameWeights(a: string, b: string): void {
   }
 }
 
-for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
-  test(`${signal} on Fashion-MNIST (worker-thread loader, default threads): checkpoint, interrupt record, exit ${code}; --resume equals an uninterrupted run`, async () => {
+/** Random bytes from a fixed seed (xorshift32). */
+function noise(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 255;
+  }
+  return b;
+}
+
+/** CIFAR-100 binary files (coarse label, fine label, 3x32x32 bytes per record) with random images. */
+function writeCifar100(dir: string, images: number): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const rec = 2 + 3 * 32 * 32;
+  const buf = noise(images * rec, 7);
+  for (let i = 0; i < images; i++) {
+    buf[i * rec] = i % 20;
+    buf[i * rec + 1] = i % 100;
+  }
+  fs.writeFileSync(path.join(dir, 'train.bin'), buf);
+  return `cifar100:${dir}`;
+}
+
+/** An image folder (two classes of random 16x16 PNGs, decoded by sharp): the loader path without shared storage. */
+async function writeFolder(dir: string, images: number): Promise<string> {
+  const require = createRequire(import.meta.url);
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const sharp = require('sharp') as any;
+  for (let i = 0; i < images; i++) {
+    const cls = path.join(dir, i % 2 ? 'b' : 'a');
+    fs.mkdirSync(cls, { recursive: true });
+    await sharp(noise(16 * 16 * 3, i + 1), { raw: { width: 16, height: 16, channels: 3 } }).png().toFile(path.join(cls, `${i}.png`));
+  }
+  return `folder:${dir}`;
+}
+
+const CASES: { what: string; signal: 'SIGINT' | 'SIGTERM'; code: number; data: (d: string) => Promise<string>; budget?: string[] }[] = [
+  { what: 'Fashion-MNIST (IDX)', signal: 'SIGINT', code: 130, data: async () => `fashion-mnist:${FMNIST}` },
+  { what: 'Fashion-MNIST (IDX)', signal: 'SIGTERM', code: 143, data: async () => `fashion-mnist:${FMNIST}` },
+  { what: 'CIFAR-100 files', signal: 'SIGTERM', code: 143, data: async (d) => writeCifar100(`${d}/c100`, 4000) },
+  { what: 'an image folder', signal: 'SIGINT', code: 130, data: (d) => writeFolder(`${d}/images`, 200), budget: ['--image-size', '16', '--batch-size', '4', '--epochs', '3'] },
+];
+
+for (const { what, signal, code, data, budget } of CASES) {
+  test(`${signal} on ${what} (worker-thread loader, default threads): checkpoint, interrupt record, exit ${code}; --resume equals an uninterrupted run`, async () => {
     const d = tmp();
-    const run = start([...RUN, '--out', `${d}/cut`]);
-    await waitFor(() => lastStep(`${d}/cut/log.jsonl`) >= 3, run.exit, 'its third step');
+    const args = trainArgs(await data(d), budget);
+    const run = start([...args, '--out', `${d}/cut`]);
+    await waitFor(() => lastStep(`${d}/cut/log.jsonl`) >= 3, run.exit, 'its third step', run.output);
     run.child.kill(signal);
     const { code: status } = await run.exit;
     assert.equal(status, code, run.output());
@@ -89,18 +138,18 @@ for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
     assert.ok(stop, 'an interrupt record');
     assert.equal(stop.signal, signal);
     const k = stop.iteration as number;
-    assert.ok(k >= 3 && k < 1875, `stopped at step ${k} of the epoch's 1875`);
+    const total = (log.find((r) => r.type === 'start')!.config as { epochs: number }).epochs * Math.max(...log.filter((r) => r.type === 'step').map((r) => (r.batch as number) + 1));
+    assert.ok(k >= 3 && !fs.existsSync(`${d}/cut/final.pth`), `stopped at step ${k} (of at least ${total})`);
     assert.equal(stop.nextBatch, k);
     const saved = loadPth(`${d}/cut/latest.pth`) as Map<unknown, unknown>;
     assert.equal(saved.get('next_batch'), k);
-    assert.ok(!fs.existsSync(`${d}/cut/final.pth`));
     assert.ok(!fs.readdirSync(`${d}/cut`).some((f) => f.includes('.tmp-')), 'no temporary file left behind');
 
     // Continue a few steps past the interruption; an uninterrupted run stops at the same step.
     const end = String(k + 3);
-    const resumed = cli([...RUN, '--out', `${d}/cut`, '--resume', '--max-steps', end]);
+    const resumed = cli([...args, '--out', `${d}/cut`, '--resume', '--max-steps', end]);
     assert.equal(resumed.status, 0, resumed.stderr);
-    const full = cli([...RUN, '--out', `${d}/full`, '--max-steps', end]);
+    const full = cli([...args, '--out', `${d}/full`, '--max-steps', end]);
     assert.equal(full.status, 0, full.stderr);
     assert.equal(records(`${d}/cut/log.jsonl`).filter((r) => r.type === 'resume').length, 1);
     assert.equal((loadPth(`${d}/cut/latest.pth`) as Map<unknown, unknown>).get('iteration'), k + 3);
