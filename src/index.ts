@@ -29,5 +29,6 @@ export { DataLoader, type LoaderOptions, type Batch } from './data/loader.js';
 export { SyntheticImages, type SyntheticOptions } from './data/synthetic.js';
 export { train, type TrainerOptions, type TrainResult } from './train/trainer.js';
 export { evaluate, type EvalResult } from './train/evaluate.js';
+export { catchStopSignals, turnEventLoop, exitCodeFor, InterruptedError, STOP_SIGNALS, type StopSignal, type StopScope } from './train/interrupt.js';
 export { ModelEma } from './train/ema.js';
 export { lrAt, scaledLr, type Schedule } from './train/schedule.js';
