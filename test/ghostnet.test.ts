@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as torch from '../src/torch/index.js';
 import { loadPth, extractStateDict } from '../src/io/pth.js';
-import { freshBranchKernels, kernelShape } from '../src/repopt/index.js';
+import { freshBranchKernels, kernelShape, RepSGD } from '../src/repopt/index.js';
+import { SGD } from '../src/optim/index.js';
+import { F } from '../src/torch/index.js';
 import { createModel, getArch } from '../src/models/registry.js';
 import {
   GhostNet,
@@ -312,4 +314,48 @@ test('scale errors name the missing, unexpected or mis-shaped keys', () => {
   for (const t of [...scales.values(), ...tsd.values()]) t.dispose();
   m05.dispose();
   m10.dispose();
+});
+
+test('whole 0.5x network, float64: csla trained by SGD and target trained by RepSGD (Grad Mults) stay one function', () => {
+  torch.manualSeed(40);
+  const csla = new GhostNet({ width: 0.5, mode: 'csla', numClasses: 10, dtype: 'float64' });
+  const scales = loadGhostnetScales(FILE, csla);
+  csla.loadStateDict(scales, false); // the release's constant scales and identity init
+  const target = new GhostNet({ width: 0.5, mode: 'target', numClasses: 10, dtype: 'float64' });
+  const start = ghostnetHsToTarget(csla);
+  target.loadStateDict(start); // the Rule of Initialization, from this very csla model
+  const startKernel = torch.keep(start.get('blocks.6.3.ghost1.cheap_operation.0.weight')!.clone());
+  for (const t of start.values()) t.dispose();
+  const mults = ghostnetHandler(scales, target).gradMults('sgd', { dtype: 'float64' });
+  const opts = { lr: 0.05, momentum: 0.9, nesterov: true };
+  const pairs: [GhostNet, SGD][] = [
+    [csla, new SGD(csla.namedParameters(), opts)],
+    [target, new RepSGD(target.namedParameters(), opts, mults)],
+  ];
+  for (let step = 0; step < 3; step++) {
+    const x = torch.randn([8, 3, 64, 64], { dtype: "float64" });
+    const y = torch.randint(0, 10, [8]);
+    for (const [m, opt] of pairs) {
+      torch.manualSeed(100 + step); // the same dropout mask for both (64x64, batch 8: BN over 1x1 maps of 4 images amplifies rounding to 1e-8)
+      opt.zeroGrad();
+      torch.tidy(() => F.crossEntropy(m.forward(x), y).backward());
+      opt.step();
+    }
+    x.dispose();
+    y.dispose();
+  }
+  const fused = ghostnetHsToTarget(csla);
+  const trained = target.stateDict();
+  for (const [k, t] of trained) {
+    const d = torch.tidy(() => fused.get(k)!.double().sub(t.double()).abs().max().item() / Math.max(1, t.double().abs().max().item()));
+    assert.ok(d <= 1e-11, `${k}: csla (fused) and target differ by ${d}`);
+  }
+  // training moved the kernels (the check is not vacuous)
+  const moved = maxAbsDiff(trained.get('blocks.6.3.ghost1.cheap_operation.0.weight')!, startKernel);
+  assert.ok(moved > 1e-4, `kernel moved by ${moved}`);
+  for (const t of [...scales.values(), ...fused.values(), ...trained.values(), ...mults.values(), startKernel]) t.dispose();
+  for (const [m, opt] of pairs) {
+    opt.dispose();
+    m.dispose();
+  }
 });

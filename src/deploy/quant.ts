@@ -341,7 +341,7 @@ export function quantizedLayers(model: Module, policy: QuantPolicy): string[] {
     .map((n) => (n.op as { layer: string }).layer);
 }
 
-export interface Hooks {
+interface Hooks {
   act?: (site: string, t: Tensor) => Tensor;
   weight?: (layer: string, w: Tensor) => Tensor;
 }
