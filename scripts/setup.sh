@@ -2,7 +2,7 @@
 # Installs whatever is missing, then builds what is stale. Idempotent; quick when all is present.
 #   Debian packages: libtorch-dev (the maths), libopenblas0-pthread (fast BLAS),
 #                    python3-torch (the PyTorch reference for tests and benchmarks), python3-onnx (ONNX checker),
-#                    dataset-fashion-mnist (the demo's data)
+#                    dataset-fashion-mnist (the demo's data); with --test also chromium (the report's browser test)
 #   npm packages, the native addon (native/ -> build/Release/repopt.node), the TypeScript build (dist/).
 # In an installed package (`npx repopt setup`: no src/ beside this script) only what a library user needs:
 #   libtorch-dev, libopenblas0-pthread, a C++ toolchain for node-gyp, and the addon, built inside the package.
@@ -29,6 +29,8 @@ else
   if [ "${REPOPT_SKIP_PYTHON:-0}" != 1 ] && ! /usr/bin/python3 -c 'import onnx' >/dev/null 2>&1; then missing+=(python3-onnx); fi
   # The demo's data set (Fashion-MNIST, ~30 MB) from Debian.
   [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+  # --test (npm test): a real browser for the HTML report's test, driven by puppeteer-core (which downloads none).
+  if [ "${1:-}" = --test ] && [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then missing+=(chromium); fi
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

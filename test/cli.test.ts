@@ -36,7 +36,7 @@ function commandNames(): string[] {
 
 test('help and usage errors', () => {
   const names = commandNames();
-  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'scales', 'search', 'smoke', 'train']);
+  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'report', 'scales', 'search', 'smoke', 'train']);
   const none = cli([]);
   assert.equal(none.status, 2);
   assert.match(none.stderr, /usage: repopt/);
@@ -125,6 +125,9 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['scales', 'a.pth', 'b.pth', '--arch', 'RepOpt-VGG-A0'], /unexpected argument 'b\.pth'/],
     [['eval', '--data', 'synthetic'], /--checkpoint FILE is required/],
     [['models', '--json=1'], /flag --json takes no value/],
+    [['report'], /report needs RUN_DIR/],
+    [['report', 'runs/x', '--bogus'], /unknown flag --bogus/],
+    [['demo', '--seeds', '0'], /--seeds must be a positive integer, got 0/],
   ];
   for (const [args, message] of cases) {
     const r = cli(args);
@@ -170,4 +173,9 @@ test('`repopt demo` runs search, RepOpt, RepVGG and plain, then writes the table
     const got = applied[`${b}.conv.weight`];
     assert.ok(Math.abs(got - want) <= 1e-5 * want, `${b}: applied Grad Mult sum ${got}, scales give ${want}`);
   }
+  // The HTML report beside the outputs, its path printed; one seed per arm, and the summary says so.
+  const report = path.join(out, 'report.html');
+  assert.ok(r.stdout.includes(`report: ${report}`), r.stdout);
+  assert.match(fs.readFileSync(report, 'utf8'), /"id":"curve-val-steps"/);
+  assert.match(summary, /With one seed per arm there is no spread between seeds/);
 });

@@ -263,15 +263,28 @@ export const MODELS_COMMAND = defineCommand({
 
 export const DEMO_COMMAND = defineCommand({
   name: 'demo',
-  summary: 'Fashion-MNIST: Hyper-Search, RepOpt-VGG vs RepVGG vs plain, a table',
-  description: 'The paper\'s comparison end to end on a small RepOpt-VGG (blocks 2,2,2,1, widths 0.25 x 4, strides 1,1,2,2,2): Hyper-Search, RepOpt-VGG (target + RepSGD), the RepVGG and plain baselines with the same budget, then a table of accuracy, speed, peak memory and parameters. Each run is its own process; an interrupted demo continues when run again.',
+  summary: 'Fashion-MNIST: Hyper-Search, RepOpt-VGG vs RepVGG vs plain, a table and report.html',
+  description: 'The paper\'s comparison end to end on a small RepOpt-VGG (blocks 2,2,2,1, widths 0.25 x 4, strides 1,1,2,2,2): Hyper-Search, RepOpt-VGG (target + RepSGD), the RepVGG and plain baselines with the same budget, then a table of accuracy, speed, peak memory and parameters, and OUT/report.html (see `repopt report`). Each run is its own process; an interrupted demo continues when run again. With --seeds N every arm runs N times (OUT/seed-K/...), the table gives mean ± sd and the summary says whether each difference exceeds the spread between seeds.',
   flags: {
     data: flag.string('data set', { arg: 'SPEC', default: 'fashion-mnist' }),
     out: flag.string('output folder', { arg: 'DIR', default: 'runs/demo' }),
     epochs: flag.int('training epochs of each model', { default: 2, min: 1 }),
     'search-epochs': flag.int('Hyper-Search epochs', { default: 1, min: 1 }),
     'batch-size': flag.int('batch size', { default: 64, min: 1 }),
+    seeds: flag.int('runs per arm, seeds 0..N-1', { default: 1, min: 1 }),
     ...THREADS_FLAG,
+  },
+});
+
+export const REPORT_COMMAND = defineCommand({
+  name: 'report',
+  summary: 'one self-contained HTML page of runs: curves, speed and memory, searched scales, deployed weights, quantization',
+  description: 'Reads what runs wrote (log.jsonl, config.json, scales.pth / scales.json, final.pth, quant-demo.json) and writes one HTML file with everything inside (uPlot inlined; it fetches nothing and prints): the recipe, machine, versions and reproducing commands; per arm top-1, speed, memory and parameters with mean and spread over seeds; training curves against steps and wall-clock time; the searched scales per layer and branch; the deployed kernels\' centre-tap vs surrounding-tap std (the paper\'s Table 11); the quantization study. A folder without a log.jsonl is searched for runs (three levels deep).',
+  positional: [{ name: 'RUN_DIR', help: 'run folders (with a log.jsonl) or folders of runs (runs/demo)', repeat: true }],
+  flags: {
+    out: flag.string('the HTML file (default: RUN_DIR/report.html for one folder, else report.html)', { arg: 'FILE.html' }),
+    title: flag.string('the page\'s title', { arg: 'TEXT' }),
+    'no-weights': flag.boolean('skip the deployed-weight statistics (no checkpoint is loaded)'),
   },
 });
 
@@ -314,5 +327,5 @@ export const SCALES_COMMAND = defineCommand({
 /** Every command, in the order `repopt help` lists them. */
 export const COMMAND_SPECS: readonly CommandSpec<FlagSpec>[] = [
   MODELS_COMMAND, DEMO_COMMAND, SMOKE_COMMAND, CHECK_EQUIVALENCY_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND, EVAL_COMMAND,
-  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, BENCH_COMMAND,
+  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, BENCH_COMMAND,
 ];

@@ -6,6 +6,7 @@
  *   inspect-weights  per-layer weight statistics of the deployed kernels (the paper's Table 11)
  *   quant-demo       search + RepOpt training + RepVGG training on Fashion-MNIST, then all of the above side by side
  */
+import { writeReport } from '../report/index.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as torch from '../torch/index.js';
@@ -609,5 +610,7 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
     line('int8 weight error, per-tensor', (r) => `${(mean(idBlocks(r).map((w) => w.errPerTensor)) * 100).toFixed(2)}%`);
   }
   log(`results in ${path.join(out, 'quant-demo.json')} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  const report = writeReport([out], path.join(out, 'report.html'), { title: 'repopt quant-demo: RepOpt-VGG vs RepVGG after quantization', commands: [['repopt', 'quant-demo', ...argv].join(' ')] });
+  log(`report: ${report.file}`);
   return 0;
 }

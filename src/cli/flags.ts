@@ -188,6 +188,8 @@ function choicesFlag<C extends string>(choices: readonly C[], help: string, o: C
 export interface Positional {
   name: string;
   help: string;
+  /** The last positional only: one or more values (`NAME...`). */
+  repeat?: boolean;
 }
 
 /** A command: its flags, and what --help says. */
@@ -216,7 +218,7 @@ export function defineCommand<S extends FlagSpec>(spec: CommandSpec<S>): Command
 
 export interface Parsed<S extends FlagSpec> {
   flags: Flags<S>;
-  /** The positional arguments (exactly as many as the spec declares). */
+  /** The positional arguments (as many as the spec declares; more when the last one repeats). */
   args: string[];
   /** The flags given on the command line (not filled in from defaults). */
   given: Set<keyof S & string>;
@@ -238,7 +240,7 @@ export function parseCommand<S extends FlagSpec>(spec: CommandSpec<S>, argv: rea
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (!a.startsWith('--')) {
-      if (args.length >= positional.length) throw new UsageError(`unexpected argument '${a}'`);
+      if (args.length >= positional.length && !positional[positional.length - 1]?.repeat) throw new UsageError(`unexpected argument '${a}'`);
       args.push(a);
       continue;
     }
@@ -310,7 +312,7 @@ function wrap(text: string, width: number, indent: number): string {
 }
 
 export function usageLine<S extends FlagSpec>(spec: CommandSpec<S>): string {
-  return `repopt ${spec.name} ${spec.usage ?? [...(spec.positional ?? []).map((p) => p.name), '[options]'].join(' ')}`.trimEnd();
+  return `repopt ${spec.name} ${spec.usage ?? [...(spec.positional ?? []).map((p) => (p.repeat ? `${p.name}...` : p.name)), '[options]'].join(' ')}`.trimEnd();
 }
 
 /** The --help text of a command, from its spec. */

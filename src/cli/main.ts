@@ -3,7 +3,7 @@
 import { HelpRequest, UsageError, formatHelp, parseCommand, usageLine, type CommandSpec, type FlagSpec } from './flags.js';
 import {
   BENCH_COMMAND, CHECK_EQUIVALENCY_COMMAND, DEMO_COMMAND, DEPLOY_COMMAND, DTYPES, EVAL_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND,
-  COMMAND_SPECS, MODELS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, SMOKE_COMMAND, TRAIN_COMMAND,
+  COMMAND_SPECS, MODELS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, SMOKE_COMMAND, TRAIN_COMMAND,
 } from './commands.js';
 import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
 
@@ -50,7 +50,10 @@ const COMMANDS: Command[] = [
     async run(argv, log) {
       const { flags: f } = parseCommand(DEMO_COMMAND, argv);
       const { runDemo } = await import('./demo.js');
-      return runDemo({ out: f.out, data: f.data, epochs: f.epochs, searchEpochs: f['search-epochs'], batchSize: f['batch-size'], threads: f.threads, log });
+      return runDemo({
+        out: f.out, data: f.data, epochs: f.epochs, searchEpochs: f['search-epochs'], batchSize: f['batch-size'], threads: f.threads, seeds: f.seeds,
+        command: ['repopt', 'demo', ...argv].join(' '), log,
+      });
     },
   },
   {
@@ -87,6 +90,7 @@ const COMMANDS: Command[] = [
   { spec: QUANTIZE_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runQuantize(argv, log) },
   { spec: INSPECT_WEIGHTS_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runInspectWeights(argv, log) },
   { spec: QUANT_DEMO_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runQuantDemo(argv, log) },
+  { spec: REPORT_COMMAND, run: async (argv, log) => (await import('./report.js')).runReport(argv, log) },
   { spec: BENCH_COMMAND, run: async (argv, log) => (await import('./bench.js')).runBench(argv, log) },
 ];
 
