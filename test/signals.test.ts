@@ -91,15 +91,18 @@ function noise(n: number, seed: number): Buffer {
 }
 
 /** CIFAR-100 binary files (coarse label, fine label, 3x32x32 bytes per record) with random images. */
-function writeCifar100(dir: string, images: number): string {
+function writeCifar100(dir: string, images: number, testImages = 0): string {
   fs.mkdirSync(dir, { recursive: true });
   const rec = 2 + 3 * 32 * 32;
-  const buf = noise(images * rec, 7);
-  for (let i = 0; i < images; i++) {
-    buf[i * rec] = i % 20;
-    buf[i * rec + 1] = i % 100;
+  for (const [file, n, seed] of [['train.bin', images, 7], ['test.bin', testImages, 8]] as const) {
+    if (!n) continue;
+    const buf = noise(n * rec, seed);
+    for (let i = 0; i < n; i++) {
+      buf[i * rec] = i % 20;
+      buf[i * rec + 1] = i % 100;
+    }
+    fs.writeFileSync(path.join(dir, file), buf);
   }
-  fs.writeFileSync(path.join(dir, 'train.bin'), buf);
   return `cifar100:${dir}`;
 }
 
@@ -156,6 +159,30 @@ for (const { what, signal, code, data, budget } of CASES) {
     assertSameWeights(`${d}/cut/latest.pth`, `${d}/full/latest.pth`);
   });
 }
+
+test('a signal during the end-of-epoch evaluation stops it; --resume evaluates that epoch again and ends as an uninterrupted run', async () => {
+  const d = tmp();
+  // Two steps of training, then a long evaluation (5000 test images).
+  const args = trainArgs(writeCifar100(`${d}/c100`, 64, 5000), ['--epochs', '1', '--batch-size', '32']).filter((a) => a !== '--no-eval');
+  const run = start([...args, '--out', `${d}/cut`]);
+  await waitFor(() => lastStep(`${d}/cut/log.jsonl`) >= 2, run.exit, 'the end of the first epoch', run.output);
+  run.child.kill('SIGINT');
+  const { code } = await run.exit;
+  assert.equal(code, 130, run.output());
+  const log = records(`${d}/cut/log.jsonl`);
+  assert.ok(!log.some((r) => r.type === 'epoch'), 'the epoch was not recorded as evaluated');
+  const stop = log.find((r) => r.type === 'interrupt')!;
+  assert.deepEqual([stop.during, stop.signal, stop.epoch, stop.nextBatch, stop.iteration], ['evaluation', 'SIGINT', 0, 2, 2]);
+  const resumed = cli([...args, '--out', `${d}/cut`, '--resume']);
+  assert.equal(resumed.status, 0, resumed.stderr);
+  const epochs = records(`${d}/cut/log.jsonl`).filter((r) => r.type === 'epoch');
+  assert.deepEqual(epochs.map((r) => r.epoch), [1]);
+  assert.ok(epochs.every((r) => typeof r.valTop1 === 'number' && typeof r.emaTop1 === 'number'));
+  const full = cli([...args, '--out', `${d}/full`]);
+  assert.equal(full.status, 0, full.stderr);
+  assertSameWeights(`${d}/cut/final.pth`, `${d}/full/final.pth`);
+  assert.deepEqual(records(`${d}/cut/log.jsonl`).filter((r) => r.type === 'epoch').map((r) => r.valTop1), records(`${d}/full/log.jsonl`).filter((r) => r.type === 'epoch').map((r) => r.valTop1));
+});
 
 test('SIGKILL mid-epoch: --resume continues from the last periodic checkpoint (--save-every) with identical weights', async () => {
   const d = tmp();

@@ -2,7 +2,7 @@
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
-import { turnEventLoop } from './interrupt.js';
+import { InterruptedError, turnEventLoop, type StopSignal } from './interrupt.js';
 
 export interface EvalResult {
   top1: number;
@@ -15,7 +15,12 @@ export interface BatchSource {
   epoch(e: number, start?: number): AsyncIterableIterator<{ x: Tensor; y: Tensor; index: number }>;
 }
 
-export async function evaluate(model: Module, loader: BatchSource): Promise<EvalResult> {
+export interface EvaluateOptions {
+  /** Checked after every batch (e.g. a StopScope): a signal there ends the evaluation with an InterruptedError. */
+  stop?: { readonly signal: StopSignal | null };
+}
+
+export async function evaluate(model: Module, loader: BatchSource, o: EvaluateOptions = {}): Promise<EvalResult> {
   const wasTraining = model.training;
   model.eval();
   let top1 = 0;
@@ -40,6 +45,8 @@ export async function evaluate(model: Module, loader: BatchSource): Promise<Eval
       x.dispose();
       y.dispose();
       await turnEventLoop(); // signal handlers, timers and finalizers run between batches
+      const signal = o.stop?.signal;
+      if (signal) throw new InterruptedError(signal, `evaluation interrupted by ${signal}`);
     }
   } finally {
     model.train(wasTraining);

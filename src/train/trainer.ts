@@ -15,7 +15,7 @@ import { ModelEma } from './ema.js';
 import { JsonlLog } from './log.js';
 import { Progress } from './progress.js';
 import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
-import { catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
+import { InterruptedError, catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
 import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
 
 export interface TrainLoader extends BatchSource {
@@ -191,14 +191,23 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         lr: lrAt(schedule, Math.max(0, state.iteration - 1)),
       };
       if (testLoader) {
-        lastEval = await evaluate(model, testLoader);
+        try {
+          lastEval = await evaluate(model, testLoader, { stop: stopScope });
+          if (ema) emaEval = await evaluateWeights(model, ema.shadow, testLoader, stopScope);
+        } catch (e) {
+          if (!(e instanceof InterruptedError)) throw e;
+          // Stopped while evaluating: keep the epoch's training; --resume evaluates it again.
+          state = { ...state, epoch, nextBatch: perEpoch };
+          save();
+          stopSignal = e.signal;
+          log.write('interrupt', { ...state, signal: stopSignal, during: 'evaluation' });
+          stoppedEarly = true;
+          break;
+        }
         record.valTop1 = lastEval.top1;
         record.valTop5 = lastEval.top5;
         record.valLoss = lastEval.loss;
-        if (ema) {
-          emaEval = await evaluateWeights(model, ema.shadow, testLoader);
-          record.emaTop1 = emaEval.top1;
-        }
+        if (emaEval) record.emaTop1 = emaEval.top1;
         const acc = Math.max(lastEval.top1, emaEval?.top1 ?? 0);
         if (acc > state.bestAcc) {
           state = { ...state, bestAcc: acc };
@@ -252,11 +261,11 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
 }
 
 /** Evaluates `model` with other weights swapped in temporarily (e.g. the EMA). */
-async function evaluateWeights(model: Module, weights: StateDict, loader: BatchSource): Promise<EvalResult> {
+async function evaluateWeights(model: Module, weights: StateDict, loader: BatchSource, stop?: { readonly signal: StopSignal | null }): Promise<EvalResult> {
   const saved = torch.tidy(() => new Map([...model.stateDict()].map(([k, t]) => [k, torch.keep(t.clone())])));
   try {
     model.loadStateDict(weights);
-    return await evaluate(model, loader);
+    return await evaluate(model, loader, { stop });
   } finally {
     model.loadStateDict(saved);
     for (const t of saved.values()) t.dispose();
