@@ -162,8 +162,8 @@ for (const { what, signal, code, data, budget } of CASES) {
 
 test('a signal during the end-of-epoch evaluation stops it; --resume evaluates that epoch again and ends as an uninterrupted run', async () => {
   const d = tmp();
-  // Two steps of training, then a long evaluation (5000 test images).
-  const args = trainArgs(writeCifar100(`${d}/c100`, 64, 5000), ['--epochs', '1', '--batch-size', '32']).filter((a) => a !== '--no-eval');
+  // Two steps of training, then an evaluation of 2560 test images (model and EMA).
+  const args = trainArgs(writeCifar100(`${d}/c100`, 64, 2560), ['--epochs', '1', '--batch-size', '32']).filter((a) => a !== '--no-eval');
   const run = start([...args, '--out', `${d}/cut`]);
   await waitFor(() => lastStep(`${d}/cut/log.jsonl`) >= 2, run.exit, 'the end of the first epoch', run.output);
   run.child.kill('SIGINT');
