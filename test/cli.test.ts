@@ -36,7 +36,7 @@ function commandNames(): string[] {
 
 test('help and usage errors', () => {
   const names = commandNames();
-  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'report', 'scales', 'search', 'smoke', 'train']);
+  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'report', 'scales', 'search', 'setup', 'smoke', 'train']);
   const none = cli([]);
   assert.equal(none.status, 2);
   assert.match(none.stderr, /usage: repopt/);

@@ -48,7 +48,7 @@ test('npm pack -> install in a fresh project -> repopt setup -> the README progr
     // the tarball: built files, native sources, setup scripts; no tests, benches or TypeScript sources
     const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', tmp], REPO_ROOT)) as { filename: string; files: { path: string }[] }[];
     const files = packed[0].files.map((f) => f.path);
-    for (const want of ['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/bin.js', 'native/repopt.cc', 'binding.gyp', 'scripts/setup.sh', 'LICENSE', 'package.json']) {
+    for (const want of ['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'native/repopt.cc', 'binding.gyp', 'scripts/setup.sh', 'LICENSE', 'package.json']) {
       assert.ok(files.includes(want), `tarball has ${want}`);
     }
     const stray = files.filter((f) => /^(test|bench|src)\/|^dist\/(test|bench)\/|\.ts$(?<!\.d\.ts)|fixtures/.test(f));
@@ -63,6 +63,10 @@ test('npm pack -> install in a fresh project -> repopt setup -> the README progr
     assert.ok(!fs.existsSync(path.join(app, 'node_modules/onnxruntime-web')), 'onnxruntime-web is optional: not installed');
     assert.ok(!fs.existsSync(path.join(app, 'node_modules/sharp')), 'sharp is optional: not installed');
 
+    // before the addon exists, the command line answers (nothing loads libtorch for help and setup)
+    const early = spawnSync('npx', ['--no-install', 'repopt', 'setup', '--help'], { cwd: app, encoding: 'utf8' });
+    assert.equal(early.status, 0, early.stderr);
+    assert.match(early.stdout, /^usage: repopt setup/);
     fs.mkdirSync(path.join(pkg, 'build/Release'), { recursive: true });
     fs.copyFileSync(path.join(REPO_ROOT, 'build/Release/repopt.node'), path.join(pkg, 'build/Release/repopt.node'));
     const setup = spawnSync('npx', ['--no-install', 'repopt', 'setup'], { cwd: app, encoding: 'utf8' });
@@ -91,7 +95,7 @@ test('npm pack -> install in a fresh project -> repopt setup -> the README progr
     fs.writeFileSync(
       path.join(app, 'tsconfig.json'),
       JSON.stringify({
-        compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmitOnError: true, skipLibCheck: true, outDir: 'out', types: [] },
+        compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmitOnError: true, skipLibCheck: false, outDir: 'out' },
         files: ['example.ts', 'subpaths.ts'],
       }),
     );
@@ -106,10 +110,14 @@ test('npm pack -> install in a fresh project -> repopt setup -> the README progr
   }
 });
 
-test('repopt setup is answered before libtorch loads (bin.js), other commands reach main.js', () => {
-  const bin = path.join(REPO_ROOT, 'dist/src/cli/bin.js');
-  const r = spawnSync(process.execPath, [bin, 'no-such-command'], { encoding: 'utf8' });
-  assert.notEqual(r.status, 0);
-  assert.match(r.stderr, /no-such-command|usage/);
-  assert.ok(execFileSync('bash', ['-n', path.join(REPO_ROOT, 'scripts/setup.sh')]) !== undefined);
+test('repopt setup: in the overview, --help, no arguments', () => {
+  const main = path.join(REPO_ROOT, 'dist/src/cli/main.js');
+  const help = spawnSync(process.execPath, [main, 'setup', '--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /^usage: repopt setup \[options\]\n/);
+  const bad = spawnSync(process.execPath, [main, 'setup', '--force'], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /repopt setup: .*--force/);
+  const overview = execFileSync(process.execPath, [main, '--help'], { encoding: 'utf8' });
+  assert.match(overview, /\n {2}setup {14}install the Debian libraries/);
 });

@@ -141,16 +141,14 @@ const OPTIMIZER = { kind: 'sgd' as const, lr: 0.1, momentum: 0.9, nesterov: fals
 
 /** The optimizer `repopt train` would build for this mode (target: RepSGD from the initial scales). */
 export function benchOptimizer(model: RepOptVGG, kind: 'repsgd' | 'sgd'): Optimizer<{ lr: number }> {
-  const opt = buildOptimizer(model, OPTIMIZER);
-  if (kind === 'repsgd') {
-    const scales = initialScales(model);
-    try {
-      opt.setGradMults(repOptVggHandler(model, scales).gradMults('sgd'));
-    } finally {
-      for (const t of scales.values()) t.dispose();
-    }
+  if (kind === 'sgd') return buildOptimizer(model, OPTIMIZER);
+  const scales = initialScales(model);
+  const mults = repOptVggHandler(model, scales).gradMults('sgd');
+  try {
+    return buildOptimizer(model, OPTIMIZER, mults); // RepSGD
+  } finally {
+    for (const t of [...scales.values(), ...mults.values()]) t.dispose();
   }
-  return opt;
 }
 
 function modelLabel(m: ModelConfig): string {

@@ -255,6 +255,15 @@ export const BENCH_COMMAND = defineCommand({
   },
 });
 
+export const SETUP_COMMAND = defineCommand({
+  name: 'setup',
+  summary: 'install the Debian libraries if missing (libtorch-dev, ...) and build the native addon',
+  description:
+    'The second of the two set-up commands of an installed package (npm install repopt; npx repopt setup). As root it\n' +
+    'runs apt-get; otherwise it prints the apt-get line to run. Idempotent: quick when all is present.',
+  flags: {},
+});
+
 export const MODELS_COMMAND = defineCommand({
   name: 'models',
   summary: 'the architectures, with params and MACs (target, 1000 classes, 224x224)',
@@ -327,5 +336,5 @@ export const SCALES_COMMAND = defineCommand({
 /** Every command, in the order `repopt help` lists them. */
 export const COMMAND_SPECS: readonly CommandSpec<FlagSpec>[] = [
   MODELS_COMMAND, DEMO_COMMAND, SMOKE_COMMAND, CHECK_EQUIVALENCY_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND, EVAL_COMMAND,
-  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, BENCH_COMMAND,
+  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, BENCH_COMMAND, SETUP_COMMAND,
 ];

@@ -3,9 +3,11 @@
 import { HelpRequest, UsageError, formatHelp, parseCommand, usageLine, type CommandSpec, type FlagSpec } from './flags.js';
 import {
   BENCH_COMMAND, CHECK_EQUIVALENCY_COMMAND, DEMO_COMMAND, DEPLOY_COMMAND, DTYPES, EVAL_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND,
-  COMMAND_SPECS, MODELS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, SMOKE_COMMAND, TRAIN_COMMAND,
+  COMMAND_SPECS, MODELS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, SETUP_COMMAND, SMOKE_COMMAND,
+  TRAIN_COMMAND,
 } from './commands.js';
 import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
+import { runSetup } from './setup.js';
 
 type Log = (line: string) => void;
 
@@ -14,7 +16,8 @@ interface Command {
   run(argv: string[], log: Log): Promise<number>;
 }
 
-// The runners load libtorch; they are imported when their command runs, so help and usage errors answer at once.
+// The runners load libtorch; they are imported when their command runs, so help and usage errors answer at once,
+// and `repopt setup` runs before the addon exists (test/package.test.ts checks it in an installed package).
 async function runTrainCommand(argv: string[], command: 'search' | 'train', log: Log): Promise<number> {
   const { runTraining } = await import('./train.js');
   const r = await runTraining(argv, command, log);
@@ -92,6 +95,7 @@ const COMMANDS: Command[] = [
   { spec: QUANT_DEMO_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runQuantDemo(argv, log) },
   { spec: REPORT_COMMAND, run: async (argv, log) => (await import('./report.js')).runReport(argv, log) },
   { spec: BENCH_COMMAND, run: async (argv, log) => (await import('./bench.js')).runBench(argv, log) },
+  { spec: SETUP_COMMAND, run: async () => runSetup() },
 ];
 
 function overview(): string {

@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * DataLoader: shuffled, augmented, normalised batches as tensors, prepared by
  * worker threads ahead of the training step.

@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * Module: PyTorch's nn.Module in TypeScript. Parameters, buffers and children
  * are registered by name, so `namedParameters()` and `stateDict()` produce

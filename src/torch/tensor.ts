@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * The Tensor: a handle on a libtorch tensor, with PyTorch's method names in
  * camelCase. Every method is one dispatcher call (see ops.ts); nothing is

@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 /**
  * Graceful stops on SIGINT (Ctrl-C) and SIGTERM (cluster schedulers, `docker
  * stop`, `kill`), shared by every long-running command.
