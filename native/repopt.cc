@@ -9,6 +9,8 @@
 // seeding and deterministic release. libtorch errors become JS Errors carrying
 // libtorch's message; the process never aborts on bad input.
 
+#include "tensor-handle.h"
+
 #include <napi.h>
 
 #include <ATen/ATen.h>
@@ -23,14 +25,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace repopt {
 
 // ---------------------------------------------------------------- handles
-
-struct TensorBox {
-  at::Tensor tensor;
-  int64_t reportedBytes = 0;
-};
 
 struct GeneratorBox {
   at::Generator generator;
@@ -77,13 +74,19 @@ TensorBox* BoxOf(const Napi::Value& v, const char* what) {
   return v.As<Napi::External<TensorBox>>().Data();
 }
 
-const at::Tensor& TensorOf(const Napi::Value& v, const char* what = "argument") {
+const at::Tensor& TensorOf(const Napi::Value& v, const char* what) {
   TensorBox* box = BoxOf(v, what);
   if (!box->tensor.defined()) {
     throw Napi::Error::New(v.Env(), std::string("Tensor used after dispose() (") + what + ")");
   }
   return box->tensor;
 }
+
+}  // namespace repopt
+
+namespace {
+
+using namespace repopt;
 
 // libtorch errors -> JS errors with libtorch's message (no C++ backtrace).
 #define GUARD_BEGIN try {
@@ -614,6 +617,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("setGeneratorState", SetGeneratorState);
   FN("parallelInfo", ParallelInfo);
 #undef FN
+  repopt::InitDistributed(env, exports);
   return exports;
 }
 

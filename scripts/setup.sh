@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs whatever is missing, then builds what is stale. Idempotent; quick when all is present.
-#   Debian packages: libtorch-dev (the maths), libopenblas0-pthread (fast BLAS),
+#   Debian packages: libtorch-dev (the maths), libopenblas0-pthread (fast BLAS), libgloo-dev (Gloo headers:
+#                    data-parallel training on libtorch's c10d),
 #                    python3-torch (the PyTorch reference for tests and benchmarks), python3-onnx (ONNX checker),
 #                    dataset-fashion-mnist (the demo's data); with --test also chromium (the report's browser test)
 #   npm packages, the native addon (native/ -> build/Release/repopt.node), the TypeScript build (dist/).
@@ -17,6 +18,8 @@ installed=0
 missing=()
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then missing+=(libtorch-dev); fi
 dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q 'ok installed' || missing+=(libopenblas0-pthread)
+# Gloo's headers: libtorch's ProcessGroupGloo (data-parallel training, --nproc) is compiled against them.
+if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/gloo/algorithm.h ]; then missing+=(libgloo-dev); fi
 if [ "$installed" = 1 ]; then
   # node-gyp needs a C++ compiler, make and python3 (only when the addon is not built yet)
   if [ ! -f build/Release/repopt.node ]; then

@@ -12,6 +12,24 @@ declare const handleBrand: unique symbol;
 export type Handle = { readonly [handleBrand]: 'Tensor' };
 declare const generatorBrand: unique symbol;
 export type GeneratorHandle = { readonly [generatorBrand]: 'Generator' };
+declare const groupBrand: unique symbol;
+/** An opaque c10d process group (native/distributed.cc). */
+export type GroupHandle = { readonly [groupBrand]: 'ProcessGroup' };
+
+export interface NewGroupOptions {
+  masterAddr: string;
+  masterPort: number;
+  rank: number;
+  worldSize: number;
+  timeoutMs: number;
+  backend: 'gloo' | 'nccl';
+  /** Gloo: bind to this network interface (GLOO_SOCKET_IFNAME). */
+  interface?: string;
+  /** Gloo: bind to this host name or address. */
+  hostname?: string;
+}
+
+export type ReduceOpName = 'sum' | 'max' | 'min' | 'product';
 
 export interface NativeBinding {
   opHandle(name: string, overload: string): number;
@@ -42,6 +60,12 @@ export interface NativeBinding {
   generatorState(g: GeneratorHandle): Handle;
   setGeneratorState(g: GeneratorHandle, state: Handle): void;
   parallelInfo(): string;
+  distBackends(): { gloo: boolean; nccl: boolean };
+  distNewGroup(o: NewGroupOptions): Promise<GroupHandle>;
+  distAllreduce(g: GroupHandle, tensors: Handle[], op: ReduceOpName, divisor: number, bucketBytes: number): Promise<void>;
+  distBroadcast(g: GroupHandle, tensors: Handle[], root: number, bucketBytes: number): Promise<void>;
+  distBarrier(g: GroupHandle): Promise<void>;
+  distDestroy(g: GroupHandle): void;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');

@@ -1,0 +1,393 @@
+// Data-parallel collectives on libtorch's distributed engine (c10d).
+//
+// Rendezvous through c10d's TCPStore (rank 0 serves it), a Gloo process group
+// (NCCL instead when the addon is compiled with -DUSE_C10D_NCCL against a CUDA
+// build of libtorch), and the collectives the trainer needs: allreduce and
+// broadcast over many tensors in flat buckets (as DistributedDataParallel's
+// reducer does), and barrier. Tensors are the addon's own handles.
+//
+// Everything that waits on other processes runs on libuv's thread pool and
+// returns a Promise, so the JS thread (signal handlers, timers) stays free while
+// a peer is slow. c10d's errors, Gloo's I/O errors (a peer that died) and
+// timeouts reject the Promise with their message. Every wait is bounded by the
+// group's timeout: nothing waits forever.
+
+#include "tensor-handle.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace repopt {
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  int rank = 0;
+  int size = 1;
+  std::chrono::milliseconds timeout{0};
+  std::string backend;
+  // Set when a collective failed: peers may be gone, so tearing the group down
+  // (which joins Gloo's threads) could block; the finalizer then leaks it.
+  std::atomic<bool> failed{false};
+};
+
+struct GroupBox {
+  std::shared_ptr<Group> group;
+};
+
+// Runs `work` on libuv's thread pool; resolves with `done()` or rejects with the error's message.
+class Task final : public Napi::AsyncWorker {
+ public:
+  Task(Napi::Env env, std::string what, std::shared_ptr<Group> group, std::function<void()> work,
+       std::function<Napi::Value(Napi::Env)> done)
+      : Napi::AsyncWorker(env, "repopt.distributed"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        what_(std::move(what)),
+        group_(std::move(group)),
+        work_(std::move(work)),
+        done_(std::move(done)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      at::NoGradGuard noGrad;
+      work_();
+      return;
+    } catch (const c10::Error& e) {
+      Fail(e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      Fail(e.what());
+    } catch (...) {
+      Fail("unknown error");
+    }
+  }
+  void OnOK() override { deferred_.Resolve(done_ ? done_(Env()) : Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  void Fail(const std::string& message) {
+    if (group_) group_->failed = true;
+    SetError(what_ + ": " + message);
+  }
+
+  Napi::Promise::Deferred deferred_;
+  std::string what_;
+  std::shared_ptr<Group> group_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> done_;
+};
+
+Napi::Value Run(Napi::Env env, std::string what, std::shared_ptr<Group> group, std::function<void()> work,
+                std::function<Napi::Value(Napi::Env)> done = nullptr) {
+  auto* task = new Task(env, std::move(what), std::move(group), std::move(work), std::move(done));
+  Napi::Promise promise = task->Promise();
+  task->Queue();  // the worker deletes itself when done
+  return promise;
+}
+
+std::shared_ptr<Group> GroupOf(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a process group");
+  auto* box = v.As<Napi::External<GroupBox>>().Data();
+  if (!box->group) throw Napi::Error::New(v.Env(), "process group used after destroy()");
+  return box->group;
+}
+
+std::vector<at::Tensor> TensorsOf(const Napi::Value& v) {
+  if (!v.IsArray()) throw Napi::TypeError::New(v.Env(), "expected an array of tensors");
+  auto arr = v.As<Napi::Array>();
+  std::vector<at::Tensor> out;
+  out.reserve(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) out.push_back(TensorOf(arr.Get(i), "tensors"));
+  return out;
+}
+
+std::string StringField(const Napi::Object& o, const char* key, const std::string& dflt = "") {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return dflt;
+  if (!v.IsString()) throw Napi::TypeError::New(o.Env(), std::string("option '") + key + "' must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+int64_t IntField(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("option '") + key + "' must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (d != static_cast<double>(static_cast<int64_t>(d))) {
+    throw Napi::TypeError::New(o.Env(), std::string("option '") + key + "' must be an integer");
+  }
+  return static_cast<int64_t>(d);
+}
+
+// Consecutive runs of tensors with the same dtype and device, each at most `capBytes`
+// (a tensor larger than the cap is a bucket of its own).
+std::vector<std::vector<size_t>> Buckets(const std::vector<at::Tensor>& ts, int64_t capBytes) {
+  std::vector<std::vector<size_t>> out;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < ts.size(); i++) {
+    int64_t b = ts[i].numel() * static_cast<int64_t>(ts[i].element_size());
+    bool fresh = out.empty() || bytes + b > capBytes || ts[i].scalar_type() != ts[out.back().front()].scalar_type() ||
+                 ts[i].device() != ts[out.back().front()].device();
+    if (fresh) {
+      out.emplace_back();
+      bytes = 0;
+    }
+    out.back().push_back(i);
+    bytes += b;
+  }
+  return out;
+}
+
+// One flat buffer per bucket: the tensor itself when it is alone and contiguous
+// (reduced in place), otherwise a concatenated copy that is scattered back after.
+struct Flat {
+  at::Tensor buffer;
+  bool copied = false;
+};
+
+Flat Flatten(const std::vector<at::Tensor>& ts, const std::vector<size_t>& idx) {
+  if (idx.size() == 1 && ts[idx[0]].is_contiguous()) return {ts[idx[0]], false};
+  std::vector<at::Tensor> views;
+  views.reserve(idx.size());
+  for (size_t i : idx) views.push_back(ts[i].reshape({-1}));
+  return {at::cat(views), true};
+}
+
+void Unflatten(const std::vector<at::Tensor>& ts, const std::vector<size_t>& idx, const Flat& flat) {
+  if (!flat.copied) return;
+  int64_t offset = 0;
+  for (size_t i : idx) {
+    int64_t n = ts[i].numel();
+    ts[i].copy_(flat.buffer.narrow(0, offset, n).view(ts[i].sizes()));
+    offset += n;
+  }
+}
+
+void Wait(const std::shared_ptr<Group>& g, const c10::intrusive_ptr<c10d::Work>& work) {
+  // Bounded even if the backend's own timeout did not fire.
+  work->wait(g->timeout);
+}
+
+c10d::ReduceOp ReduceOpOf(const std::string& op, Napi::Env env) {
+  if (op == "sum") return c10d::ReduceOp::SUM;
+  if (op == "max") return c10d::ReduceOp::MAX;
+  if (op == "min") return c10d::ReduceOp::MIN;
+  if (op == "product") return c10d::ReduceOp::PRODUCT;
+  throw Napi::TypeError::New(env, "reduce op must be sum, max, min or product, got '" + op + "'");
+}
+
+// ---------------------------------------------------------------- functions
+
+// distBackends() -> { gloo, nccl }: what this build of the addon can create.
+Napi::Value Backends(const Napi::CallbackInfo& info) {
+  auto o = Napi::Object::New(info.Env());
+#ifdef USE_C10D_GLOO
+  o.Set("gloo", true);
+#else
+  o.Set("gloo", false);
+#endif
+#ifdef USE_C10D_NCCL
+  o.Set("nccl", true);
+#else
+  o.Set("nccl", false);
+#endif
+  return o;
+}
+
+// distNewGroup({ masterAddr, masterPort, rank, worldSize, timeoutMs, backend, interface?, hostname? })
+//   -> Promise<group>. Rank 0 serves the TCPStore on masterPort; every rank then joins
+//   the process group (Gloo connects a full mesh through the store). Resolves when all
+//   ranks have joined, rejects on a port in use, an unreachable master or the timeout.
+Napi::Value NewGroup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw Napi::TypeError::New(env, "distNewGroup: expected an options object");
+  auto o = info[0].As<Napi::Object>();
+  std::string addr = StringField(o, "masterAddr");
+  int64_t port = IntField(o, "masterPort");
+  int64_t rank = IntField(o, "rank");
+  int64_t size = IntField(o, "worldSize");
+  int64_t timeoutMs = IntField(o, "timeoutMs");
+  std::string backend = StringField(o, "backend", "gloo");
+  std::string iface = StringField(o, "interface");
+  std::string hostname = StringField(o, "hostname");
+  if (addr.empty()) throw Napi::TypeError::New(env, "distNewGroup: masterAddr is empty");
+  if (port < 1 || port > 65535) throw Napi::RangeError::New(env, "distNewGroup: masterPort must be in 1..65535");
+  if (size < 1 || rank < 0 || rank >= size) {
+    throw Napi::RangeError::New(env, "distNewGroup: need 0 <= rank < worldSize, got rank " + std::to_string(rank) +
+                                         " of " + std::to_string(size));
+  }
+  if (timeoutMs < 1) throw Napi::RangeError::New(env, "distNewGroup: timeoutMs must be positive");
+  if (backend != "gloo" && backend != "nccl") {
+    throw Napi::TypeError::New(env, "distNewGroup: backend must be gloo or nccl, got '" + backend + "'");
+  }
+#ifndef USE_C10D_GLOO
+  if (backend == "gloo") {
+    throw Napi::Error::New(env, "this addon was built without Gloo (install libgloo-dev and rebuild: npm run build:native)");
+  }
+#endif
+#ifndef USE_C10D_NCCL
+  if (backend == "nccl") {
+    throw Napi::Error::New(env, "this addon was built without NCCL (build against a CUDA libtorch with REPOPT_NCCL=1)");
+  }
+#endif
+
+  auto group = std::make_shared<Group>();
+  group->rank = static_cast<int>(rank);
+  group->size = static_cast<int>(size);
+  group->timeout = std::chrono::milliseconds(timeoutMs);
+  group->backend = backend;
+  std::string what = "rendezvous at " + addr + ":" + std::to_string(port) + " (rank " + std::to_string(rank) + " of " +
+                     std::to_string(size) + ")";
+  return Run(
+      env, what, nullptr,
+      [group, addr, port, iface, hostname]() {
+        c10d::TCPStoreOptions so;
+        so.port = static_cast<std::uint16_t>(port);
+        so.isServer = group->rank == 0;
+        so.numWorkers = static_cast<std::size_t>(group->size);
+        so.waitWorkers = true;
+        so.timeout = group->timeout;
+        group->store = c10::make_intrusive<c10d::TCPStore>(addr, so);
+        group->store->setTimeout(group->timeout);
+        if (group->backend == "gloo") {
+#ifdef USE_C10D_GLOO
+          auto opts = c10d::ProcessGroupGloo::Options::create(group->timeout);
+          if (!iface.empty()) {
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+          } else if (!hostname.empty()) {
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+          } else {
+            opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+          }
+          group->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, group->rank, group->size, opts);
+#endif
+        } else {
+#ifdef USE_C10D_NCCL
+          auto opts = c10d::ProcessGroupNCCL::Options::create();
+          opts->timeout = group->timeout;
+          group->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, group->rank, group->size, opts);
+#endif
+        }
+        if (!group->pg) throw std::runtime_error("backend " + group->backend + " is not available in this build");
+      },
+      [group](Napi::Env e) -> Napi::Value {
+        auto* box = new GroupBox{group};
+        return Napi::External<GroupBox>::New(e, box, [](Napi::Env, GroupBox* b) {
+          // An orderly teardown is destroy(); after a failure the peers may be gone and
+          // tearing down could block on their sockets, so the group is left to process exit.
+          if (b->group && b->group->failed) new std::shared_ptr<Group>(std::move(b->group));
+          delete b;
+        });
+      });
+}
+
+// distAllreduce(group, tensors, op, divisor, bucketBytes) -> Promise<void>: reduces every
+// tensor over the ranks in place (all ranks end with the same values). Tensors go in
+// flat buckets of at most bucketBytes, all in flight together; with divisor != 1 each
+// bucket is divided before the sum, as DDP's reducer does with the world size (averaging).
+Napi::Value Allreduce(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto group = GroupOf(info[0]);
+  auto tensors = TensorsOf(info[1]);
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = ReduceOpOf(info[2].As<Napi::String>().Utf8Value(), env);
+  double divisor = info[3].As<Napi::Number>().DoubleValue();
+  int64_t cap = static_cast<int64_t>(info[4].As<Napi::Number>().DoubleValue());
+  if (cap < 1) throw Napi::RangeError::New(env, "distAllreduce: bucketBytes must be positive");
+  if (divisor != 1.0) {
+    for (const auto& t : tensors) {
+      if (!at::isFloatingType(t.scalar_type())) throw Napi::TypeError::New(env, "distAllreduce: a divisor needs floating-point tensors");
+    }
+  }
+  return Run(env, "allreduce (rank " + std::to_string(group->rank) + " of " + std::to_string(group->size) + ")", group,
+             [group, tensors, opts, divisor, cap]() {
+               auto buckets = Buckets(tensors, cap);
+               std::vector<Flat> flats;
+               std::vector<c10::intrusive_ptr<c10d::Work>> works;
+               for (const auto& b : buckets) {
+                 flats.push_back(Flatten(tensors, b));
+                 if (divisor != 1.0) flats.back().buffer.div_(divisor);
+                 std::vector<at::Tensor> one{flats.back().buffer};
+                 works.push_back(group->pg->allreduce(one, opts));
+               }
+               for (const auto& w : works) Wait(group, w);
+               for (size_t i = 0; i < buckets.size(); i++) Unflatten(tensors, buckets[i], flats[i]);
+             });
+}
+
+// distBroadcast(group, tensors, root, bucketBytes) -> Promise<void>: every rank ends with root's values.
+Napi::Value Broadcast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto group = GroupOf(info[0]);
+  auto tensors = TensorsOf(info[1]);
+  int64_t root = info[2].As<Napi::Number>().Int64Value();
+  int64_t cap = static_cast<int64_t>(info[3].As<Napi::Number>().DoubleValue());
+  if (root < 0 || root >= group->size) throw Napi::RangeError::New(env, "distBroadcast: root must be a rank of the group");
+  if (cap < 1) throw Napi::RangeError::New(env, "distBroadcast: bucketBytes must be positive");
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  opts.rootTensor = 0;
+  return Run(env, "broadcast (rank " + std::to_string(group->rank) + " of " + std::to_string(group->size) + ")", group,
+             [group, tensors, opts, cap]() {
+               auto buckets = Buckets(tensors, cap);
+               std::vector<Flat> flats;
+               std::vector<c10::intrusive_ptr<c10d::Work>> works;
+               for (const auto& b : buckets) {
+                 flats.push_back(Flatten(tensors, b));
+                 std::vector<at::Tensor> one{flats.back().buffer};
+                 works.push_back(group->pg->broadcast(one, opts));
+               }
+               for (const auto& w : works) Wait(group, w);
+               if (group->rank != opts.rootRank) {
+                 for (size_t i = 0; i < buckets.size(); i++) Unflatten(tensors, buckets[i], flats[i]);
+               }
+             });
+}
+
+// distBarrier(group) -> Promise<void>
+Napi::Value Barrier(const Napi::CallbackInfo& info) {
+  auto group = GroupOf(info[0]);
+  return Run(info.Env(), "barrier (rank " + std::to_string(group->rank) + " of " + std::to_string(group->size) + ")", group,
+             [group]() { Wait(group, group->pg->barrier()); });
+}
+
+// distDestroy(group): releases the process group and the store (after the last collective).
+Napi::Value Destroy(const Napi::CallbackInfo& info) {
+  if (!info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "expected a process group");
+  auto* box = info[0].As<Napi::External<GroupBox>>().Data();
+  if (box->group && box->group->failed) {
+    new std::shared_ptr<Group>(std::move(box->group));  // see the finalizer in NewGroup
+  }
+  box->group.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void InitDistributed(Napi::Env env, Napi::Object exports) {
+  exports.Set("distBackends", Napi::Function::New(env, Backends, "distBackends"));
+  exports.Set("distNewGroup", Napi::Function::New(env, NewGroup, "distNewGroup"));
+  exports.Set("distAllreduce", Napi::Function::New(env, Allreduce, "distAllreduce"));
+  exports.Set("distBroadcast", Napi::Function::New(env, Broadcast, "distBroadcast"));
+  exports.Set("distBarrier", Napi::Function::New(env, Barrier, "distBarrier"));
+  exports.Set("distDestroy", Napi::Function::New(env, Destroy, "distDestroy"));
+}
+
+}  // namespace repopt
