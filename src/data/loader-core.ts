@@ -22,6 +22,8 @@ export interface BatchJob {
   epoch: number;
   /** Position in the epoch of the first sample. */
   pos0: number;
+  /** Positions of consecutive samples differ by this (a rank's shard of W ranks: W); default 1. */
+  posStride?: number;
   /** Dataset indices of the samples. */
   indices: Int32Array;
   /** Gathered pixels [n, C, H, W] and labels, for datasets without shared storage. */
@@ -58,10 +60,11 @@ export class BatchMaker {
     const { seed, augment } = this.init;
     const sz = this.sampleSize;
     const noRng = NO_RNG;
+    const stride = job.posStride ?? 1;
     for (let k = 0; k < n; k++) {
       const idx = job.indices[k];
       const at = gathered ? k : idx;
-      const rng = augment ? new Rng([seed, STREAM.augment, job.epoch, job.pos0 + k]) : noRng;
+      const rng = augment ? new Rng([seed, STREAM.augment, job.epoch, job.pos0 + k * stride]) : noRng;
       t.apply(src, at * sz, rng, x, k * outSize);
       y[k] = BigInt(labels[at]);
     }

@@ -45,6 +45,33 @@ export interface LoaderOptions {
   workers?: number;
   /** Batches in flight ahead of the consumer (default max(2, 2 * workers)). */
   prefetch?: number;
+  /** Data-parallel: this loader reads rank's part of the epoch (see shardIndices). */
+  shard?: Shard;
+}
+
+/**
+ * One rank's part of every epoch, as PyTorch's DistributedSampler: the epoch's order
+ * (seeded shuffle or natural), padded by wrap-around to a multiple of worldSize
+ * (`pad`, for training: every rank gets the same number of samples), then samples
+ * rank, rank + W, rank + 2W, ... Without `pad` (evaluation, as the release's
+ * validation sampler) the ranks' parts cover the data exactly once.
+ */
+export interface Shard {
+  rank: number;
+  worldSize: number;
+  pad: boolean;
+}
+
+export function shardIndices(order: Int32Array, s: Shard): Int32Array {
+  const W = s.worldSize;
+  if (!Number.isInteger(W) || W < 1 || !Number.isInteger(s.rank) || s.rank < 0 || s.rank >= W) {
+    throw new Error(`shard: need 0 <= rank < worldSize, got rank ${s.rank} of ${W}`);
+  }
+  const n = order.length;
+  const total = s.pad ? Math.ceil(n / W) * W : n;
+  const out: number[] = [];
+  for (let i = s.rank; i < total; i += W) out.push(order[i % n]);
+  return Int32Array.from(out);
 }
 
 export interface Batch {
@@ -70,6 +97,9 @@ export class DataLoader {
   readonly prefetch: number;
   readonly transforms: TransformSpec;
   readonly batchesPerEpoch: number;
+  readonly shard: Shard | null;
+  /** Samples per epoch this loader reads (its shard's size when sharded). */
+  readonly samplesPerEpoch: number;
   /** Shape of one transformed sample [C, H, W]. */
   readonly sampleShape: [number, number, number];
 
@@ -99,21 +129,26 @@ export class DataLoader {
     this.workers = workers;
     this.prefetch = prefetch;
     this.transforms = opts.transforms;
-    this.batchesPerEpoch = this.dropLast ? Math.floor(ds.length / batchSize) : Math.ceil(ds.length / batchSize);
+    this.shard = opts.shard ?? null;
+    const n = ds.length;
+    const W = this.shard?.worldSize ?? 1;
+    this.samplesPerEpoch = !this.shard ? n : this.shard.pad ? Math.ceil(n / W) : Math.max(0, Math.ceil((n - this.shard.rank) / W));
+    if (this.shard) shardIndices(new Int32Array(0), this.shard); // validates it
+    this.batchesPerEpoch = this.dropLast ? Math.floor(this.samplesPerEpoch / batchSize) : Math.ceil(this.samplesPerEpoch / batchSize);
     this.sampleShape = outputShape(opts.transforms, ds.channels, ds.height, ds.width);
   }
 
-  /** The dataset indices in the order of epoch e. */
+  /** The dataset indices this loader reads in epoch e (its shard's, when sharded). */
   order(e: number): Int32Array {
     checkEpoch(e);
     const n = this.dataset.length;
-    if (!this.shuffle) return Int32Array.from({ length: n }, (_, i) => i);
-    return permutation(n, [this.seed, STREAM.permutation, e]);
+    const all = this.shuffle ? permutation(n, [this.seed, STREAM.permutation, e]) : Int32Array.from({ length: n }, (_, i) => i);
+    return this.shard ? shardIndices(all, this.shard) : all;
   }
 
   /** Number of samples in batch b. */
   batchLength(b: number): number {
-    return Math.min(this.batchSize, this.dataset.length - b * this.batchSize);
+    return Math.min(this.batchSize, this.samplesPerEpoch - b * this.batchSize);
   }
 
   /**
@@ -132,7 +167,11 @@ export class DataLoader {
     if (start >= end) return;
     const order = this.order(e);
     const B = this.batchSize;
-    const job = (b: number): BatchJob => ({ epoch: e, pos0: b * B, indices: order.slice(b * B, b * B + this.batchLength(b)) });
+    // Augmentation follows the sample's position in the whole (padded) epoch, so ranks draw
+    // different random transforms.
+    const W = this.shard?.worldSize ?? 1;
+    const r = this.shard?.rank ?? 0;
+    const job = (b: number): BatchJob => ({ epoch: e, pos0: b * B * W + r, posStride: W, indices: order.slice(b * B, b * B + this.batchLength(b)) });
 
     if (this.workers === 0) {
       for (let b = start; b < end; b++) {
