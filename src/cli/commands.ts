@@ -38,6 +38,17 @@ const THREADS_FLAG = {
 
 // ------------------------------------------------------------------ training
 
+/** Data-parallel training (torchrun's launcher flags; a worker reads torchrun's variables instead). */
+export const LAUNCH_FLAG_NAMES = ['nproc', 'nnodes', 'node-rank', 'master-addr', 'master-port'] as const;
+const DATA_PARALLEL_FLAGS = {
+  nproc: flag.int('data-parallel: start N worker processes on this machine (torchrun --nproc_per_node); --batch-size is per process, threads default to cores / N', { min: 1, group: 'data-parallel' }),
+  nnodes: flag.int('machines taking part (run the same command on each)', { min: 1, group: 'data-parallel' }),
+  'node-rank': flag.int('this machine\'s index, 0 .. nnodes-1 (node 0 hosts rank 0)', { min: 0, group: 'data-parallel' }),
+  'master-addr': flag.string('address of node 0, reachable from every machine (default 127.0.0.1)', { arg: 'HOST', group: 'data-parallel' }),
+  'master-port': flag.int('rendezvous port on node 0 (default: a free port on one machine, 29500 on several)', { min: 1, max: 65535, arg: 'PORT', group: 'data-parallel' }),
+  'dist-timeout': flag.number('give up on a rendezvous or collective after this many seconds (a dead rank is noticed at once)', { default: 300, above: 0, arg: 'SEC', group: 'data-parallel' }),
+};
+
 const TRAINING_FLAGS = {
   data: flag.string('training data (the test split is evaluated after each epoch)', { arg: 'SPEC', required: true, group: 'data' }),
   'test-data': flag.string('evaluate on this data set\'s test split instead', { arg: 'SPEC', group: 'data' }),
@@ -70,6 +81,7 @@ const TRAINING_FLAGS = {
   'save-every-min': flag.number('also write latest.pth every M minutes', { above: 0, arg: 'MINUTES', group: 'run' }),
   quiet: flag.boolean('no progress output', { group: 'run' }),
   ...THREADS_FLAG,
+  ...DATA_PARALLEL_FLAGS,
 };
 
 export const SEARCH_COMMAND = defineCommand({

@@ -8,6 +8,7 @@ import {
 } from './commands.js';
 import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
 import { runSetup } from './setup.js';
+import { distEnvFrom } from '../distributed/env.js';
 
 type Log = (line: string) => void;
 
@@ -19,8 +20,14 @@ interface Command {
 // The runners load libtorch; they are imported when their command runs, so help and usage errors answer at once,
 // and `repopt setup` runs before the addon exists (test/package.test.ts checks it in an installed package).
 async function runTrainCommand(argv: string[], command: 'search' | 'train', log: Log): Promise<number> {
+  // --nproc N: this process only launches the workers (each runs this command without the launcher flags).
+  const { flags } = parseCommand(command === 'search' ? SEARCH_COMMAND : TRAIN_COMMAND, argv);
+  const { maybeLaunch } = await import('./launch.js');
+  const launched = await maybeLaunch(command, argv, flags, process.argv[1]);
+  if (launched !== null) return launched;
   const { runTraining } = await import('./train.js');
   const r = await runTraining(argv, command, log);
+  if ((distEnvFrom()?.rank ?? 0) !== 0) return r.result.stopSignal ? exitCodeFor(r.result.stopSignal) : 0; // rank 0 reports
   if (r.result.stopSignal) {
     log(`interrupted (${r.result.stopSignal}): checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
     return exitCodeFor(r.result.stopSignal);
@@ -151,7 +158,8 @@ try {
     process.stderr.write(`repopt: ${e.message}\n`);
     process.exitCode = e.exitCode;
   } else if (e instanceof UsageError) {
-    process.stderr.write(`repopt: ${e.message}\n\n${overview()}`);
+    // Data-parallel workers other than rank 0 say what is wrong without the overview.
+    process.stderr.write(`repopt: ${e.message}\n${(distEnvFrom()?.rank ?? 0) === 0 ? `\n${overview()}` : ''}`);
     process.exitCode = 2;
   } else {
     process.stderr.write(`repopt: ${(e as Error).message}\n`);

@@ -21,6 +21,7 @@ import { saveScaleFile } from '../models/scales.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { EVAL_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND } from './commands.js';
 import { applyThreads } from './threads.js';
+import { DataParallel, ProcessGroup, distEnvFrom, threadsPerWorker, watchLauncher, type DistEnv } from '../distributed/index.js';
 
 type TrainFlags = Flags<typeof TRAIN_COMMAND.flags>;
 type SearchFlags = Flags<typeof SEARCH_COMMAND.flags>;
@@ -38,7 +39,15 @@ export function modelConfig(f: { arch?: string; blocks?: number[]; widths?: numb
   return { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, inChannels: ds.channels, numClasses: ds.numClasses };
 }
 
-function loaders(f: SearchFlags, batchSize: number, seed: number) {
+/** This process's rank in a data-parallel job (torchrun's variables), or null. */
+async function joinGroup(denv: DistEnv | null, timeoutSec: number): Promise<DataParallel | null> {
+  if (!denv) return null;
+  watchLauncher();
+  const group = await ProcessGroup.init({ ...denv, timeoutSec });
+  return new DataParallel(group);
+}
+
+function loaders(f: SearchFlags, batchSize: number, seed: number, denv: DistEnv | null) {
   const imageSize = f['image-size'];
   const trainSet = openDataset(f.data, 'train', { imageSize });
   const augment = !f['no-augment'];
@@ -49,11 +58,24 @@ function loaders(f: SearchFlags, batchSize: number, seed: number) {
     augment,
     transforms: defaultTransforms(trainSet, 'train', augment),
     workers: f.workers,
+    // Data-parallel: this rank's DistributedSampler shard, and drop_last as the release's loader.
+    ...(denv ? { shard: { rank: denv.rank, worldSize: denv.worldSize, pad: true }, dropLast: true } : {}),
   });
+  if (trainLoader.batchesPerEpoch === 0) {
+    throw new UsageError(`--batch-size ${batchSize} is larger than this rank's ${trainLoader.samplesPerEpoch} training samples; lower it`);
+  }
   let testLoader: DataLoader | null = null;
   if (!f['no-eval']) {
     const testSet = openDataset(f['test-data'] ?? f.data, 'test', { imageSize });
-    testLoader = new DataLoader(testSet, { batchSize: Math.max(batchSize, 256), shuffle: false, augment: false, transforms: defaultTransforms(testSet, 'test', false), workers: f.workers });
+    testLoader = new DataLoader(testSet, {
+      batchSize: Math.max(batchSize, 256),
+      shuffle: false,
+      augment: false,
+      transforms: defaultTransforms(testSet, 'test', false),
+      workers: f.workers,
+      // Evaluation sharded without padding (the release's rank::W sampler); sums reduced over ranks.
+      ...(denv ? { shard: { rank: denv.rank, worldSize: denv.worldSize, pad: false } } : {}),
+    });
   }
   return { trainSet, trainLoader, testLoader };
 }
@@ -65,14 +87,17 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
     ? { ...parseCommand(SEARCH_COMMAND, argv).flags, mode: 'target', scales: undefined, 'identity-init': 'searched', optimizer: 'sgd', 'signed-adamw': false }
     : parseCommand(TRAIN_COMMAND, argv).flags;
   const mode: RunMode = command === 'search' ? 'hs' : f.mode;
+  const denv = distEnvFrom();
+  const main = !denv || denv.rank === 0; // rank 0 writes config.json, logs and the scales
   const out = f.out ?? path.join('runs', `${command}-${Date.now()}`);
   const { seed, epochs, clip } = f;
   const batchSize = f['batch-size'];
-  applyThreads(f.threads);
+  applyThreads(f.threads ?? (denv ? threadsPerWorker(denv.localWorldSize) : undefined));
   const optimizerKind = f.optimizer;
   const schedule = f.schedule;
   const baseLr = f.lr ?? (optimizerKind === 'sgd' ? 0.1 : 1e-3);
-  const lr = f['lr-per-256'] ? scaledLr(baseLr, batchSize) : baseLr;
+  // The release scales by the total batch over all ranks.
+  const lr = f['lr-per-256'] ? scaledLr(baseLr, batchSize * (denv?.worldSize ?? 1)) : baseLr;
   const resume = f.resume;
   const configPath = path.join(out, 'config.json');
   if (!resume && fs.existsSync(path.join(out, 'latest.pth'))) {
@@ -80,8 +105,10 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
   }
 
   torch.manualSeed(seed);
-  const { trainSet, trainLoader, testLoader } = loaders(f, batchSize, seed);
+  const { trainSet, trainLoader, testLoader } = loaders(f, batchSize, seed, denv);
+  let dist: DataParallel | null = null;
   try {
+    dist = await joinGroup(denv, f['dist-timeout']);
     const model = modelConfig(f, trainSet);
     const config = {
       command,
@@ -105,11 +132,13 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
       init: f.init ? path.resolve(f.init) : null,
       augment: !f['no-augment'],
       shuffle: !f['no-shuffle'],
+      worldSize: denv?.worldSize ?? 1,
     };
     if (resume && fs.existsSync(configPath)) {
       const saved = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
-      const differs = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales'].filter(
-        (k) => JSON.stringify(saved[k]) !== JSON.stringify((config as Record<string, unknown>)[k]),
+      // A different number of processes changes every rank's data: refused like the other settings.
+      const differs = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize'].filter(
+        (k) => JSON.stringify(k in saved ? saved[k] : k === 'worldSize' ? 1 : undefined) !== JSON.stringify((config as Record<string, unknown>)[k]),
       );
       if (differs.length) throw new UsageError(`--resume with different settings than the saved run (${differs.join(', ')}); resume with the same flags`);
     }
@@ -124,11 +153,15 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
       resuming: resume && fs.existsSync(path.join(out, 'latest.pth')),
     });
     fs.mkdirSync(out, { recursive: true });
-    fs.writeFileSync(configPath, JSON.stringify(config, null, 2) + '\n');
+    if (main) {
+      // Atomically: the other ranks of a resumed run read it.
+      fs.writeFileSync(`${configPath}.tmp-${process.pid}`, JSON.stringify(config, null, 2) + '\n');
+      fs.renameSync(`${configPath}.tmp-${process.pid}`, configPath);
+    }
     const params = run.model.numParameters();
-    if (!f.quiet) {
+    if (!f.quiet && main) {
       log(`${command}: ${archLabel(model)} mode ${mode}, ${params.toLocaleString('en-US')} params, ${trainSet.name} (${trainSet.length} images), ` +
-        `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps, ${optimizerKind}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
+        `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps${dist ? ` (${dist.worldSize} processes x batch ${batchSize}, ${torch.getNumThreads()} thread${torch.getNumThreads() === 1 ? '' : 's'} each)` : ''}, ${optimizerKind}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
     }
     const result = await train(
       { model: run.model, optimizer: run.optimizer, cslaMults: run.cslaMults },
@@ -151,9 +184,10 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
         maxIterations: f['max-steps'],
         saveEvery: f['save-every'],
         saveEveryMinutes: f['save-every-min'],
+        dist: dist ?? undefined,
       },
     );
-    if (command === 'search' && !result.interrupted && result.state.epoch >= epochs) {
+    if (main && command === 'search' && !result.interrupted && result.state.epoch >= epochs) {
       const scales = extractVggScales(run.model);
       const saved = saveScaleFile(path.join(out, 'scales.pth'), scales, archLabel(model), { scheme: layoutScheme(run.model.layout) });
       for (const t of scales.values()) t.dispose();
@@ -163,6 +197,7 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
     run.optimizer.dispose();
     return { result, params, out };
   } finally {
+    dist?.group.destroy();
     await trainLoader.close();
     await testLoader?.close();
   }

@@ -18,6 +18,8 @@ export interface BatchSource {
 export interface EvaluateOptions {
   /** Checked after every batch (e.g. a StopScope): a signal there ends the evaluation with an InterruptedError. */
   stop?: { readonly signal: StopSignal | null };
+  /** An empty loader gives count 0 (a rank's shard of a tiny set) instead of an error. */
+  allowEmpty?: boolean;
 }
 
 export async function evaluate(model: Module, loader: BatchSource, o: EvaluateOptions = {}): Promise<EvalResult> {
@@ -51,6 +53,9 @@ export async function evaluate(model: Module, loader: BatchSource, o: EvaluateOp
   } finally {
     model.train(wasTraining);
   }
-  if (count === 0) throw new Error('evaluation set is empty');
+  if (count === 0) {
+    if (o.allowEmpty) return { top1: 0, top5: 0, loss: 0, count: 0 };
+    throw new Error('evaluation set is empty');
+  }
   return { top1: top1 / count, top5: top5 / count, loss: lossSum / count, count };
 }

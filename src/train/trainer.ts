@@ -1,8 +1,10 @@
 /**
  * The training loop shared by `repopt search`, `repopt train` (RepOpt, RepVGG
- * and plain baselines) and the demo. One process, one rank: JSONL logs,
- * atomic self-describing checkpoints every epoch, exact resume (mid-epoch too),
- * Ctrl-C saves and exits cleanly.
+ * and plain baselines) and the demo: JSONL logs, atomic self-describing
+ * checkpoints every epoch, exact resume (mid-epoch too), Ctrl-C saves and exits
+ * cleanly. Data-parallel with `dist` (one process per rank, each with its shard
+ * of the data): gradients averaged before the optimizer, the stop decision and
+ * metrics agreed over ranks, and only rank 0 logs, shows progress and writes files.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +19,7 @@ import { Progress } from './progress.js';
 import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
 import { InterruptedError, catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
 import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
+import type { DataParallel } from '../distributed/data-parallel.js';
 
 export interface TrainLoader extends BatchSource {
   readonly batchesPerEpoch: number;
@@ -53,6 +56,8 @@ export interface TrainerOptions {
   saveEvery?: number;
   /** Also save latest.pth when this many minutes have passed since the last save. */
   saveEveryMinutes?: number;
+  /** Data-parallel training: this process is one rank (its loaders read its shards). */
+  dist?: DataParallel;
 }
 
 export interface TrainResult {
@@ -73,22 +78,25 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     if (v !== undefined && !(v > 0 && (k === 'saveEveryMinutes' || Number.isInteger(v)))) throw new Error(`train: ${k} must be a positive ${k === 'saveEvery' ? 'integer' : 'number'}, got ${v}`);
   }
   const { model, optimizer } = setup;
+  const dist = o.dist;
+  const main = dist?.isMain ?? true; // rank 0 logs, shows progress and writes files
+  const quiet = o.quiet || !main;
   fs.mkdirSync(o.out, { recursive: true });
   const latestPath = path.join(o.out, 'latest.pth');
-  const log = new JsonlLog(path.join(o.out, 'log.jsonl'));
+  const log = main ? new JsonlLog(path.join(o.out, 'log.jsonl')) : null;
   const ema = o.emaDecay ? new ModelEma(model, o.emaDecay) : null;
   const perEpoch = loader.batchesPerEpoch;
   const totalIters = o.epochs * perEpoch;
   const schedule = { kind: o.schedule, baseLr: o.lr, totalIters, warmupIters: Math.round(o.warmupEpochs * perEpoch) };
   let state: TrainingState = { epoch: 0, nextBatch: 0, iteration: 0, bestAcc: 0 };
 
-  const stopScope = catchStopSignals({ notice: 'saving a checkpoint at the next step boundary' });
+  const stopScope = catchStopSignals({ notice: main ? 'saving a checkpoint at the next step boundary' : 'stopping with the other ranks' });
   let stopSignal: StopSignal | null = null;
   let stoppedEarly = false;
 
   let lastSaveAt = performance.now();
   const save = () => {
-    saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, config: o.config, meta: { saved: new Date().toISOString() } });
+    if (main) saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, config: o.config, meta: { saved: new Date().toISOString() } });
     lastSaveAt = performance.now();
   };
   const periodicSaveDue = () =>
@@ -109,15 +117,20 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       state = ck.state;
       for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
       for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
-      log.write('resume', { ...state });
-      if (!o.quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
+      log?.write('resume', { ...state });
+      if (!quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
     } else if (o.resume && !o.quiet) {
       process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
+    }
+    if (dist) {
+      // DDP's start-up sync: every rank trains from rank 0's weights (and EMA).
+      await dist.broadcastModule(model);
+      if (ema) await dist.broadcastState(ema.shadow);
     }
     if (state.iteration === 0) {
       // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
       const gradMults = Object.fromEntries(torch.tidy(() => [...optimizer.gradMults].map(([n, m]) => [n, m.to('float64').sum().item()])));
-      log.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
+      log?.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
     }
 
     model.train();
@@ -132,22 +145,39 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         const lr = lrAt(schedule, state.iteration);
         optimizer.setLr(lr);
         const ts = performance.now();
-        const [loss, hits] = torch.tidy(() => {
+        const [localLoss, localHits] = torch.tidy(() => {
           const logits = model.forward(x);
           const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
           l.backward(); // grads are None here: cleared after every step below
+          return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
+        });
+        // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean.
+        if (dist) await dist.averageGradients(model);
+        torch.tidy(() => {
           if (o.clipNorm) {
             if (setup.cslaMults) clipGradNormCsla(model.namedParameters(), o.clipNorm, setup.cslaMults);
             else clipGradNorm(model.parameters(), o.clipNorm);
           }
           optimizer.step();
-          return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
         });
         optimizer.zeroGrad(); // frees the gradients while the next batch loads and during evaluation
         ema?.update(model);
-        const n = y.shape[0];
+        let n = y.shape[0];
         x.dispose();
         y.dispose();
+        let loss = localLoss;
+        let hits = localHits;
+        let agreedStop: StopSignal | null = null;
+        if (dist) {
+          // One small allreduce per step: the global loss and accuracy for the log, and the stop
+          // decision (a signal seen by any rank), so every rank leaves at the same step. A signal
+          // arriving during this agreement counts at the next step.
+          await turnEventLoop();
+          const seen = stopScope.signal;
+          const [lossN, hitsAll, nAll, ints, terms] = await dist.sum([localLoss * n, localHits, n, seen === 'SIGINT' ? 1 : 0, seen === 'SIGTERM' ? 1 : 0]);
+          [loss, hits, n] = [lossN / nAll, hitsAll, nAll];
+          agreedStop = terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
+        }
         if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at iteration ${state.iteration} (lr ${lr}); lower the learning rate`);
         trainSeconds += (performance.now() - ts) / 1000;
         imgs += n;
@@ -158,29 +188,32 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         state = { ...state, epoch, nextBatch: index + 1, iteration: state.iteration + 1 };
         const elapsed = (performance.now() - epochStart) / 1000;
         const rate = seen / elapsed;
-        if (!o.quiet) {
-          const remaining = (perEpoch - index - 1 + (o.epochs - epoch - 1) * perEpoch) * loader.batchSize;
+        if (!quiet) {
+          const remaining = (perEpoch - index - 1 + (o.epochs - epoch - 1) * perEpoch) * loader.batchSize * (dist?.worldSize ?? 1);
           progress.update(index + 1, { loss: lossSum / seen, acc: correct / seen, imgPerSec: rate, lr }, remaining / rate);
         }
         if (state.iteration % o.logEvery === 0) {
-          log.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
+          log?.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
         }
         // The step boundary: let signal handlers run, then stop, or save periodically.
-        await turnEventLoop();
-        stopSignal = stopScope.signal;
+        if (dist) stopSignal = agreedStop;
+        else {
+          await turnEventLoop();
+          stopSignal = stopScope.signal;
+        }
         if (stopSignal || (o.maxIterations !== undefined && state.iteration >= o.maxIterations)) {
-          if (!o.quiet) progress.done();
+          if (!quiet) progress.done();
           save();
-          log.write('interrupt', { ...state, signal: stopSignal });
+          log?.write('interrupt', { ...state, signal: stopSignal });
           stoppedEarly = true;
           break outer;
         }
         if (index + 1 < perEpoch && periodicSaveDue()) {
           save(); // the end of the epoch saves anyway
-          log.write('checkpoint', { ...state });
+          log?.write('checkpoint', { ...state });
         }
       }
-      if (!o.quiet) progress.done();
+      if (!quiet) progress.done();
       state = { ...state, epoch: epoch + 1, nextBatch: 0 };
       const record: Record<string, unknown> = {
         epoch: epoch + 1,
@@ -192,15 +225,17 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       };
       if (testLoader) {
         try {
-          lastEval = await evaluate(model, testLoader, { stop: stopScope });
-          if (ema) emaEval = await evaluateWeights(model, ema.shadow, testLoader, stopScope);
+          // Data-parallel: a signal takes effect after the evaluation (ranks agree on it at the epoch's end).
+          const evalStop = dist ? undefined : stopScope;
+          lastEval = await evaluateRanks(model, testLoader, dist, evalStop);
+          if (ema) emaEval = await evaluateWeights(model, ema.shadow, testLoader, evalStop, dist);
         } catch (e) {
           if (!(e instanceof InterruptedError)) throw e;
           // Stopped while evaluating: keep the epoch's training; --resume evaluates it again.
           state = { ...state, epoch, nextBatch: perEpoch };
           save();
           stopSignal = e.signal;
-          log.write('interrupt', { ...state, signal: stopSignal, during: 'evaluation' });
+          log?.write('interrupt', { ...state, signal: stopSignal, during: 'evaluation' });
           stoppedEarly = true;
           break;
         }
@@ -212,28 +247,32 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         if (acc > state.bestAcc) {
           state = { ...state, bestAcc: acc };
           const bestWeights = emaEval && emaEval.top1 > lastEval.top1 && ema ? ema.shadow : null;
-          torch.tidy(() => saveStateDict(path.join(o.out, 'best.pth'), bestWeights ?? model.stateDict()));
+          if (main) torch.tidy(() => saveStateDict(path.join(o.out, 'best.pth'), bestWeights ?? model.stateDict()));
           record.best = true;
         }
-        if (!o.quiet) {
+        if (!quiet) {
           process.stderr.write(
             `${o.label ?? 'train'} epoch ${epoch + 1}: train loss ${(record.trainLoss as number)?.toFixed(4)} acc ${(((record.trainAcc as number) ?? 0) * 100).toFixed(2)}%, ` +
               `val top-1 ${(lastEval.top1 * 100).toFixed(2)}% top-5 ${(lastEval.top5 * 100).toFixed(2)}%${emaEval ? `, EMA top-1 ${(emaEval.top1 * 100).toFixed(2)}%` : ''}\n`,
           );
         }
       }
-      log.write('epoch', record);
+      log?.write('epoch', record);
       save();
       stopSignal = stopScope.signal;
+      if (dist) {
+        const [ints, terms] = await dist.sum([stopSignal === 'SIGINT' ? 1 : 0, stopSignal === 'SIGTERM' ? 1 : 0]);
+        stopSignal = terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
+      }
       if (stopSignal) {
-        log.write('interrupt', { ...state, signal: stopSignal });
+        log?.write('interrupt', { ...state, signal: stopSignal });
         stoppedEarly = true;
         break;
       }
     }
     if (!stoppedEarly) {
-      torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
-      log.write('end', {
+      if (main) torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
+      log?.write('end', {
         ...state,
         seconds: (performance.now() - t0) / 1000,
         trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
@@ -243,9 +282,11 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         emaTop1: emaEval?.top1 ?? null,
       });
     }
+    // No rank reports done before rank 0's files are written.
+    if (dist) await dist.barrier();
   } finally {
     stopScope.close();
-    log.close();
+    log?.close();
     ema?.dispose();
   }
   return {
@@ -260,12 +301,21 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   };
 }
 
+/** Evaluation over every rank's shard: sums reduced over ranks (the metrics of the whole set). */
+async function evaluateRanks(model: Module, loader: BatchSource, dist: DataParallel | undefined, stop?: { readonly signal: StopSignal | null }): Promise<EvalResult> {
+  if (!dist) return evaluate(model, loader, { stop });
+  const r = await evaluate(model, loader, { allowEmpty: true });
+  const [top1, top5, loss, count] = await dist.sum([r.top1 * r.count, r.top5 * r.count, r.loss * r.count, r.count]);
+  if (count === 0) throw new Error('evaluation set is empty');
+  return { top1: top1 / count, top5: top5 / count, loss: loss / count, count };
+}
+
 /** Evaluates `model` with other weights swapped in temporarily (e.g. the EMA). */
-async function evaluateWeights(model: Module, weights: StateDict, loader: BatchSource, stop?: { readonly signal: StopSignal | null }): Promise<EvalResult> {
+async function evaluateWeights(model: Module, weights: StateDict, loader: BatchSource, stop?: { readonly signal: StopSignal | null }, dist?: DataParallel): Promise<EvalResult> {
   const saved = torch.tidy(() => new Map([...model.stateDict()].map(([k, t]) => [k, torch.keep(t.clone())])));
   try {
     model.loadStateDict(weights);
-    return await evaluate(model, loader, { stop });
+    return await evaluateRanks(model, loader, dist, stop);
   } finally {
     model.loadStateDict(saved);
     for (const t of saved.values()) t.dispose();
