@@ -29,7 +29,7 @@ export interface LaunchOptions {
   masterPort?: number;
   /** The worker's command line after `node`: script and arguments. */
   args: string[];
-  /** Seconds the others get to exit after a worker failed, before being killed (default 30). */
+  /** Seconds the others get to exit after a worker failed, before being killed (default 10). */
   graceSec?: number;
   log?: (line: string) => void;
 }
@@ -116,7 +116,7 @@ export async function launchWorkers(o: LaunchOptions): Promise<number> {
           const status = code ?? 128 + (signal ? os.constants.signals[signal] : 0);
           if (status !== 0 && status !== 130 && status !== 143 && !firstFailure) {
             firstFailure = { rank, code: status };
-            const grace = o.graceSec ?? 30;
+            const grace = o.graceSec ?? 10;
             if (children.some((c) => c.exitCode === null && c.signalCode === null && c !== child)) {
               log(`repopt: rank ${rank} exited with ${signal ?? `code ${code}`}; the other ranks stop at their next collective (killed after ${grace} s)`);
               killTimer = setTimeout(() => {
