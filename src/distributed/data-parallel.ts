@@ -13,6 +13,9 @@ import type { Module, StateDict } from '../nn/index.js';
 import { DEFAULT_BUCKET_BYTES, type ProcessGroup } from './process-group.js';
 
 export class DataParallel {
+  /** Seconds spent in gradient averaging and reductions (waiting for the slowest rank included). */
+  commSeconds = 0;
+
   constructor(
     readonly group: ProcessGroup,
     readonly bucketBytes = DEFAULT_BUCKET_BYTES,
@@ -50,9 +53,11 @@ export class DataParallel {
       if (g === null) throw new Error('data-parallel training: a trainable parameter got no gradient (unused in forward); every parameter must be used');
       grads.push(g);
     }
+    const t0 = performance.now();
     try {
       await this.group.allreduce(grads, { average: true, bucketBytes: this.bucketBytes });
     } finally {
+      this.commSeconds += (performance.now() - t0) / 1000;
       for (const g of grads) g.dispose(); // handles only: the gradients stay on the parameters
     }
   }
@@ -60,10 +65,12 @@ export class DataParallel {
   /** Element-wise sums over the ranks (float64). */
   async sum(values: readonly number[]): Promise<number[]> {
     const t = torch.tensor([...values], { dtype: 'float64' });
+    const t0 = performance.now();
     try {
       await this.group.allreduce([t], { op: 'sum' });
       return t.toArray() as number[];
     } finally {
+      this.commSeconds += (performance.now() - t0) / 1000;
       t.dispose();
     }
   }

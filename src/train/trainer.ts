@@ -276,6 +276,8 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         ...state,
         seconds: (performance.now() - t0) / 1000,
         trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
+        // Data-parallel: the share of the step time in collectives (rank 0's view).
+        ...(dist ? { worldSize: dist.worldSize, commSeconds: dist.commSeconds, trainSeconds } : {}),
         peakRssBytes: process.resourceUsage().maxRSS * 1024,
         params: model.numParameters(),
         valTop1: lastEval?.top1 ?? null,
