@@ -14,6 +14,7 @@
  *   models   the zoo (RepOpt-VGG, RepOpt-GhostNet), its registry and scale files
  *   deploy   fused deploy networks, INT8 quantization, ONNX export (ONNX Runtime loads lazily)
  *   io, data, train   PyTorch checkpoints, datasets and loaders, the training loop
+ *   distributed       data-parallel training on libtorch's c10d (process group, DDP semantics, launcher)
  */
 export * as torch from './torch/index.js';
 export { Tensor, F, tidy, keep, noGrad, enableGrad, manualSeed, type DType } from './torch/index.js';
@@ -32,3 +33,4 @@ export { evaluate, type EvalResult } from './train/evaluate.js';
 export { catchStopSignals, turnEventLoop, exitCodeFor, InterruptedError, STOP_SIGNALS, type StopSignal, type StopScope } from './train/interrupt.js';
 export { ModelEma } from './train/ema.js';
 export { lrAt, scaledLr, type Schedule } from './train/schedule.js';
+export { ProcessGroup, DistributedError, DataParallel, distEnvFrom, launchWorkers, shardIndices, type ProcessGroupOptions, type DistEnv, type Shard } from './distributed/index.js';
