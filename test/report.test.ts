@@ -108,12 +108,13 @@ test('report.html in chromium: every chart drawn from the runs\' data, nothing f
       runs.push(dir);
     }
   }
-  // The quantization results as quant-demo writes them (hand-made numbers).
-  const quant = {
+  // The quantization results as `quant-demo --seeds 2` writes them, one per seed folder (hand-made numbers).
+  const quant = (fp32: number, w5: number) => ({
     'RepOpt-VGG': { fp32Deployed: 0.9, calibImages: 64, testImages: 96, rows: [{ observer: 'minmax', perChannel: true, weightBits: 8, top1: 0.89 }, { observer: 'mse', perChannel: false, weightBits: 5, top1: 0.8 }], weights: [] },
-    RepVGG: { fp32Deployed: 0.91, calibImages: 64, testImages: 96, rows: [{ observer: 'minmax', perChannel: true, weightBits: 8, top1: 0.9 }, { observer: 'mse', perChannel: false, weightBits: 5, top1: 0.5 }], weights: [] },
-  };
-  fs.writeFileSync(path.join(out, 'quant-demo.json'), JSON.stringify(quant));
+    RepVGG: { fp32Deployed: fp32, calibImages: 64, testImages: 96, rows: [{ observer: 'minmax', perChannel: true, weightBits: 8, top1: 0.9 }, { observer: 'mse', perChannel: false, weightBits: 5, top1: w5 }], weights: [] },
+  });
+  fs.writeFileSync(path.join(out, 'seed-0', 'quant-demo.json'), JSON.stringify(quant(0.91, 0.5)));
+  fs.writeFileSync(path.join(out, 'seed-1', 'quant-demo.json'), JSON.stringify(quant(0.93, 0.6)));
 
   const file = path.join(out, 'report.html');
   const stdout = cli(['report', out, '--out', file]);
@@ -225,16 +226,21 @@ OUT = {'centre': centre, 'around': around}
     ref.centre.forEach((v, i) => assert.ok(Math.abs(centre[i] - v) < 1e-6 * v, `layer ${i} centre std ${centre[i]} vs PyTorch ${v}`));
     ref.around.forEach((v, i) => assert.ok(Math.abs(around[i] - v) < 1e-6 * v, `layer ${i} around std ${around[i]} vs PyTorch ${v}`));
 
-    // Quantization: the study's numbers per arm and configuration.
+    // Quantization: the two seeds' numbers per arm and configuration: mean line, min-max band.
     const q = charts['quant-0'];
-    assert.deepEqual(q.series.map((s) => s.label), ['RepOpt-VGG', 'RepVGG']);
-    samePoints(q.series[1].values, [[0, 91], [1, 90], [2, 50]], 'RepVGG quantization');
+    assert.deepEqual(q.series.filter((s) => s.role === 'top1').map((s) => s.label), ['RepOpt-VGG (mean of 2 seeds)', 'RepVGG (mean of 2 seeds)']);
+    const repvggQ = q.series.filter((s) => s.label.startsWith('RepVGG'));
+    samePoints(repvggQ.find((s) => s.role === 'top1')!.values, [[0, 92], [1, 90], [2, 55]], 'RepVGG quantization, mean');
+    samePoints(repvggQ.find((s) => s.role === 'min')!.values, [[0, 91], [1, 90], [2, 50]], 'RepVGG quantization, min');
+    samePoints(repvggQ.find((s) => s.role === 'max')!.values, [[0, 93], [1, 90], [2, 60]], 'RepVGG quantization, max');
 
     // The summary, the header and the commands are on the page.
     const text = await page.$eval('main', (m) => (m as unknown as { innerText: string }).innerText);
     assert.match(text, /Top-1: RepOpt-VGG .* vs RepVGG .*, a difference of .* points; this (does not )?exceed/);
     assert.match(text, /2 seeds \(0, 1\)/);
     assert.match(text, /libtorch\s+\d+\.\d+/);
+    // RepOpt-VGG 80, 80 vs RepVGG 50, 60 at 5 bits: no overlap over the two seeds.
+    assert.match(text, /Top-1 at W5 mse tensor: RepOpt-VGG 80\.00% vs RepVGG 55\.00%, a difference of \+25\.00 points; this exceeds the spread between seeds/);
     assert.match(text, /repopt train --data synthetic:96 --blocks 2,1,1,1 .*--mode repvgg .*--seed 1 /);
 
     await page.screenshot({ path: path.join(OUTPUT, 'report.png'), fullPage: true });

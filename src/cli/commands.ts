@@ -216,7 +216,7 @@ export const INSPECT_WEIGHTS_COMMAND = defineCommand({
 export const QUANT_DEMO_COMMAND = defineCommand({
   name: 'quant-demo',
   summary: 'Fashion-MNIST: RepOpt-VGG vs RepVGG, FP32 and INT8 side by side',
-  description: 'Hyper-Search, then RepOpt-VGG (target + RepSGD) and RepVGG of the same shape trained with the same recipe; both deployed, quantized (every observer, per-channel and per-tensor weights, narrower weight grids) and compared in one table. Finished runs in --out are reused.',
+  description: 'Hyper-Search, then RepOpt-VGG (target + RepSGD) and RepVGG of the same shape trained with the same recipe; both deployed, quantized (every observer, per-channel and per-tensor weights, narrower weight grids) and compared in one table; OUT/report.html shows it all (see `repopt report`). Finished runs in --out are reused.',
   flags: {
     data: flag.string('data set', { arg: 'SPEC', default: 'fashion-mnist' }),
     out: flag.string('output folder', { arg: 'DIR', default: 'runs/quant-demo' }),
@@ -224,7 +224,8 @@ export const QUANT_DEMO_COMMAND = defineCommand({
     'search-epochs': flag.int('Hyper-Search epochs', { default: 1, min: 1 }),
     'batch-size': flag.int('training batch size', { default: 128, min: 1 }),
     lr: flag.number('learning rate (default: train\'s)', { above: 0 }),
-    seed: flag.int('seed', { default: 0, min: 0 }),
+    seed: flag.int('seed (with --seeds N: the first of N)', { default: 0, min: 0 }),
+    seeds: flag.int('runs per arm, each in OUT/seed-K; the summary gives mean and spread', { default: 1, min: 1 }),
     blocks: flag.ints('blocks of stages 1-4', { arg: 'B,B,B,B', count: 4, min: 1, default: QUANT_DEMO_ARCH.blocks, group: 'model' }),
     widths: flag.numbers('width multipliers of stages 1-4', { arg: 'W,W,W,W', count: 4, above: 0, default: QUANT_DEMO_ARCH.widths, group: 'model' }),
     strides: flag.ints('stage strides, stage0..stage4', { arg: 'S,S,S,S,S', count: 5, min: 1, max: 2, default: QUANT_DEMO_ARCH.strides, group: 'model' }),

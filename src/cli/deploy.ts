@@ -6,7 +6,7 @@
  *   inspect-weights  per-layer weight statistics of the deployed kernels (the paper's Table 11)
  *   quant-demo       search + RepOpt training + RepVGG training on Fashion-MNIST, then all of the above side by side
  */
-import { writeReport } from '../report/index.js';
+import { groupQuantStudies, quantComparisons, spreadOf, writeReport } from '../report/index.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as torch from '../torch/index.js';
@@ -33,7 +33,7 @@ import {
 } from '../deploy/quant.js';
 import { OnnxRunner, exportOnnx } from '../deploy/onnx.js';
 import { runTraining } from './train.js';
-import { UsageError, parseCommand } from './flags.js';
+import { UsageError, parseCommand, type Flags } from './flags.js';
 import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
 import { applyThreads } from './threads.js';
 import { InterruptedError } from '../train/interrupt.js';
@@ -531,7 +531,34 @@ export { QUANT_DEMO_ARCH };
 export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
   const { flags: f } = parseCommand(QUANT_DEMO_COMMAND, argv);
   applyThreads(f.threads);
-  const { data, out, epochs, seed } = f;
+  // With --seeds N every arm runs N times (seeds S..S+N-1, each in OUT/seed-K); one seed keeps OUT itself.
+  const studies: Record<string, QuantReport>[] = [];
+  for (let k = 0; k < f.seeds; k++) {
+    if (f.seeds > 1) log(`\n=== seed ${f.seed + k} (${k + 1} of ${f.seeds}) ===`);
+    studies.push(await quantDemoOnce(f, f.seeds > 1 ? path.join(f.out, `seed-${f.seed + k}`) : f.out, f.seed + k, log));
+  }
+  if (f.seeds > 1) {
+    const [group] = groupQuantStudies(studies.map((arms, k) => ({ file: path.join(f.out, `seed-${f.seed + k}`, 'quant-demo.json'), arms })));
+    log('');
+    log(`over ${f.seeds} seeds (mean ± sd of top-1):`);
+    for (let i = 0; i < group.configs.length; i++) {
+      log(`${group.configs[i].padEnd(34)}${group.arms.map((n) => {
+        const sp = spreadOf(group.top1[n][i]);
+        return (sp ? `${sp.mean.toFixed(2)} ± ${sp.sd.toFixed(2)}` : '-').padStart(17);
+      }).join('')}`);
+    }
+    for (const c of quantComparisons(group)) log(c.sentence);
+  }
+  const report = writeReport([f.out], path.join(f.out, 'report.html'), { title: 'repopt quant-demo: RepOpt-VGG vs RepVGG after quantization', commands: [['repopt', 'quant-demo', ...argv].join(' ')] });
+  log(`report: ${report.file}`);
+  return 0;
+}
+
+type QuantDemoFlags = Flags<typeof QUANT_DEMO_COMMAND.flags>;
+
+/** One seed of the quant-demo: search, RepOpt-VGG and RepVGG in `out`, quantized; writes out/quant-demo.json. */
+async function quantDemoOnce(f: QuantDemoFlags, out: string, seed: number, log: Log): Promise<Record<string, QuantReport>> {
+  const { data, epochs } = f;
   // 8-bit weights with every observer, then narrower weights (MSE activations): where weight outliers cost.
   const bitsList = f['weight-bits'];
   const searchEpochs = f['search-epochs'];
@@ -610,7 +637,5 @@ export async function runQuantDemo(argv: string[], log: Log): Promise<number> {
     line('int8 weight error, per-tensor', (r) => `${(mean(idBlocks(r).map((w) => w.errPerTensor)) * 100).toFixed(2)}%`);
   }
   log(`results in ${path.join(out, 'quant-demo.json')} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-  const report = writeReport([out], path.join(out, 'report.html'), { title: 'repopt quant-demo: RepOpt-VGG vs RepVGG after quantization', commands: [['repopt', 'quant-demo', ...argv].join(' ')] });
-  log(`report: ${report.file}`);
-  return 0;
+  return reports;
 }

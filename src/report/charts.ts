@@ -4,8 +4,9 @@
  * chart holds can be checked against the logs it came from.
  */
 import path from 'node:path';
-import type { RunData, QuantStudy } from './runs.js';
+import type { RunData } from './runs.js';
 import type { Arm } from './stats.js';
+import type { QuantGroup } from './quant.js';
 
 export interface SeriesSpec {
   label: string;
@@ -233,33 +234,35 @@ export function weightCharts(arms: Arm[], colors: Map<string, string>): ChartSpe
   ];
 }
 
-/** A quantization row's name: `INT8 minmax /C`, `6-bit mse /T`. */
-export function quantRowLabel(r: { observer: string; perChannel: boolean; weightBits: number }): string {
-  return `${r.weightBits === 8 ? 'INT8' : `W${r.weightBits}`} ${r.observer} ${r.perChannel ? 'ch' : 'tensor'}`;
-}
-
-/** The quantization study: top-1 per configuration, one line per arm. */
-export function quantCharts(studies: QuantStudy[], colors: Map<string, string>): ChartSpec[] {
-  return studies.map((study, k) => {
-    const names = Object.keys(study.arms);
-    const first = study.arms[names[0]];
-    const categories = ['FP32', ...first.rows.map(quantRowLabel), ...(first.qat ? [`QAT W${first.qat.weightBits}`] : [])];
-    const series: SeriesSpec[] = names.map((n, i) => {
-      const r = study.arms[n];
-      const y = [r.fp32Deployed * 100, ...first.rows.map((c) => {
-        const row = r.rows.find((x) => x.observer === c.observer && x.perChannel === c.perChannel && x.weightBits === c.weightBits);
-        return row ? row.top1 * 100 : null;
-      }), ...(first.qat ? [r.qat ? r.qat.after * 100 : null] : [])];
-      return { label: n, color: colors.get(n) ?? ARM_COLORS[n] ?? PALETTE[i % PALETTE.length], role: 'top1', x: categories.map((_, j) => j), y, points: true, width: 2 };
+/** The quantization study: top-1 per configuration, one line per arm (mean over seeds, min-max band). */
+export function quantCharts(groups: QuantGroup[], colors: Map<string, string>): ChartSpec[] {
+  return groups.map((g, k) => {
+    const xs = g.configs.map((_, j) => j);
+    const series: SeriesSpec[] = [];
+    const bands: [number, number, string][] = [];
+    g.arms.forEach((n, i) => {
+      const color = colors.get(n) ?? ARM_COLORS[n] ?? PALETTE[i % PALETTE.length];
+      const seeds = g.files.length;
+      const at = (f: (v: number[]) => number | null) => g.top1[n].map((v) => {
+        const ok = v.filter(Number.isFinite);
+        return ok.length ? f(ok) : null;
+      });
+      if (seeds > 1) {
+        series.push({ label: `${n} max`, color: color + '55', role: 'max', x: xs, y: at((v) => Math.max(...v)), width: 1, points: false, legend: false });
+        series.push({ label: `${n} min`, color: color + '55', role: 'min', x: xs, y: at((v) => Math.min(...v)), width: 1, points: false, legend: false });
+        bands.push([series.length - 2, series.length - 1, color + '26']);
+      }
+      series.push({ label: seeds > 1 ? `${n} (mean of ${seeds} seeds)` : n, color, role: 'top1', x: xs, y: at((v) => v.reduce((a, b) => a + b, 0) / v.length), points: true, width: 2 });
     });
     return {
       id: `quant-${k}`,
-      title: `Quantization: top-1 per configuration (${rel(path.dirname(study.file))})`,
+      title: `Quantization: top-1 per configuration (${rel(g.dir)}${g.files.length > 1 ? `, ${g.files.length} seeds` : ''})`,
       xLabel: 'configuration',
       yLabel: 'top-1 (%)',
       yDigits: 1,
-      categories,
+      categories: g.configs,
       series,
+      bands,
       height: 300,
       wide: true,
     };

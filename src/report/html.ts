@@ -10,9 +10,10 @@ import { createRequire } from 'node:module';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { findRunDirs, findQuantStudies, loadRun, type QuantStudy, type RunData, type RunConfig } from './runs.js';
-import { groupArms, summarize, type Arm, type Comparison } from './stats.js';
-import { armColors, quantCharts, quantRowLabel, scaleCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
+import { groupArms, spreadOf, summarize, type Arm, type Comparison } from './stats.js';
+import { armColors, quantCharts, scaleCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
 import { CLIENT_JS } from './client.js';
+import { groupQuantStudies, quantComparisons, quantSpread, type QuantGroup } from './quant.js';
 
 export interface ReportOptions {
   title?: string;
@@ -30,6 +31,7 @@ export interface ReportData {
   runs: RunData[];
   arms: Arm[];
   studies: QuantStudy[];
+  quant: QuantGroup[];
   comparisons: Comparison[];
   charts: ChartSpec[];
   header: { recipe: [string, string][]; machine: [string, string][]; versions: [string, string][]; commands: string[] };
@@ -179,7 +181,8 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
   const studies = findQuantStudies([...paths, ...dirs]);
   const arms = groupArms(runs).sort((a, b) => armRank(a) - armRank(b));
   const colors = armColors(arms);
-  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(studies, colors)];
+  const quant = groupQuantStudies(studies);
+  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(quant, colors)];
   const commands = [...(o.commands ?? []), ...runs.map((r) => reproduceCommand(r.config, r.dir)), `repopt report ${paths.map((p) => shellQuote(relPath(p))).join(' ')}`];
   return {
     title: o.title ?? 'repopt report',
@@ -187,6 +190,7 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
     runs,
     arms,
     studies,
+    quant,
     comparisons: summarize(arms),
     charts,
     header: { recipe: recipeRows(runs, arms), machine: machineRows(runs), versions: versionRows(), commands },
@@ -238,26 +242,29 @@ function weightsTable(d: ReportData): string {
   return `<table class="grid compact">${head}${rows.join('')}</table>`;
 }
 
-function quantTable(s: QuantStudy): string {
-  const names = Object.keys(s.arms);
-  const first = s.arms[names[0]];
-  const pct = (x: number) => (x * 100).toFixed(2);
-  const drop = (x: number, base: number) => {
-    const v = (x - base) * 100;
-    return `<span class="${v < -1 ? 'bad' : 'sd'}">(${v >= 0 ? '+' : '−'}${Math.abs(v).toFixed(1)})</span>`;
+function quantTable(g: QuantGroup): string {
+  const seeds = g.files.length;
+  const cell = (arm: string, i: number) => {
+    const sp = quantSpread(g, arm, i);
+    if (!sp) return '<td>–</td>';
+    const base = quantSpread(g, arm, 0)!.mean;
+    const v = sp.mean - base;
+    const drop = i === 0 ? '' : ` <span class="${v < -1 ? 'bad' : 'sd'}">(${v >= 0 ? '+' : '−'}${Math.abs(v).toFixed(1)})</span>`;
+    return `<td class="num">${sp.mean.toFixed(2)}${seeds > 1 ? ` <span class="sd">± ${sp.sd.toFixed(2)}</span>` : ''}${drop}</td>`;
   };
-  const rows: string[] = [`<tr><td>FP32 deployed</td>${names.map((n) => `<td class="num">${pct(s.arms[n].fp32Deployed)}</td>`).join('')}</tr>`];
-  for (const c of first.rows) {
-    rows.push(`<tr><td>${esc(quantRowLabel(c))}</td>${names.map((n) => {
-      const r = s.arms[n].rows.find((x) => x.observer === c.observer && x.perChannel === c.perChannel && x.weightBits === c.weightBits);
-      return r ? `<td class="num">${pct(r.top1)} ${drop(r.top1, s.arms[n].fp32Deployed)}</td>` : '<td>–</td>';
+  const rows = g.configs.map((c, i) => `<tr><td>${esc(i === 0 ? 'FP32 deployed' : c)}</td>${g.arms.map((n) => cell(n, i)).join('')}</tr>`);
+  if (g.arms.some((n) => g.onnxAgreement[n].length)) {
+    rows.push(`<tr><td>ONNX Runtime vs simulation: same top-1 class</td>${g.arms.map((n) => {
+      const a = spreadOf(g.onnxAgreement[n]);
+      return a ? `<td class="num">${a.mean.toFixed(2)}%</td>` : '<td>–</td>';
     }).join('')}</tr>`);
   }
-  if (first.qat) rows.push(`<tr><td>W${first.qat.weightBits} + ${first.qat.epochs} epoch(s) QAT</td>${names.map((n) => { const q = s.arms[n].qat; return q ? `<td class="num">${pct(q.after)} ${drop(q.after, s.arms[n].fp32Deployed)}</td>` : '<td>–</td>'; }).join('')}</tr>`);
-  if (first.onnx) rows.push(`<tr><td>ONNX Runtime vs simulation: same top-1 class</td>${names.map((n) => { const o = s.arms[n].onnx; return o ? `<td class="num">${pct(o.agreement)}% <span class="sd">of ${o.images}</span></td>` : '<td>–</td>'; }).join('')}</tr>`);
-  return `<p class="note">${esc(relPath(s.file))}: calibrated on ${first.calibImages} training images, top-1 on ${first.testImages} test images; drop in points from FP32 in brackets. ` +
+  const words = quantComparisons(g);
+  return `<p class="note">${g.files.map((f) => esc(relPath(f))).join(', ')}: calibrated on ${g.calibImages} training images, top-1 on ${g.testImages} test images` +
+    `${seeds > 1 ? `, mean ± sd over ${seeds} seeds` : ''}; change in points from FP32 in brackets. ` +
     `INT8: 8-bit weights and activations; Wn: n-bit weights (8-bit activations); then the activation observer (minmax, percentile, mse) and the weight scales (per output channel "ch" or per tensor).</p>` +
-    `<table class="grid compact"><tr><th>configuration</th>${names.map((n) => `<th>${esc(n)}</th>`).join('')}</tr>${rows.join('')}</table>`;
+    `<table class="grid compact"><tr><th>configuration</th>${g.arms.map((n) => `<th>${esc(n)}</th>`).join('')}</tr>${rows.join('')}</table>` +
+    (words.length ? `<ul class="summary">${words.map((c) => `<li class="${c.exceedsSpread === true ? 'yes' : c.exceedsSpread === false ? 'no' : ''}">${esc(c.sentence)}</li>`).join('')}</ul>` : '');
 }
 
 const CSS = `
@@ -344,7 +351,7 @@ export function renderReport(d: ReportData): string {
   if (scales.length) sections.push(['scales', 'Hyper-Search: the searched scales', `<p class="note">Per layer, the distribution over output channels of each branch's trainable scale after the search: median (line), 25th–75th percentiles (dark band), min–max (light band). These become the Grad Mults of RepOpt-VGG.</p>${grid(scales, scales.length >= 3 ? 'three' : '')}`]);
   const weights = section('weights-');
   if (weights.length) sections.push(['weights', 'Deployed weights (Table 11 of the paper)', `<p class="note">Kernels of the deployed plain network (BN folded, branches fused) from each run's final.pth. RepVGG's identity and 1x1 branches land on the centre tap, so its centre std and max/std grow: the outliers that make it quantize badly. RepOpt-VGG trains the plain kernel directly.</p>${grid(weights)}${weightsTable(d)}`]);
-  if (d.studies.length) sections.push(['quant', 'Quantization', `${grid(section('quant-'))}${d.studies.map(quantTable).join('')}`]);
+  if (d.quant.length) sections.push(['quant', 'Quantization', `${grid(section('quant-'))}${d.quant.map(quantTable).join('')}`]);
   const h = d.header;
   const swatchCss = d.arms.map((a) => `.swatch[data-arm="${esc(a.name)}"] { background: ${colors.get(a.name)}; }`).join('\n');
   const json = JSON.stringify({ charts: d.charts }).replace(/</g, '\\u003c');

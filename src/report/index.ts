@@ -3,3 +3,4 @@ export { collectReport, renderReport, writeReport, reproduceCommand, type Report
 export { findRunDirs, findQuantStudies, loadRun, seriesOf, armName, scaleStatsOf, splitScaleKey, type RunData, type RunConfig, type QuantStudy, type ScaleStats } from './runs.js';
 export { groupArms, summarize, compare, spreadOf, type Arm, type Spread, type Comparison } from './stats.js';
 export type { ChartSpec, SeriesSpec } from './charts.js';
+export { groupQuantStudies, quantComparisons, quantRowLabel, type QuantGroup } from './quant.js';
