@@ -43,6 +43,8 @@ export interface ChartSpec {
   wide?: boolean;
   /** No legend under the chart (the section shows one key for all its charts). */
   sharedLegend?: boolean;
+  /** The initial x range (so charts of one section share their axis). */
+  xRange?: [number, number];
 }
 
 const ARM_COLORS: Record<string, string> = {
@@ -106,6 +108,9 @@ export function trainingCharts(arms: Arm[], colors: Map<string, string>): ChartS
     },
   ];
   const charts: ChartSpec[] = [];
+  const finite = (xs: number[]) => xs.filter(Number.isFinite);
+  const lastIteration = Math.max(0, ...runs.flatMap((r) => finite([...r.steps.iteration, ...r.epochs.iteration])));
+  const lastSecond = Math.max(0, ...runs.flatMap((r) => finite([...r.steps.seconds, ...r.epochs.seconds])));
   for (const m of metrics) {
     for (const axis of ['steps', 'time'] as const) {
       const series: SeriesSpec[] = [];
@@ -130,6 +135,7 @@ export function trainingCharts(arms: Arm[], colors: Map<string, string>): ChartS
         yDigits: m.yDigits,
         series,
         sharedLegend: true,
+        xRange: [0, 1.03 * (axis === 'steps' ? lastIteration : lastSecond / t.div)],
       });
     }
   }
@@ -216,6 +222,7 @@ export function weightCharts(arms: Arm[], colors: Map<string, string>): ChartSpe
       const w = run.weights!.find((v) => v.layer === l);
       return w ? f(w) : null;
     });
+  const names = layers.map((l) => l.replace(/\.conv$/, ''));
   const std: SeriesSpec[] = [];
   const ratio: SeriesSpec[] = [];
   const outliers: SeriesSpec[] = [];
@@ -228,9 +235,9 @@ export function weightCharts(arms: Arm[], colors: Map<string, string>): ChartSpe
   }
   const seedNote = arms.some((a) => a.runs.length > 1) ? ' (the first seed of each arm)' : '';
   return [
-    { id: 'weights-std', title: `Deployed kernels: std at the centre tap vs the 8 surrounding taps${seedNote}`, xLabel: 'layer', yLabel: 'std', yDigits: 3, categories: layers, series: std, wide: true, height: 280 },
-    { id: 'weights-ratio', title: 'Centre / surrounding std per layer', xLabel: 'layer', yLabel: 'centre / around', yDigits: 2, categories: layers, series: ratio },
-    { id: 'weights-outliers', title: 'Outliers: max |w| / std per layer', xLabel: 'layer', yLabel: 'max|w| / std', yDigits: 1, categories: layers, series: outliers },
+    { id: 'weights-std', title: `Deployed kernels: std at the centre tap vs the 8 surrounding taps${seedNote}`, xLabel: 'layer', yLabel: 'std', yDigits: 3, categories: names, series: std, wide: true, height: 280 },
+    { id: 'weights-ratio', title: 'Centre / surrounding std per layer', xLabel: 'layer', yLabel: 'centre / around', yDigits: 2, categories: names, series: ratio },
+    { id: 'weights-outliers', title: 'Outliers: max |w| / std per layer', xLabel: 'layer', yLabel: 'max|w| / std', yDigits: 1, categories: names, series: outliers },
   ];
 }
 

@@ -48,6 +48,8 @@ export const CLIENT_JS = String.raw`
       var n = spec.categories.length;
       opts.scales.x.range = function () { return [-0.5, n - 0.5]; };
       opts.axes[0] = Object.assign(categoryAxis(spec.categories), { label: spec.xLabel, labelSize: 18 });
+      // Rotated labels run down to the right: room for the last one.
+      if (n > 5) opts.padding = [12, 36, 0, 0];
       opts.series[0].value = function (u, i) { return i == null ? '' : spec.categories[i]; };
       var xs = spec.categories.map(function (_, i) { return i; });
       uData = [xs].concat(spec.series.map(function (s) { return s.y; }));
@@ -97,6 +99,7 @@ export const CLIENT_JS = String.raw`
     if (!el) { console.error('report: no element for chart ' + spec.id); return; }
     var built = build(spec, Math.max(260, el.clientWidth));
     var u = new uPlot(built.opts, built.data, el);
+    if (spec.xRange && spec.xRange[1] > spec.xRange[0]) u.setScale('x', { min: spec.xRange[0], max: spec.xRange[1] });
     spec.series.forEach(function (s, i) {
       if (s.legend === false) {
         var row = u.root.querySelectorAll('.u-legend .u-series')[i + 1];
