@@ -277,3 +277,23 @@ test('two "machines" on one host: --nnodes 2 --node-rank 0|1 with a shared maste
   const log = readJsonl(`${d}/node0/log.jsonl`);
   assert.equal(log.find((x) => x.type === 'end')?.iteration, 4); // 32 samples per rank, batch 8
 });
+
+test("torchrun's variables set by hand: two `repopt search` workers; rank 0 alone logs and writes the scales, once", async () => {
+  const d = tmp();
+  const port = await freePort();
+  const args = [CLI, 'search', '--data', 'synthetic:128', ...TINY, '--epochs', '1', '--batch-size', '16', '--threads', '1', '--no-eval', '--out', `${d}/hs`];
+  const kids = [0, 1].map((rank) =>
+    spawn(process.execPath, args, {
+      env: { ...ENV, RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: '2', LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) },
+    }),
+  );
+  const outs = kids.map(collect);
+  const codes = await Promise.all(kids.map((k) => exited(k, 90_000)));
+  assert.deepEqual(codes, [0, 0], outs.map((o) => o.text()).join('\n'));
+  assert.match(outs[0].text(), /scales written to/);
+  assert.doesNotMatch(outs[1].text(), /scales written|search:/, 'rank 1 prints nothing of its own');
+  assert.ok(fs.existsSync(`${d}/hs/scales.pth`));
+  const log = readJsonl(`${d}/hs/log.jsonl`);
+  assert.equal(log.filter((x) => x.type === 'end').length, 1);
+  assert.equal(log.find((x) => x.type === 'end')?.iteration, 4); // 64 samples per rank, batch 16
+});
