@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as torch from '../src/torch/index.js';
 import { REPOPT_VGG_CONFIGS, vggTargetStats } from '../src/models/repoptvgg.js';
-import { benchOptimizer, benchTrainStep, searchMaxBatch, vggModeMacs } from '../src/cli/bench.js';
-import { buildModel } from '../src/train/setup.js';
+import { benchOptimizer, benchTrainStep, searchMaxBatch, vggModeMacs } from '../src/train/bench.js';
+import { buildVgg } from '../src/train/setup.js';
 
 torch.setNumThreads(1);
 
@@ -34,7 +34,7 @@ test('searchMaxBatch: doubling then bisection to the granule, the largest batch 
 });
 
 test('benchOptimizer: RepSGD has a Grad Mult on every target kernel, SGD none', () => {
-  const model = buildModel({ blocks: [1, 2, 1, 1], widths: [0.25, 0.25, 0.25, 0.25], inChannels: 3, numClasses: 10 }, 'target');
+  const model = buildVgg({ blocks: [1, 2, 1, 1], widths: [0.25, 0.25, 0.25, 0.25], inChannels: 3, numClasses: 10 }, 'target');
   const rep = benchOptimizer(model, 'repsgd');
   const plain = benchOptimizer(model, 'sgd');
   try {

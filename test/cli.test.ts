@@ -107,7 +107,7 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['train', '--data', 'synthetic', '--batch-size', '0'], /--batch-size must be a positive integer, got 0/],
     [['train', '--data', 'synthetic', '--lr', '-1'], /--lr must be a positive number, got -1/],
     [['train', '--data', 'synthetic', '--momentum', '1.5'], /--momentum must be in \[0, 1\], got 1\.5/],
-    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, repvgg, plain, got 'fast'/],
+    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, rep, got 'fast'/],
     [['train', '--data', 'synthetic', '--nesterov=yes'], /flag --nesterov takes no value/],
     [['train', '--data', 'synthetic', '--seed', '1', '--seed', '2'], /--seed given twice/],
     [['train', '--data', 'synthetic', 'extra'], /unexpected argument 'extra'/],

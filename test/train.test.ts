@@ -161,8 +161,8 @@ test('bad runs are clear errors', () => {
   const d = tmp();
   const base = ['train', '--data', 'synthetic:64', ...TINY, '--epochs', '1', '--out', `${d}/x`];
   let r = cli([...base]);
-  assert.equal(r.status, 1);
-  assert.match(r.stderr, /needs --scales/);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--scales: mode target trains with a RepOptimizer and needs scales/);
   r = cli([...base, '--mode', 'plain', '--bogus']);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /unknown flag --bogus/);

@@ -8,12 +8,12 @@
 import os from 'node:os';
 import { defineCommand, flag, type CommandSpec, type FlagSpec } from './flags.js';
 import type { ObserverKind } from '../deploy/quant.js';
+import type { BenchMode } from '../train/bench.js';
 
 /** The INT8 activation observers (src/deploy/quant.ts OBSERVERS). */
 export const OBSERVER_CHOICES = ['minmax', 'percentile', 'mse'] as const satisfies readonly ObserverKind[];
-/** The modes `repopt bench` times. */
-export const BENCH_MODES = ['target', 'repvgg', 'hs'] as const;
-export type BenchMode = (typeof BENCH_MODES)[number];
+/** The modes `repopt bench` times (src/train/bench.ts BENCH_MODES). */
+const BENCH_MODE_CHOICES = ['target', 'repvgg', 'hs'] as const satisfies readonly BenchMode[];
 /** The quant-demo's network (also its defaults). */
 export const QUANT_DEMO_ARCH = { blocks: [2, 2, 2, 1], widths: [0.25, 0.25, 0.25, 0.25], strides: [1, 1, 2, 2, 2] };
 
@@ -96,10 +96,10 @@ export const SEARCH_COMMAND = defineCommand({
 export const TRAIN_COMMAND = defineCommand({
   name: 'train',
   summary: 'RepOpt training (target model + Grad Mults from --scales) or a baseline',
-  usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|repvgg|plain] [--scales FILE] [options]',
+  usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|plain|repvgg|rep] [--scales FILE] [options]',
   description: 'Trains the plain target model with a RepOptimizer (Grad Mults rebuilt from --scales; a fresh model gets the Rule of Initialization), or a baseline: --mode repvgg (multi-branch training) or --mode plain (the target model with ordinary SGD/AdamW).',
   flags: {
-    mode: flag.choice(['target', 'repvgg', 'plain'] as const, 'what to train', { default: 'target', group: 'RepOpt' }),
+    mode: flag.choice(['target', 'plain', 'repvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or the multi-branch baseline: repvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: 'target', group: 'RepOpt' }),
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
     'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: 'searched', group: 'RepOpt' }),
     optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: 'sgd', group: 'RepOpt' }),
@@ -113,11 +113,11 @@ export const EVAL_COMMAND = defineCommand({
   name: 'eval',
   summary: 'top-1 / top-5 / loss of a checkpoint on a data set\'s test split',
   usage: '--checkpoint FILE --data SPEC [--arch A | --blocks B --widths W] [--mode M] [options]',
-  description: 'Evaluates a checkpoint (a repopt run\'s checkpoint or a plain state dict, e.g. the release\'s) on the test split. The model comes from the run\'s config.json beside the checkpoint, or from --arch / --blocks --widths with --mode; input channels and classes from the data.',
+  description: 'Evaluates a checkpoint (a repopt run\'s checkpoint, a plain state dict such as the release\'s, or a deployed one) on the test split. The model comes from the run\'s config.json beside the checkpoint, or from --arch / --blocks --widths; the mode from the state dict (or --mode); input channels and classes from the data.',
   flags: {
     checkpoint: flag.string('the checkpoint or state dict', { arg: 'FILE', required: true }),
     data: flag.string('evaluation data (its test split)', { arg: 'SPEC', required: true }),
-    mode: flag.choice(['target', 'repvgg', 'plain', 'hs'] as const, 'the checkpoint\'s mode, with --arch / --blocks', { default: 'target', group: 'model' }),
+    mode: flag.choice(['target', 'plain', 'hs', 'csla', 'repvgg', 'rep', 'deploy'] as const, 'the mode the checkpoint was saved in (default: read from its keys; csla files read as hs)', { group: 'model' }),
     ...MODEL_FLAGS,
     'image-size': flag.int('resize folder images to N x N', { min: 1 }),
     'batch-size': flag.int('batch size', { default: 256, min: 1 }),
@@ -249,8 +249,8 @@ export const BENCH_COMMAND = defineCommand({
     ...MODEL_FLAGS,
     'image-size': flag.int('input size', { default: 64, min: 1, group: 'model' }),
     classes: flag.int('classes', { default: 100, min: 1, group: 'model' }),
-    mode: flag.choice(BENCH_MODES, 'training mode', { default: 'target' }),
-    modes: flag.choices(BENCH_MODES, 'compare these modes, each in a fresh process', { item: 'mode' }),
+    mode: flag.choice(BENCH_MODE_CHOICES, 'training mode', { default: 'target' }),
+    modes: flag.choices(BENCH_MODE_CHOICES, 'compare these modes, each in a fresh process', { item: 'mode' }),
     optimizer: flag.choice(['repsgd', 'sgd'] as const, 'target mode: RepSGD (Grad Mults) or plain SGD', { default: 'repsgd' }),
     batch: flag.int('batch size (with --max-batch: the first probe)', { default: 32, min: 1 }),
     warmup: flag.int('untimed steps', { default: 3, min: 0 }),

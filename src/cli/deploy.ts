@@ -1,7 +1,7 @@
 /**
- * Deployment commands:
- *   deploy           fuse a trained checkpoint into the plain deployed network, write its state dict
- *   export           write the deployed network as ONNX (FP32, or INT8 QDQ calibrated on data), checked in ONNX Runtime
+ * Deployment commands (flags -> library calls in src/deploy/study.ts -> printed lines):
+ *   deploy           fuse a trained checkpoint into its deploy form, write its state dict
+ *   export           write the deploy form as ONNX (FP32, or INT8 QDQ calibrated on data), checked in ONNX Runtime
  *   quantize         FP32 vs INT8 top-1 per observer (simulated in libtorch), optional QAT, ONNX Runtime agreement
  *   inspect-weights  per-layer weight statistics of the deployed kernels (the paper's Table 11)
  *   quant-demo       search + RepOpt training + RepVGG training on Fashion-MNIST, then all of the above side by side
@@ -9,248 +9,33 @@
 import { groupQuantStudies, quantComparisons, spreadOf, writeReport } from '../report/index.js';
 import fs from 'node:fs';
 import path from 'node:path';
-import * as torch from '../torch/index.js';
-import type { Tensor } from '../torch/index.js';
-import { openDataset, type Dataset } from '../data/dataset.js';
-import { DataLoader } from '../data/loader.js';
-import { defaultTransforms } from '../data/transforms.js';
-import { loadStateDictFile, saveStateDict } from '../train/checkpoint.js';
-import { buildModel, type ModelConfig } from '../train/setup.js';
-import type { RepOptVGG } from '../models/repoptvgg.js';
-import { DeployVGG, deployVGG, modeOfStateDict } from '../deploy/fuse.js';
-import {
-  DEFAULT_POLICY,
-  OBSERVERS,
-  QuantizedVGG,
-  calibrate,
-  deployedKernels,
-  qatFineTune,
-  quantizeModel,
-  weightStats,
-  type LayerWeightStats,
-  type ObserverKind,
-  type QuantPolicy,
-} from '../deploy/quant.js';
-import { OnnxRunner, exportOnnx } from '../deploy/onnx.js';
+import { saveStateDict } from '../train/checkpoint.js';
+import { OBSERVERS, type LayerWeightStats, type QuantPolicy } from '../deploy/quant.js';
+import { exportCheckpoint, int8Label as label, loadForDeploy, quantizeStudy, weightReport, type CheckpointSource, type QuantReport } from '../deploy/study.js';
 import { runTraining } from './train.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
 import { applyThreads } from './threads.js';
 import { InterruptedError } from '../train/interrupt.js';
-import type { Module } from '../nn/index.js';
 
 type Log = (line: string) => void;
 
-/** Where a checkpoint's model comes from. */
-export interface CheckpointModel {
-  checkpoint: string;
-  arch?: string;
-  blocks?: number[];
-  widths?: number[];
-  strides?: number[];
-}
-
-
-export interface LoadedModel {
-  /** The trained model (null when the checkpoint already holds a deployed network). */
-  trained: RepOptVGG | null;
-  deployed: DeployVGG;
-  mode: 'target' | 'repvgg' | 'hs' | 'deploy';
-  config: ModelConfig;
-  /** max |trained - deployed| / max |trained| over random inputs (0 for deployed checkpoints). */
-  fuseError: number;
-}
-
-function firstKernel(sd: Map<string, Tensor>): Tensor {
-  const t = sd.get('stage0.conv.weight') ?? sd.get('stage0.conv_3x3.weight');
-  if (!t) throw new Error('no stem kernel (stage0.conv.weight / stage0.conv_3x3.weight) in the checkpoint');
-  return t;
-}
-
-/**
- * A checkpoint (repopt training checkpoint, `{"model": ...}`, plain state dict, or a deployed state dict)
- * as a trained model and its deployed network. The architecture comes from --arch / --blocks --widths
- * [--strides], else from the run's config.json beside the checkpoint; the mode, input channels and classes
- * from the state dict itself.
- */
-export function loadForDeploy(f: CheckpointModel, opts: { imageSize?: number } = {}): LoadedModel {
-  const file = f.checkpoint;
-  if (!fs.existsSync(file)) throw new Error(`${file}: no such checkpoint`);
-  if (f.arch && (f.blocks || f.widths)) throw new UsageError('give either --arch or --blocks/--widths, not both');
-  const sd = loadStateDictFile(file);
-  try {
-    const mode = modeOfStateDict(sd.keys());
-    const lin = sd.get('linear.weight');
-    if (!lin) throw new Error(`${file}: no linear.weight in the checkpoint`);
-    const inferred = { inChannels: firstKernel(sd).shape[1], numClasses: lin.shape[0] };
-    let config: ModelConfig;
-    if (f.arch || f.blocks || f.widths) {
-      if (!f.arch && !(f.blocks && f.widths)) throw new UsageError('give --arch NAME, or both --blocks and --widths');
-      config = { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, ...inferred };
-    } else {
-      const cfgFile = path.join(path.dirname(file), 'config.json');
-      if (!fs.existsSync(cfgFile)) throw new UsageError(`no config.json beside ${file}: give the model with --arch or --blocks/--widths [--strides]`);
-      const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model?: ModelConfig };
-      if (!saved.model) throw new Error(`${cfgFile}: no model configuration`);
-      config = { ...saved.model, ...(f.strides ? { strides: f.strides } : {}), ...inferred };
-    }
-    if (mode === 'deploy') {
-      const shape = buildModel(config, 'target');
-      const layout = shape.layout;
-      shape.dispose();
-      const deployed = new DeployVGG({ layout, numClasses: config.numClasses });
-      deployed.loadStateDict(sd);
-      return { trained: null, deployed: deployed.eval(), mode, config, fuseError: 0 };
-    }
-    const trained = buildModel(config, mode);
-    try {
-      trained.loadStateDict(sd);
-      trained.eval();
-      const deployed = deployVGG(trained);
-      const fuseError = fusionError(trained, deployed, opts.imageSize ?? 32);
-      return { trained, deployed, mode, config, fuseError };
-    } catch (e) {
-      trained.dispose();
-      throw e;
-    }
-  } finally {
-    for (const t of sd.values()) t.dispose();
-  }
-}
-
-/** max |a(x) - b(x)| / max |a(x)| over a batch of random normal inputs (eval mode). */
-export function fusionError(a: Module, b: Module, size = 32, batch = 4): number {
-  const cin = (b as DeployVGG).layout[0].inChannels;
-  return torch.noGrad(() =>
-    torch.tidy(() => {
-      const x = torch.randn([batch, cin, size, size]);
-      const ya = a.forward(x);
-      const yb = b.forward(x);
-      return ya.sub(yb).abs().max().item() / Math.max(1e-12, ya.abs().max().item());
-    }),
-  );
-}
-
-// ------------------------------------------------------------------ data helpers
-
-interface Batch {
-  x: Tensor;
-  y: Tensor;
-}
-
-/** Up to `limit` images of a split as batches in memory (no augmentation; shuffled with `seed` if asked). */
-async function collectBatches(ds: Dataset, limit: number, batchSize: number, shuffle: boolean, seed: number): Promise<Batch[]> {
-  const loader = new DataLoader(ds, { batchSize, shuffle, seed, augment: false, transforms: defaultTransforms(ds, 'test', false), workers: 0 });
-  const out: Batch[] = [];
-  let n = 0;
-  try {
-    // Stop once `limit` images are in: the rest of the epoch would only be decoded to be thrown away.
-    if (limit > 0) {
-      for await (const { x, y } of loader.epoch(0)) {
-        const take = Math.min(x.shape[0], limit - n);
-        if (take < x.shape[0]) {
-          out.push({ x: torch.keep(x.narrow(0, 0, take).contiguous()), y: torch.keep(y.narrow(0, 0, take).contiguous()) });
-          x.dispose();
-          y.dispose();
-        } else out.push({ x, y });
-        n += take;
-        if (n >= limit) break;
-      }
-    }
-  } finally {
-    await loader.close();
-  }
-  return out;
-}
-
-function disposeBatches(bs: Batch[]): void {
-  for (const b of bs) {
-    b.x.dispose();
-    b.y.dispose();
-  }
-}
-
-/** Top-1 of a model over batches. */
-function top1(model: Module, batches: Batch[]): number {
-  const wasTraining = model.training;
-  model.eval();
-  let hits = 0;
-  let n = 0;
-  try {
-    for (const { x, y } of batches) {
-      torch.noGrad(() =>
-        torch.tidy(() => {
-          hits += model.forward(x).argmax(1).eq(y).sum().item();
-          n += y.shape[0];
-        }),
-      );
-    }
-  } finally {
-    model.train(wasTraining);
-  }
-  return n ? hits / n : 0;
-}
-
-export interface OnnxAgreement {
-  images: number;
-  /** Fraction of images where ONNX Runtime's top-1 class equals ours. */
-  agreement: number;
-  /** max |logit difference| / max |our logit|. */
-  relMaxDiff: number;
-  maxDiff: number;
-  onnxTop1: number;
-  oursTop1: number;
-}
-
-/** Runs ONNX bytes in ONNX Runtime over batches and compares with our model's logits. */
-export async function onnxAgreement(bytes: Uint8Array, ours: Module, batches: Batch[]): Promise<OnnxAgreement> {
-  const runner = await OnnxRunner.create(bytes);
-  let agree = 0;
-  let n = 0;
-  let maxDiff = 0;
-  let scale = 0;
-  let hitsOnnx = 0;
-  let hitsOurs = 0;
-  const wasTraining = ours.training;
-  ours.eval();
-  try {
-    for (const { x, y } of batches) {
-      const theirs = await runner.run(x);
-      torch.noGrad(() =>
-        torch.tidy(() => {
-          const mine = ours.forward(x);
-          const pa = theirs.argmax(1);
-          const pb = mine.argmax(1);
-          agree += pa.eq(pb).sum().item();
-          hitsOnnx += pa.eq(y).sum().item();
-          hitsOurs += pb.eq(y).sum().item();
-          maxDiff = Math.max(maxDiff, theirs.sub(mine).abs().max().item());
-          scale = Math.max(scale, mine.abs().max().item());
-          n += y.shape[0];
-        }),
-      );
-      theirs.dispose();
-    }
-  } finally {
-    ours.train(wasTraining);
-    await runner.release();
-  }
-  return { images: n, agreement: agree / n, relMaxDiff: maxDiff / Math.max(scale, 1e-12), maxDiff, onnxTop1: hitsOnnx / n, oursTop1: hitsOurs / n };
-}
-
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
-/** "INT8", or "INT8 (W4)" for narrower weights. */
-const label = (bits = 8) => (bits < 8 ? `INT8 (W${bits})` : 'INT8');
+
+/** The checkpoint flags as the library's source. */
+function source(f: { checkpoint: string; arch?: string; blocks?: number[]; widths?: number[]; strides?: number[] }): CheckpointSource {
+  return { checkpoint: f.checkpoint, model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides } };
+}
 
 // ------------------------------------------------------------------ deploy
 
 export async function runDeploy(argv: string[], log: Log): Promise<number> {
   const { flags: f } = parseCommand(DEPLOY_COMMAND, argv);
   applyThreads(f.threads);
-  const m = loadForDeploy(f);
+  const m = loadForDeploy(source(f));
   try {
     saveStateDict(f.out, m.deployed.stateDict());
-    log(`${f.checkpoint} (${m.mode}) -> ${f.out}: ${m.deployed.blocks.length} conv3x3+bias blocks, ${m.deployed.numParameters().toLocaleString('en-US')} params` +
+    log(`${f.checkpoint} (${m.family.name}, ${m.mode}) -> ${f.out}: ${m.deployed.constructor.name}, ${m.deployed.numParameters().toLocaleString('en-US')} params` +
       (m.trained ? ` (trained ${m.trained.numParameters().toLocaleString('en-US')}); max |trained - deployed| = ${m.fuseError.toExponential(2)} of the logits' scale` : ''));
     return 0;
   } finally {
@@ -267,179 +52,32 @@ export async function runExport(argv: string[], log: Log): Promise<number> {
   const int8Only = (['calib', 'calib-images', 'observer', 'per-tensor', 'weight-bits', 'fp32-first', 'fp32-last', 'percentile'] as const).filter((k) => given.has(k));
   if (!f.int8 && int8Only.length) throw new UsageError(`${int8Only.map((k) => `--${k}`).join(', ')} need --int8`);
   applyThreads(f.threads);
-  const { observer, percentile, seed } = f;
-  torch.manualSeed(seed);
-  const calibSet = f.calib ? openDataset(f.calib, 'train', { imageSize: f['image-size'] }) : null;
-  const m = loadForDeploy(f, { imageSize: calibSet?.height });
-  let calib: Batch[] = [];
-  try {
-    if (calibSet && calibSet.channels !== m.deployed.layout[0].inChannels) throw new Error(`--calib ${f.calib}: ${calibSet.channels}-channel images, the model takes ${m.deployed.layout[0].inChannels}`);
-    let net: DeployVGG | QuantizedVGG = m.deployed;
-    if (calibSet) {
-      calib = await collectBatches(calibSet, f['calib-images'], 128, true, seed);
-      const obs = calibrate(m.deployed, calib.map((b) => b.x));
-      const policy: QuantPolicy = { perChannel: !f['per-tensor'], quantizeFirst: !f['fp32-first'], quantizeLast: !f['fp32-last'], weightBits: f['weight-bits'] };
-      net = quantizeModel(m.deployed, obs, observer, policy, { percentile });
+  const policy: QuantPolicy = { perChannel: !f['per-tensor'], quantizeFirst: !f['fp32-first'], quantizeLast: !f['fp32-last'], weightBits: f['weight-bits'] };
+  const r = await exportCheckpoint({
+    ...source(f),
+    out: f.out,
+    int8: f.int8 && f.calib ? { calib: f.calib, calibImages: f['calib-images'], observer: f.observer, percentile: f.percentile, policy } : undefined,
+    imageSize: f['image-size'],
+    verify: !f['no-verify'],
+    seed: f.seed,
+  });
+  const q = r.int8;
+  const what = q
+    ? `INT8 QDQ (${q.observer} activations on ${q.calibImages} images of ${q.calibData}, ${q.perChannel ? 'per-channel' : 'per-tensor'}${q.weightBits < 8 ? ` ${q.weightBits}-bit` : ''} weights${q.quantizeFirst ? '' : ', first conv FP32'}${q.quantizeLast ? '' : ', last linear FP32'})`
+    : 'FP32';
+  log(`${r.out}: ${what}, opset 13, input [batch, ${r.inChannels}, height, width], ${r.bytes.toLocaleString('en-US')} bytes` + (r.fuseError !== null ? `; fusion error ${r.fuseError.toExponential(2)}` : ''));
+  if (r.check) {
+    const a = r.check;
+    log(`ONNX Runtime check on ${a.images} ${a.on} images: top-1 agreement ${pct(a.agreement)}, max |logit diff| ${a.maxDiff.toExponential(2)} (${a.relMaxDiff.toExponential(2)} of the logits' scale)`);
+    if (!a.ok) {
+      log('ONNX Runtime disagrees with the model beyond tolerance');
+      return 1;
     }
-    const bytes = exportOnnx(net);
-    fs.mkdirSync(path.dirname(path.resolve(f.out)), { recursive: true });
-    fs.writeFileSync(f.out, bytes);
-    const what = net instanceof QuantizedVGG
-      ? `INT8 QDQ (${observer} activations on ${calib.reduce((s, b) => s + b.x.shape[0], 0)} images of ${calibSet!.name}, ${net.policy.perChannel ? 'per-channel' : 'per-tensor'}${net.weightBits < 8 ? ` ${net.weightBits}-bit` : ''} weights${net.policy.quantizeFirst ? '' : ', first conv FP32'}${net.policy.quantizeLast ? '' : ', last linear FP32'})`
-      : 'FP32';
-    log(`${f.out}: ${what}, opset 13, input [batch, ${m.deployed.layout[0].inChannels}, height, width], ${bytes.length.toLocaleString('en-US')} bytes` +
-      (m.trained ? `; fusion error ${m.fuseError.toExponential(2)}` : ''));
-    if (!f['no-verify']) {
-      const size = calibSet?.height ?? f['image-size'] ?? 32;
-      const batches = calib.length ? calib.slice(0, 2) : [{ x: torch.keep(torch.randn([8, m.deployed.layout[0].inChannels, size, size])), y: torch.keep(torch.zeros([8], { dtype: 'int64' })) }];
-      const a = await onnxAgreement(bytes, net, batches);
-      if (!calib.length) disposeBatches(batches);
-      log(`ONNX Runtime check on ${a.images} ${calib.length ? 'calibration' : 'random'} images: top-1 agreement ${pct(a.agreement)}, max |logit diff| ${a.maxDiff.toExponential(2)} (${a.relMaxDiff.toExponential(2)} of the logits' scale)`);
-      const ok = net instanceof QuantizedVGG ? a.agreement >= 0.9 : a.relMaxDiff <= 1e-4;
-      if (!ok) {
-        log('ONNX Runtime disagrees with the model beyond tolerance');
-        return 1;
-      }
-    }
-    return 0;
-  } finally {
-    disposeBatches(calib);
-    m.trained?.dispose();
-    m.deployed.dispose();
   }
+  return 0;
 }
 
 // ------------------------------------------------------------------ quantize
-
-export interface QuantRow {
-  observer: ObserverKind;
-  perChannel: boolean;
-  weightBits: number;
-  top1: number;
-}
-
-export interface QuantReport {
-  checkpoint: string;
-  mode: string;
-  fuseError: number;
-  calibImages: number;
-  testImages: number;
-  fp32Trained: number | null;
-  fp32Deployed: number;
-  rows: QuantRow[];
-  qat?: { observer: ObserverKind; perChannel: boolean; weightBits: number; epochs: number; before: number; after: number };
-  onnx?: OnnxAgreement & { observer: ObserverKind; perChannel: boolean; weightBits: number };
-  weights: LayerWeightStats[];
-}
-
-export interface QuantizeOptions {
-  checkpoint: string;
-  modelFlags?: Omit<CheckpointModel, 'checkpoint'>;
-  data: string;
-  calibImages: number;
-  /** Test images (all when undefined). */
-  testImages?: number;
-  observers: ObserverKind[];
-  percentile: number;
-  granularities: boolean[]; // perChannel values to try
-  quantizeFirst: boolean;
-  quantizeLast: boolean;
-  /** Weight bit widths to try (default [8]; fewer bits probe outlier sensitivity). */
-  weightBits?: number[];
-  /** Observers for bit widths below 8 (default: `observers`). */
-  lowBitObservers?: ObserverKind[];
-  qatEpochs: number;
-  qatLr: number;
-  qatObserver?: ObserverKind;
-  /** Weight bits QAT fine-tunes for (default: the smallest of `weightBits`). */
-  qatBits?: number;
-  onnxImages: number;
-  batchSize: number;
-  seed: number;
-  log?: Log;
-}
-
-/** The whole quantization study of one checkpoint. */
-export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
-  const log = o.log ?? (() => {});
-  torch.manualSeed(o.seed);
-  const trainSet = openDataset(o.data, 'train');
-  const testSet = openDataset(o.data, 'test');
-  const m = loadForDeploy({ ...(o.modelFlags ?? {}), checkpoint: o.checkpoint }, { imageSize: testSet.height });
-  if (testSet.channels !== m.deployed.layout[0].inChannels) {
-    m.trained?.dispose();
-    m.deployed.dispose();
-    throw new Error(`${o.data}: ${testSet.channels}-channel images, the model takes ${m.deployed.layout[0].inChannels}`);
-  }
-  const calib = await collectBatches(trainSet, o.calibImages, 128, true, o.seed);
-  const test = await collectBatches(testSet, o.testImages ?? testSet.length, o.batchSize, false, 0);
-  try {
-    const testImages = test.reduce((s, b) => s + b.x.shape[0], 0);
-    const fp32Trained = m.trained ? top1(m.trained, test) : null;
-    const fp32Deployed = top1(m.deployed, test);
-    const obs = calibrate(m.deployed, calib.map((b) => b.x));
-    const rows: QuantRow[] = [];
-    const nets = new Map<string, QuantizedVGG>();
-    const bitsList = o.weightBits ?? [8];
-    const key = (observer: ObserverKind, perChannel: boolean, bits: number) => `${observer}/${perChannel}/${bits}`;
-    const make = (observer: ObserverKind, perChannel: boolean, weightBits: number) =>
-      quantizeModel(m.deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits }, { percentile: o.percentile });
-    for (const bits of bitsList) {
-      for (const perChannel of o.granularities) {
-        for (const observer of bits < 8 ? (o.lowBitObservers ?? o.observers) : o.observers) {
-          const q = make(observer, perChannel, bits);
-          nets.set(key(observer, perChannel, bits), q);
-          const r = top1(q, test);
-          rows.push({ observer, perChannel, weightBits: bits, top1: r });
-          log(`  ${label(bits)} ${observer.padEnd(10)} ${perChannel ? 'per-channel' : 'per-tensor '} weights: top-1 ${pct(r)}`);
-        }
-      }
-    }
-    const report: QuantReport = {
-      checkpoint: o.checkpoint, mode: m.mode, fuseError: m.fuseError, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), testImages,
-      fp32Trained, fp32Deployed, rows, weights: weightStats(deployedKernels(m.deployed)),
-    };
-    // ONNX Runtime on the best simulated configuration of the first bit width and granularity.
-    const first = rows.filter((r) => r.perChannel === o.granularities[0] && r.weightBits === bitsList[0]);
-    const best = first.reduce((a, b) => (b.top1 > a.top1 ? b : a), first[0]);
-    if (o.onnxImages > 0 && best) {
-      const q = nets.get(key(best.observer, best.perChannel, best.weightBits))!;
-      const sub: Batch[] = [];
-      let n = 0;
-      for (const b of test) {
-        if (n >= o.onnxImages) break;
-        sub.push(b);
-        n += b.x.shape[0];
-      }
-      const a = await onnxAgreement(exportOnnx(q), q, sub);
-      report.onnx = { ...a, observer: best.observer, perChannel: best.perChannel, weightBits: best.weightBits };
-      log(`  ONNX Runtime ${label(best.weightBits)} (${best.observer}, ${best.perChannel ? 'per-channel' : 'per-tensor'} w): top-1 agreement ${pct(a.agreement)} on ${a.images} test images, max |logit diff| ${a.maxDiff.toFixed(4)} (${(a.relMaxDiff * 100).toFixed(2)}% of the logits' scale)`);
-    }
-    if (o.qatEpochs > 0) {
-      const bits = o.qatBits ?? Math.min(...bitsList);
-      const perChannel = o.granularities[0];
-      const candidates = rows.filter((r) => r.perChannel === perChannel && r.weightBits === bits);
-      const observer = o.qatObserver ?? (candidates.length ? candidates.reduce((a, b) => (b.top1 > a.top1 ? b : a)).observer : best.observer);
-      const q = nets.get(key(observer, perChannel, bits)) ?? make(observer, perChannel, bits);
-      const before = top1(q, test);
-      const loader = new DataLoader(trainSet, { batchSize: o.batchSize, shuffle: true, seed: o.seed, augment: true, transforms: defaultTransforms(trainSet, 'train', true), workers: 1 });
-      try {
-        await qatFineTune(q, loader, { epochs: o.qatEpochs, lr: o.qatLr, log: (l) => log(`  ${l}`) });
-      } finally {
-        await loader.close();
-      }
-      const after = top1(q, test);
-      report.qat = { observer, perChannel, weightBits: bits, epochs: o.qatEpochs, before, after };
-      log(`  QAT ${o.qatEpochs} epoch(s) (${observer}, lr ${o.qatLr}): ${label(bits)} top-1 ${pct(before)} -> ${pct(after)}`);
-    }
-    return report;
-  } finally {
-    disposeBatches(calib);
-    disposeBatches(test);
-    m.trained?.dispose();
-    m.deployed.dispose();
-  }
-}
 
 export function formatWeightStats(rows: LayerWeightStats[]): string[] {
   const f = (x: number | null) => (x === null ? '     -' : x.toFixed(4).padStart(8));
@@ -450,6 +88,7 @@ export function formatWeightStats(rows: LayerWeightStats[]): string[] {
   return lines;
 }
 
+
 const WEIGHT_STATS_NOTE = 'deployed kernels (BN folded, branches fused); centre = tap [1,1], around = the other 8 taps; err/T, err/C = relative RMS error of int8 weights with per-tensor / per-channel scales';
 
 export async function runQuantize(argv: string[], log: Log): Promise<number> {
@@ -457,8 +96,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
   applyThreads(f.threads);
   const granularities = { channel: [true], tensor: [false], both: [true, false] }[f['weight-scales']];
   const r = await quantizeStudy({
-    checkpoint: f.checkpoint,
-    modelFlags: f,
+    ...source(f),
     data: f.data,
     calibImages: f['calib-images'],
     testImages: f['test-images'],
@@ -503,19 +141,18 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
 export async function runInspectWeights(argv: string[], log: Log): Promise<number> {
   const { flags: f } = parseCommand(INSPECT_WEIGHTS_COMMAND, argv);
   applyThreads(f.threads);
-  const m = loadForDeploy(f);
+  const m = loadForDeploy(source(f));
   try {
-    const rows = weightStats(deployedKernels(m.deployed));
+    const w = weightReport(m);
     if (f.json) {
-      log(JSON.stringify({ checkpoint: f.checkpoint, mode: m.mode, layers: rows }));
+      log(JSON.stringify({ checkpoint: f.checkpoint, mode: m.mode, layers: w.deployed }));
       return 0;
     }
     log(`${f.checkpoint} (${m.mode}): ${WEIGHT_STATS_NOTE}`);
-    for (const l of formatWeightStats(rows)) log(l);
-    if (m.trained && m.mode === 'target') {
-      const raw = weightStats(m.trained.blocks.map((b) => [b.info.name, (b as { conv: { weight: Tensor } }).conv.weight]));
+    for (const l of formatWeightStats(w.deployed)) log(l);
+    if (w.beforeFolding) {
       log('trained 3x3 kernels before BN folding:');
-      for (const l of formatWeightStats(raw)) log(l);
+      for (const l of formatWeightStats(w.beforeFolding)) log(l);
     }
     return 0;
   } finally {

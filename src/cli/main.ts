@@ -9,6 +9,7 @@ import {
 import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
 import { runSetup } from './setup.js';
 import { distEnvFrom } from '../distributed/env.js';
+import { OptionError } from '../errors.js';
 
 type Log = (line: string) => void;
 
@@ -114,6 +115,12 @@ function overview(): string {
 
 for (const spec of COMMAND_SPECS) if (!COMMANDS.some((c) => c.spec === spec)) throw new Error(`command '${spec.name}' has no runner`);
 
+/** The flags that set a library option (OptionError.option). */
+function flagsOf(option: string): string {
+  const special: Record<string, string> = { model: '--arch / --blocks --widths [--strides]' };
+  return special[option] ?? `--${option.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
 function find(name: string): Command | undefined {
   return COMMANDS.find((c) => c.spec.name === name);
 }
@@ -140,11 +147,11 @@ async function main(argv: string[]): Promise<number> {
     parseCommand(c.spec, rest); // help and usage errors before the runner (and libtorch) loads
     return await c.run(rest, (l) => console.log(l));
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`repopt ${cmd}: ${e.message}\nusage: ${usageLine(c.spec)}\n(\`repopt ${cmd} --help\` lists every option)\n`);
-      return 2;
-    }
-    throw e;
+    // A bad option reported by the library (in its words) is a bad command line: say which flags.
+    const message = e instanceof UsageError ? e.message : e instanceof OptionError ? `${flagsOf(e.option)}: ${e.message}` : null;
+    if (message === null) throw e;
+    process.stderr.write(`repopt ${cmd}: ${message}\nusage: ${usageLine(c.spec)}\n(\`repopt ${cmd} --help\` lists every option)\n`);
+    return 2;
   }
 }
 

@@ -15,9 +15,7 @@ import { scaledLr, type ScheduleKind } from '../train/schedule.js';
 import { evaluate } from '../train/evaluate.js';
 import { loadStateDictFile } from '../train/checkpoint.js';
 import { archLabel, buildModel, modelMode, setupRun, type ModelConfig, type RunMode } from '../train/setup.js';
-import { extractVggScales } from '../models/repoptvgg.js';
-import { layoutScheme } from '../models/repoptvgg-handler.js';
-import { saveScaleFile } from '../models/scales.js';
+import { familyOf } from '../models/family.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { EVAL_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND } from './commands.js';
 import { applyThreads } from './threads.js';
@@ -188,8 +186,8 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
       },
     );
     if (main && command === 'search' && !result.interrupted && result.state.epoch >= epochs) {
-      const scales = extractVggScales(run.model);
-      const saved = saveScaleFile(path.join(out, 'scales.pth'), scales, archLabel(model), { scheme: layoutScheme(run.model.layout) });
+      const scales = run.family.extractScales(run.model);
+      const saved = run.family.saveScales(path.join(out, 'scales.pth'), scales, run.model, archLabel(model));
       for (const t of scales.values()) t.dispose();
       if (!f.quiet) log(`scales written to ${saved.file} (summary ${saved.summary})`);
     }
@@ -203,35 +201,25 @@ export async function runTraining(argv: string[], command: 'search' | 'train', l
   }
 }
 
-/** `repopt eval --checkpoint FILE --data SPEC`: uses the run's config.json beside the checkpoint, or model flags. */
+/**
+ * `repopt eval --checkpoint FILE --data SPEC`: the model from --arch / --blocks --widths or the run's
+ * config.json beside the checkpoint, the mode from --mode or the state dict, the classes from the data.
+ */
 export async function runEval(argv: string[], log: (l: string) => void): Promise<number> {
-  const { flags: f, given } = parseCommand(EVAL_COMMAND, argv);
-  const file = f.checkpoint;
+  const { flags: f } = parseCommand(EVAL_COMMAND, argv);
   applyThreads(f.threads);
   const testSet = openDataset(f.data, 'test', { imageSize: f['image-size'] });
-  const configFile = path.join(path.dirname(file), 'config.json');
-  let modelCfg: ModelConfig;
-  let mode: RunMode;
-  if (f.arch || f.blocks || f.widths) {
-    modelCfg = modelConfig(f, testSet);
-    mode = f.mode;
-  } else if (fs.existsSync(configFile)) {
-    if (given.has('mode')) throw new UsageError('--mode goes with --arch or --blocks/--widths (otherwise the mode comes from config.json)');
-    const saved = JSON.parse(fs.readFileSync(configFile, 'utf8')) as { model: ModelConfig; mode: RunMode };
-    modelCfg = saved.model;
-    mode = saved.mode;
-  } else {
-    throw new UsageError(`no config.json beside ${file}: give the model with --arch or --blocks/--widths (and --mode)`);
-  }
-  const model = buildModel(modelCfg, modelMode(mode));
-  const sd = loadStateDictFile(file); // a plain state dict, {"model": ...}, or a repopt checkpoint's model
-  model.loadStateDict(sd);
-  for (const t of sd.values()) t.dispose();
+  const { loadCheckpointModel } = await import('../deploy/study.js');
+  const loaded = loadCheckpointModel(
+    { checkpoint: f.checkpoint, model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides } },
+    { mode: f.mode === undefined || f.mode === 'deploy' ? f.mode : modelMode(f.mode), inChannels: testSet.channels, numClasses: testSet.numClasses },
+  );
+  const model = loaded.model;
   const loader = new DataLoader(testSet, { batchSize: f['batch-size'], shuffle: false, augment: false, transforms: defaultTransforms(testSet, 'test', false), workers: f.workers });
   try {
     const r = await evaluate(model, loader);
-    if (f.json) log(JSON.stringify({ checkpoint: file, data: f.data, ...r }));
-    else log(`${file} on ${testSet.name} test (${r.count} images): top-1 ${(r.top1 * 100).toFixed(2)}%  top-5 ${(r.top5 * 100).toFixed(2)}%  loss ${r.loss.toFixed(4)}`);
+    if (f.json) log(JSON.stringify({ checkpoint: f.checkpoint, data: f.data, arch: loaded.family.label(loaded.config), mode: loaded.mode, ...r }));
+    else log(`${f.checkpoint} (${loaded.family.label(loaded.config)}, ${loaded.mode}) on ${testSet.name} test (${r.count} images): top-1 ${(r.top1 * 100).toFixed(2)}%  top-5 ${(r.top5 * 100).toFixed(2)}%  loss ${r.loss.toFixed(4)}`);
     return 0;
   } finally {
     await loader.close();

@@ -1,5 +1,6 @@
-/** Deployment: fusion into plain networks, their inference graph, INT8 quantization (PTQ, QAT), ONNX export and checking. */
+/** Deployment: fusion into plain networks, their inference graph, INT8 quantization (PTQ, QAT), ONNX export and checking, studies of checkpoints. */
 export * from './fuse.js';
 export * from './graph.js';
 export * from './quant.js';
 export * from './onnx.js';
+export * from './study.js';

@@ -3,6 +3,7 @@ import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
 import { InterruptedError, turnEventLoop, type StopSignal } from './interrupt.js';
+import type { Batch } from '../data/batches.js';
 
 export interface EvalResult {
   top1: number;
@@ -58,4 +59,25 @@ export async function evaluate(model: Module, loader: BatchSource, o: EvaluateOp
     throw new Error('evaluation set is empty');
   }
   return { top1: top1 / count, top5: top5 / count, loss: lossSum / count, count };
+}
+
+/** Top-1 of a model over batches held in memory (eval mode, no grad; the model's mode is restored). */
+export function top1(model: Module, batches: Batch[]): number {
+  const wasTraining = model.training;
+  model.eval();
+  let hits = 0;
+  let n = 0;
+  try {
+    for (const { x, y } of batches) {
+      torch.noGrad(() =>
+        torch.tidy(() => {
+          hits += model.forward(x).argmax(1).eq(y).sum().item();
+          n += y.shape[0];
+        }),
+      );
+    }
+  } finally {
+    model.train(wasTraining);
+  }
+  return n ? hits / n : 0;
 }

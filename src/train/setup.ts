@@ -8,61 +8,54 @@ import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
 import { SGD, AdamW, type Optimizer, type GroupSpec } from '../optim/index.js';
 import { RepSGD, RepAdamW, type GradMults } from '../repopt/optimizers.js';
-import { RepOptVGG, repOptVggConfig, type RepOptVGGMode } from '../models/repoptvgg.js';
-import { layoutScheme, repOptVggHandler } from '../models/repoptvgg-handler.js';
-import { checkScales, readScaleEntries, type ScaleMap } from '../models/scales.js';
+import { RepOptVGG } from '../models/repoptvgg.js';
+import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
+import { releaseDecays } from '../models/families.js';
+import type { ScaleMap } from '../models/scales.js';
+import { OptionError } from '../errors.js';
 import { loadStateDictFile } from './checkpoint.js';
 
-export interface ModelConfig {
-  arch?: string;
-  blocks?: number[];
-  widths?: number[];
-  strides?: number[];
-  inChannels: number;
-  numClasses: number;
-}
+/** A run's model: a registered architecture (any family) or a custom RepOpt-VGG; channels and classes from the data. */
+export type ModelConfig = ModelSpec;
 
-/** The run modes: `target` (RepOptimizer), `repvgg` and `plain` baselines, `hs` (Hyper-Search). */
-export type RunMode = 'target' | 'repvgg' | 'plain' | 'hs';
+/**
+ * The run modes: `target` (RepOptimizer: the plain form with Grad Mults), `plain` (the same model,
+ * ordinary optimizer), `hs` (Hyper-Search), and the family's multi-branch baseline (`repvgg` for
+ * RepOpt-VGG, `rep` for RepOpt-GhostNet). Evaluation also takes any model mode (`csla`).
+ */
+export type RunMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'rep' | 'csla';
 
-export function modelMode(mode: RunMode): RepOptVGGMode {
-  return mode === 'plain' ? 'target' : mode;
+/** The model mode a run mode trains (`plain` trains the target form). */
+export function modelMode(mode: RunMode, family?: ModelFamily): string {
+  if (family && (mode === 'repvgg' || mode === 'rep') && mode !== family.baselineMode) {
+    throw new OptionError('mode', `${family.name} has no '${mode}' baseline; its multi-branch baseline is '${family.baselineMode}'`);
+  }
+  return mode === 'plain' ? (family?.targetMode ?? 'target') : mode;
 }
 
 export function archLabel(m: ModelConfig): string {
-  return m.arch ?? `RepOpt-VGG(blocks ${m.blocks?.join(',')}, widths ${m.widths?.join(',')})`;
+  return familyOf(m).label(m);
 }
 
-export function buildModel(m: ModelConfig, mode: RepOptVGGMode): RepOptVGG {
-  let numBlocks: readonly number[];
-  let widthMultiplier: readonly number[];
-  if (m.arch) {
-    const cfg = repOptVggConfig(m.arch);
-    if (!cfg) throw new Error(`unknown architecture '${m.arch}' (RepOpt-VGG-A0 ... RepOpt-VGG-L2, or use --blocks and --widths)`);
-    ({ numBlocks, widthMultiplier } = cfg);
-  } else {
-    if (!m.blocks || !m.widths) throw new Error('give --arch NAME, or both --blocks and --widths');
-    if (m.blocks.length !== 4 || m.widths.length !== 4) throw new Error('--blocks and --widths take 4 comma-separated values (stages 1-4)');
-    if (m.blocks.some((b) => !Number.isInteger(b) || b < 1)) throw new Error(`--blocks must be positive integers, got ${m.blocks.join(',')}`);
-    if (m.widths.some((w) => !(w > 0))) throw new Error(`--widths must be positive, got ${m.widths.join(',')}`);
-    numBlocks = m.blocks;
-    widthMultiplier = m.widths;
-  }
-  if (m.strides && (m.strides.length !== 5 || m.strides.some((s) => s !== 1 && s !== 2))) {
-    throw new Error(`--strides takes 5 values of 1 or 2 (stage0..stage4), got ${m.strides.join(',')}`);
-  }
-  return new RepOptVGG({ numBlocks, widthMultiplier, mode, numClasses: m.numClasses, inChannels: m.inChannels, strides: m.strides });
+/** The model of a configuration in a model mode, from its family. */
+export function buildModel(m: ModelConfig, mode: string): Module {
+  if (m.arch !== undefined && (m.blocks !== undefined || m.widths !== undefined)) throw new OptionError('model', 'give either an architecture or custom blocks and widths, not both');
+  return familyOf(m).create(m, mode);
+}
+
+/** A RepOpt-VGG of a configuration (for the RepOpt-VGG benchmarks). */
+export function buildVgg(m: ModelConfig, mode: string): RepOptVGG {
+  const model = buildModel(m, mode);
+  if (model instanceof RepOptVGG) return model;
+  model.dispose();
+  throw new OptionError('model', `${archLabel(m)} is not a RepOpt-VGG`);
 }
 
 /**
  * The release's weight-decay rule: decay on kernels (conv, linear weights) and
  * `scale_identity`; none on BN parameters, biases, `scale_conv`, `scale_1x1`.
  */
-export function decays(name: string, p: Tensor): boolean {
-  if (name.endsWith('scale_identity.weight')) return true;
-  return p.ndim > 1;
-}
-
+export const decays = releaseDecays;
 export interface OptimizerConfig {
   kind: 'sgd' | 'adamw';
   lr: number;
@@ -73,8 +66,11 @@ export interface OptimizerConfig {
   decayAll?: boolean;
 }
 
-/** SGD / AdamW, or with Grad Mults the RepOptimizers RepSGD / RepAdamW (the mults stay the caller's to dispose). */
-export function buildOptimizer(model: Module, o: OptimizerConfig, mults?: GradMults): Optimizer<{ lr: number }> {
+/**
+ * SGD / AdamW over the model's trainable parameters with a weight-decay rule (default: the release's), or
+ * with Grad Mults the RepOptimizers RepSGD / RepAdamW (the mults stay the caller's to dispose).
+ */
+export function buildOptimizer(model: Module, o: OptimizerConfig, mults?: GradMults, decays: (name: string, p: Tensor) => boolean = releaseDecays): Optimizer<{ lr: number }> {
   const named = model.namedParameters().filter(([, p]) => p.requiresGrad);
   const decay = o.decayAll ? named : named.filter(([n, p]) => decays(n, p));
   const rest = o.decayAll ? [] : named.filter(([n, p]) => !decays(n, p));
@@ -90,18 +86,9 @@ export function buildOptimizer(model: Module, o: OptimizerConfig, mults?: GradMu
   return mults ? new RepAdamW(groups, hyper, mults) : new AdamW(groups, hyper);
 }
 
-/** Reads the searched scales for a model's layout (by name; any missing or mis-shaped key is an error). */
-export function loadScalesFor(model: RepOptVGG, file: string): ScaleMap {
-  const entries = readScaleEntries(file, layoutScheme(model.layout));
-  return checkScales(entries, archLabelOf(model), { label: `${file}: scales`, scheme: layoutScheme(model.layout) });
-}
-
-function archLabelOf(model: RepOptVGG): string {
-  return `this model (blocks ${model.config.numBlocks.join(',')}, widths ${model.config.widthMultiplier.join(',')})`;
-}
-
 export interface RunSetup {
-  model: RepOptVGG;
+  model: Module;
+  family: ModelFamily;
   optimizer: Optimizer<{ lr: number }>;
   /** SGD Grad Mults (CSLA-norm clipping) when training with a RepOptimizer. */
   cslaMults?: Map<string, Tensor>;
@@ -121,7 +108,8 @@ export interface SetupOptions {
 }
 
 export function setupRun(s: SetupOptions): RunSetup {
-  const model = buildModel(s.model, modelMode(s.mode));
+  const family = familyOf(s.model);
+  const model = buildModel(s.model, modelMode(s.mode, family));
   try {
     if (s.init && !s.resuming) {
       const sd = loadStateDictFile(s.init);
@@ -129,21 +117,21 @@ export function setupRun(s: SetupOptions): RunSetup {
       for (const t of sd.values()) t.dispose();
     }
     if (s.mode !== 'target') {
-      if (s.scales) throw new Error(`--scales is only used by --mode target (RepOptimizer); this run is --mode ${s.mode}`);
-      return { model, optimizer: buildOptimizer(model, s.optimizer) };
+      if (s.scales) throw new OptionError('scales', `scales are only used by RepOpt training (mode target); this run's mode is ${s.mode}`);
+      return { model, family, optimizer: buildOptimizer(model, s.optimizer, undefined, family.decays) };
     }
-    if (!s.scales) throw new Error('--mode target trains with a RepOptimizer and needs --scales FILE (from `repopt search` or the release); use --mode plain for ordinary training');
-    const scales = loadScalesFor(model, s.scales);
+    if (!s.scales) throw new OptionError('scales', 'mode target trains with a RepOptimizer and needs scales (a scale file from Hyper-Search or the release); train mode plain for ordinary training');
+    const scales: ScaleMap = family.loadScales(model, s.scales);
     try {
-      const handler = repOptVggHandler(model, scales, { identityInit: s.identityInit });
-      // --init loads a state dict as it is; otherwise the fresh model gets the Rule of Initialization.
+      const handler = family.handler(model, scales, { identityInit: s.identityInit });
+      // An init file is loaded as it is; otherwise the fresh model gets the Rule of Initialization.
       if (!s.init && !s.resuming) handler.reinitialize(model);
       const mults = handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW });
-      const optimizer = buildOptimizer(model, s.optimizer, mults);
+      const optimizer = buildOptimizer(model, s.optimizer, mults, family.decays);
       // SGD's mults double as the CSLA-norm clipping weights; AdamW's are the optimizer's alone.
-      if (s.optimizer.kind === 'sgd') return { model, optimizer, cslaMults: mults };
+      if (s.optimizer.kind === 'sgd') return { model, family, optimizer, cslaMults: mults };
       for (const m of mults.values()) m.dispose();
-      return { model, optimizer, cslaMults: handler.gradMults('sgd') };
+      return { model, family, optimizer, cslaMults: handler.gradMults('sgd') };
     } finally {
       for (const t of scales.values()) t.dispose();
     }
