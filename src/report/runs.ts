@@ -7,11 +7,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { readJsonl } from '../train/log.js';
-import { buildModel, type ModelConfig, type RunMode } from '../train/setup.js';
+import type { ModelConfig, RunMode } from '../train/setup.js';
 import { loadStateDictFile } from '../train/checkpoint.js';
-import { deployVGG, DeployVGG, modeOfStateDict } from '../deploy/fuse.js';
-import { deployedKernels, weightStats, type LayerWeightStats } from '../deploy/quant.js';
-import type { QuantReport } from '../cli/deploy.js';
+import type { LayerWeightStats } from '../deploy/quant.js';
+import { loadForDeploy, weightReport, type QuantReport } from '../deploy/study.js';
 
 /** The subset of a run's config.json the report reads (train.ts writes more). */
 export interface RunConfig {
@@ -222,39 +221,17 @@ function readScales(dir: string): ScaleStats[] | null {
   return null;
 }
 
-/** Deployed-weight statistics and deployed parameter count of a run's final.pth. */
+/** Deployed-weight statistics and deployed parameter count of a run's final.pth (any model family). */
 function readWeights(dir: string, config: RunConfig): { weights: LayerWeightStats[]; deployedParams: number } | null {
   const file = path.join(dir, 'final.pth');
   if (!fs.existsSync(file) || !config.model) return null;
-  const sd = loadStateDictFile(file);
+  const { arch, blocks, widths, strides } = config.model;
+  const m = loadForDeploy({ checkpoint: file, model: { arch, blocks, widths, strides } });
   try {
-    const mode = modeOfStateDict(sd.keys());
-    if (mode === 'deploy') {
-      const shape = buildModel(config.model, 'target');
-      const net = new DeployVGG({ layout: shape.layout, numClasses: config.model.numClasses });
-      shape.dispose();
-      try {
-        net.loadStateDict(sd);
-        return { weights: weightStats(deployedKernels(net)), deployedParams: net.numParameters() };
-      } finally {
-        net.dispose();
-      }
-    }
-    const trained = buildModel(config.model, mode);
-    try {
-      trained.loadStateDict(sd);
-      trained.eval();
-      const deployed = deployVGG(trained);
-      try {
-        return { weights: weightStats(deployedKernels(deployed)), deployedParams: deployed.numParameters() };
-      } finally {
-        deployed.dispose();
-      }
-    } finally {
-      trained.dispose();
-    }
+    return { weights: weightReport(m).deployed, deployedParams: m.deployed.numParameters() };
   } finally {
-    for (const t of sd.values()) t.dispose();
+    m.trained?.dispose();
+    m.deployed.dispose();
   }
 }
 
