@@ -203,6 +203,7 @@ export const QUANTIZE_COMMAND = defineCommand({
     'qat-observer': flag.choice(OBSERVER_CHOICES, 'observer QAT starts from (default: the best one)', { group: 'QAT' }),
   },
   notes: DATA_SPEC_NOTE,
+  optionFlags: { lr: '--qat-lr' },
 });
 
 export const INSPECT_WEIGHTS_COMMAND = defineCommand({

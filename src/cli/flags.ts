@@ -206,6 +206,8 @@ export interface CommandSpec<S extends FlagSpec> {
   flags: S;
   /** Text after the options (data specs, examples). */
   notes?: string;
+  /** The flags that set a library option, where they are not `--<option in kebab case>` (OptionError.option -> flags). */
+  optionFlags?: Record<string, string>;
 }
 
 export function defineCommand<S extends FlagSpec>(spec: CommandSpec<S>): CommandSpec<S> {

@@ -116,8 +116,8 @@ function overview(): string {
 for (const spec of COMMAND_SPECS) if (!COMMANDS.some((c) => c.spec === spec)) throw new Error(`command '${spec.name}' has no runner`);
 
 /** The flags that set a library option (OptionError.option). */
-function flagsOf(option: string): string {
-  const special: Record<string, string> = { model: '--arch / --blocks --widths [--strides]' };
+function flagsOf(option: string, spec: CommandSpec<FlagSpec>): string {
+  const special: Record<string, string> = { model: '--arch / --blocks --widths [--strides]', ...spec.optionFlags };
   return special[option] ?? `--${option.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }
 
@@ -148,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
     return await c.run(rest, (l) => console.log(l));
   } catch (e) {
     // A bad option reported by the library (in its words) is a bad command line: say which flags.
-    const message = e instanceof UsageError ? e.message : e instanceof OptionError ? `${flagsOf(e.option)}: ${e.message}` : null;
+    const message = e instanceof UsageError ? e.message : e instanceof OptionError ? `${flagsOf(e.option, c.spec)}: ${e.message}` : null;
     if (message === null) throw e;
     process.stderr.write(`repopt ${cmd}: ${message}\nusage: ${usageLine(c.spec)}\n(\`repopt ${cmd} --help\` lists every option)\n`);
     return 2;

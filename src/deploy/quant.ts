@@ -22,6 +22,7 @@
  *                 squared quantization error (rounding plus clipping) over the histogram; exact zeros are
  *                 counted apart (they quantize without error whatever the range).
  */
+import { OptionError } from '../errors.js';
 import * as torch from '../torch/index.js';
 import { F, defOp, type Tensor } from '../torch/index.js';
 import { Module } from '../nn/index.js';
@@ -534,7 +535,7 @@ export async function qatFineTune(q: QuantizedNet, loader: BatchSource & { batch
         if (it < total) {
           opt.setLr(lrAt({ kind: 'cosine', baseLr: o.lr, totalIters: total, warmupIters: 0 }, it));
           const l = qatStep(q, opt, x, y);
-          if (!Number.isFinite(l)) throw new Error(`QAT loss became ${l}; lower --qat-lr`);
+          if (!Number.isFinite(l)) throw new OptionError('lr', `QAT loss became ${l}; lower the learning rate`);
           losses.push(l);
           sum += l;
           n++;

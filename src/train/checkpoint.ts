@@ -118,7 +118,7 @@ export function loadTrainingCheckpoint(path: string): LoadedCheckpoint {
   if (!fs.existsSync(path)) throw new Error(`${path}: no such checkpoint`);
   const v = loadPth(path);
   if (!(v instanceof Map) || v.get('format') !== CHECKPOINT_FORMAT) {
-    throw new Error(`${path}: not a repopt training checkpoint (no format '${CHECKPOINT_FORMAT}'); use --init for plain state dicts`);
+    throw new Error(`${path}: not a repopt training checkpoint (no format '${CHECKPOINT_FORMAT}'); a plain state dict is loaded as a run's initial weights (init) instead`);
   }
   const version = Number(v.get('version'));
   if (version > CHECKPOINT_VERSION) throw new Error(`${path}: checkpoint version ${version} is newer than this repopt understands (${CHECKPOINT_VERSION})`);
