@@ -1,6 +1,8 @@
 /**
  * Loader throughput on CIFAR-like data (3x32x32 RGB, RandomCrop(32, 4) + flip,
- * batch 128). Usage: node dist/bench/data-loader.js [dataset spec, default synthetic:50000]
+ * batch 128). Usage: [BATCH=128] [STEP_MS=20] node dist/bench/data-loader.js [dataset spec, default synthetic:50000]
+ * (the demo's loader: `BATCH=64 node dist/bench/data-loader.js fashion-mnist`, RandomCrop(28, 2) + flip,
+ * 1 worker by default in `repopt train`).
  *
  * Two measures per worker count:
  *  - free-running: images/s when the consumer does nothing but take the batches;
@@ -14,8 +16,9 @@ import { defaultTransforms, type TransformSpec } from '../src/data/transforms.js
 
 const spec = process.argv[2] ?? 'synthetic:50000';
 const STEP_MS = Number(process.env.STEP_MS ?? 20);
+const BATCH = Number(process.env.BATCH ?? 128);
 const ds = openDataset(spec, 'train');
-console.log(`dataset ${spec}: ${ds.length} x ${ds.channels}x${ds.height}x${ds.width}`);
+console.log(`dataset ${spec}: ${ds.length} x ${ds.channels}x${ds.height}x${ds.width}, batch ${BATCH}; loadavg ${(await import('node:os')).loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 
 function busy(ms: number): void {
   const end = performance.now() + ms;
@@ -23,7 +26,7 @@ function busy(ms: number): void {
 }
 
 async function measure(label: string, transforms: TransformSpec, workers: number): Promise<void> {
-  const L = new DataLoader(ds, { batchSize: 128, seed: 0, workers, transforms });
+  const L = new DataLoader(ds, { batchSize: BATCH, seed: 0, workers, transforms });
   // free-running, one full epoch after a short warm-up
   let k = 0;
   for await (const b of L.epoch(0)) {

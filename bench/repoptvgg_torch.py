@@ -92,9 +92,9 @@ BLOCKS = {"target": TargetBlock, "hs": LinearAddBlock, "repvgg": RepVGGBlock}
 
 
 class RepOptVGG(nn.Module):
-    def __init__(self, blocks, widths, strides, num_classes, mode):
+    def __init__(self, blocks, widths, strides, num_classes, mode, in_channels=3):
         super().__init__()
-        self.layout = block_layout(blocks, widths, strides)
+        self.layout = block_layout(blocks, widths, strides, in_channels)
         made = [BLOCKS[mode](*b[1:]) for b in self.layout]
         self.stage0 = made[0]
         for s in range(1, 5):
@@ -206,6 +206,7 @@ def main(argv):
     p.add_argument("--widths", type=floats, default=[0.75, 0.75, 0.75, 2.5])
     p.add_argument("--strides", type=ints, default=[2, 2, 2, 2, 2])
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--size", "--image-size", dest="size", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
@@ -254,10 +255,11 @@ def main(argv):
         print(json.dumps({"repsgdMs": r, "sgdMs": s, "overheadMs": r - s, "reps": a.reps}))
         return
 
-    model = RepOptVGG(a.blocks, a.widths, a.strides, a.classes, mode)
+    model = RepOptVGG(a.blocks, a.widths, a.strides, a.classes, mode, a.in_channels)
     opt = build_optimizer(model, kind)
-    x = torch.randn(a.batch, 3, a.size, a.size)
-    if a.channels_last:
+    x = torch.randn(a.batch, a.in_channels, a.size, a.size)
+    if a.channels_last:  # weights too, as PyTorch's recipe (and `repopt bench --channels-last`)
+        model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, a.classes, (a.batch,))
     ph = {"fwd": [], "bwd": [], "opt": [], "all": []}

@@ -12,8 +12,8 @@ export function runBench(argv: string[], log: (l: string) => void): number {
   const custom = f.arch === undefined && f.blocks === undefined && f.widths === undefined;
   if (f.arch && (f.blocks || f.widths)) throw new UsageError('give either --arch or --blocks/--widths, not both');
   const model: ModelConfig = custom
-    ? { ...DEFAULT_BENCH_MODEL, strides: f.strides ?? DEFAULT_BENCH_MODEL.strides, numClasses: f.classes }
-    : { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, inChannels: 3, numClasses: f.classes };
+    ? { ...DEFAULT_BENCH_MODEL, strides: f.strides ?? DEFAULT_BENCH_MODEL.strides, numClasses: f.classes, inChannels: f['in-channels'] }
+    : { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, inChannels: f['in-channels'], numClasses: f.classes };
   // Resolve arch names to blocks/widths once (MAC counting and child args use them).
   const probeModel = buildVgg(model, 'target');
   const resolved: ModelConfig = { ...model, arch: undefined, blocks: [...probeModel.config.numBlocks], widths: [...probeModel.config.widthMultiplier] };

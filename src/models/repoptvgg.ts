@@ -331,10 +331,28 @@ export class RepOptVGG extends Module implements Reparameterizable {
     this.linear = this.registerModule('linear', new Linear(last, this.numClasses, { dtype }));
   }
 
+  /**
+   * Each block's output is released once the next block has consumed it (as Python drops it):
+   * autograd keeps what backward needs by its own reference and frees it as backward passes, so
+   * the step's peak memory falls during backward instead of holding every activation until the
+   * step's torch.tidy ends. Values and gradients are unchanged.
+   */
   forward(x: Tensor): Tensor {
     let y = this.stage0.forward(x);
-    for (const s of this.stages) y = s.forward(y);
-    return this.linear.forward(F.adaptiveAvgPool2d(y, 1).flatten(1));
+    for (const s of this.stages) {
+      for (const block of s.layers) {
+        const next = block.forward(y);
+        if (next !== y) y.dispose();
+        y = next;
+      }
+    }
+    const pooled = F.adaptiveAvgPool2d(y, 1);
+    y.dispose();
+    const flat = pooled.flatten(1);
+    pooled.dispose();
+    const logits = this.linear.forward(flat);
+    flat.dispose();
+    return logits;
   }
 
   /** The deployed network (`DeployVGG`, one conv3x3 + bias per block), in any mode; this model is unchanged. */

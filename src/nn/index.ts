@@ -2,3 +2,4 @@
 export { Module, type StateDict, type LoadResult } from './module.js';
 export * from './layers.js';
 export * as init from './init.js';
+export { toChannelsLast_ } from './memory-format.js';

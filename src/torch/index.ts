@@ -11,6 +11,7 @@ export { isFloating } from './dtype.js';
 export * from './creation.js';
 export { Generator, manualSeed } from './random.js';
 export { tidy, keep, noGrad, enableGrad, isGradEnabled, liveTensors } from './scope.js';
+export { collectHandles } from './gc.js';
 export { setNumThreads, getNumThreads, parallelInfo } from './threads.js';
 export { cat, stack, where, pad } from './functional.js';
 export * as F from './functional.js';

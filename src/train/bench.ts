@@ -38,6 +38,7 @@
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { toChannelsLast_ } from '../nn/memory-format.js';
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { SGD, type Optimizer } from '../optim/index.js';
@@ -159,6 +160,7 @@ export function benchTrainStep(o: BenchOptions): BenchResult {
   torch.setNumThreads(o.threads);
   torch.manualSeed(o.seed);
   const model = buildVgg(o.model, o.mode as RepOptVGGMode);
+  if (o.channelsLast) toChannelsLast_(model); // weights too, as model.to(memory_format=torch.channels_last)
   const kind = o.mode === 'target' ? o.optimizer : 'sgd';
   const opt = benchOptimizer(model, kind);
   let x = torch.keep(torch.randn([o.batch, o.model.inChannels, o.imageSize, o.imageSize]));
@@ -186,11 +188,16 @@ export function benchTrainStep(o: BenchOptions): BenchResult {
         phases.all.push(t3 - t0);
       }
     });
+  // as the trainer: the step's disposed handles are collected once per step (see torch.collectHandles)
+  const stepAndCollect = (record: boolean) => {
+    step(record);
+    torch.collectHandles();
+  };
   try {
-    for (let i = 0; i < o.warmup; i++) step(false);
+    for (let i = 0; i < o.warmup; i++) stepAndCollect(false);
     const c0 = process.cpuUsage();
     const w0 = performance.now();
-    for (let i = 0; i < o.steps; i++) step(true);
+    for (let i = 0; i < o.steps; i++) stepAndCollect(true);
     const ms = (performance.now() - w0) / Math.max(1, o.steps);
     const c = process.cpuUsage(c0);
     const finalLoss = torch.tidy(() => torch.noGrad(() => F.crossEntropy(model.forward(x), y).item()));
@@ -334,7 +341,7 @@ const self = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 function benchArgs(o: BenchOptions): string[] {
   const m = o.model;
   const a = ['bench', '--json', '--mode', o.mode, '--optimizer', o.optimizer, '--batch', String(o.batch), '--image-size', String(o.imageSize),
-    '--warmup', String(o.warmup), '--steps', String(o.steps), '--threads', String(o.threads), '--seed', String(o.seed), '--classes', String(m.numClasses)];
+    '--warmup', String(o.warmup), '--steps', String(o.steps), '--threads', String(o.threads), '--seed', String(o.seed), '--classes', String(m.numClasses), '--in-channels', String(m.inChannels)];
   if (m.arch) a.push('--arch', m.arch);
   else a.push('--blocks', m.blocks!.join(','), '--widths', m.widths!.join(','));
   if (m.strides) a.push('--strides', m.strides.join(','));

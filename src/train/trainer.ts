@@ -165,6 +165,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         let n = y.shape[0];
         x.dispose();
         y.dispose();
+        torch.collectHandles(); // frees the step's handle bookkeeping before the next step allocates
         let loss = localLoss;
         let hits = localHits;
         let agreedStop: StopSignal | null = null;
