@@ -19,30 +19,12 @@ import { shardIndices } from '../src/data/loader.js';
 import { freePort } from '../src/distributed/index.js';
 import { PYTHON, runPython } from './helpers/python.js';
 import { REPO_ROOT } from './helpers/paths.js';
+import { CLI, CLI_ENV as ENV, cli, weights, maxRel } from './helpers/runs.js';
 
 torch.setNumThreads(1);
-const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 const PG_WORKER = path.join(REPO_ROOT, 'dist/test/helpers/pg-worker.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-ddp-'));
 const TINY = ['--blocks', '1,2,2,1', '--widths', '0.25,0.25,0.25,0.25'];
-const ENV = { ...process.env, CI: 'true' };
-
-function cli(args: string[], env: NodeJS.ProcessEnv = ENV): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function weights(file: string): Map<string, torch.Tensor> {
-  return extractStateDict(loadPth(file), file);
-}
-
-/** max |a - b| / max |b|, in float64. */
-function maxRel(a: torch.Tensor, b: torch.Tensor): number {
-  return torch.tidy(() => {
-    const scale = Math.max(b.abs().max().to('float64').item(), 1e-12);
-    return a.to('float64').sub(b.to('float64')).abs().max().item() / scale;
-  });
-}
 
 function exited(child: ChildProcess, boundMs: number): Promise<number | null> {
   return new Promise((resolve, reject) => {

@@ -16,27 +16,11 @@ import { lrAt, scaledLr } from '../src/train/schedule.js';
 import { readJsonl } from '../src/train/log.js';
 import { PYTHON } from './helpers/python.js';
 import { REPO_ROOT } from './helpers/paths.js';
+import { CLI, cli, weights, maxRel } from './helpers/runs.js';
 
 torch.setNumThreads(1);
-const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 const REF = path.join(REPO_ROOT, 'test/py/repopt_reference.py');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-train-'));
-
-function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, CI: 'true' } });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function weights(file: string): Map<string, torch.Tensor> {
-  return extractStateDict(loadPth(file), file);
-}
-
-function maxRel(a: torch.Tensor, b: torch.Tensor): number {
-  return torch.tidy(() => {
-    const scale = Math.max(b.abs().max().to('float64').item(), 1e-12);
-    return a.to('float64').sub(b.to('float64')).abs().max().item() / scale;
-  });
-}
 
 const TINY = ['--blocks', '1,2,2,1', '--widths', '0.25,0.25,0.25,0.25'];
 
