@@ -13,7 +13,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
-import { loadPth, extractStateDict } from '../src/io/pth.js';
+import { loadPth } from '../src/io/pth.js';
 import { readJsonl } from '../src/train/log.js';
 import { shardIndices } from '../src/data/loader.js';
 import { freePort } from '../src/distributed/index.js';

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
-import { loadPth, extractStateDict } from '../src/io/pth.js';
+import { loadPth } from '../src/io/pth.js';
 import { lrAt, scaledLr } from '../src/train/schedule.js';
 import { readJsonl } from '../src/train/log.js';
 import { PYTHON } from './helpers/python.js';
