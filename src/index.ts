@@ -13,7 +13,8 @@
  *            the three block forms (CslaBlock), re-parameterization to the deploy form
  *   models   the zoo (RepOpt-VGG, RepOpt-GhostNet), its registry and scale files
  *   deploy   fused deploy networks, INT8 quantization, ONNX export (ONNX Runtime loads lazily)
- *   io, data, train   PyTorch checkpoints, datasets and loaders, the training loop
+ *   io, data, train   PyTorch checkpoints, datasets and loaders, the training loop, whole runs (runTraining:
+ *                     search / train as the CLI does them; evaluateCheckpoint)
  *   distributed       data-parallel training on libtorch's c10d (process group, DDP semantics, launcher)
  */
 export * as torch from './torch/index.js';
@@ -30,6 +31,10 @@ export { DataLoader, type LoaderOptions, type Batch } from './data/loader.js';
 export { SyntheticImages, type SyntheticOptions } from './data/synthetic.js';
 export { train, type TrainerOptions, type TrainResult } from './train/trainer.js';
 export { evaluate, top1, type EvalResult } from './train/evaluate.js';
+export {
+  runTraining, evaluateCheckpoint, TRAINING_DEFAULTS, TRAINING_MODES,
+  type TrainingRunOptions, type TrainingRunResult, type TrainingMode, type ModelChoice, type TrainingRunConfig, type CheckpointEvalOptions, type CheckpointEvaluation,
+} from './train/run.js';
 export { buildModel, buildOptimizer, setupRun, modelMode, type ModelConfig, type RunMode, type OptimizerConfig, type SetupOptions, type RunSetup } from './train/setup.js';
 export { benchTrainStep, benchOptimizerOverhead, benchPeak, searchMaxBatch, type BenchOptions, type BenchResult } from './train/bench.js';
 export { collectBatches, disposeBatches } from './data/batches.js';

@@ -9,6 +9,7 @@ import os from 'node:os';
 import { defineCommand, flag, type CommandSpec, type FlagSpec } from './flags.js';
 import type { ObserverKind } from '../deploy/quant.js';
 import type { BenchMode } from '../train/bench.js';
+import { TRAINING_DEFAULTS as D } from '../train/run-options.js';
 
 /** The INT8 activation observers (src/deploy/quant.ts OBSERVERS). */
 export const OBSERVER_CHOICES = ['minmax', 'percentile', 'mse'] as const satisfies readonly ObserverKind[];
@@ -46,7 +47,7 @@ const DATA_PARALLEL_FLAGS = {
   'node-rank': flag.int('this machine\'s index, 0 .. nnodes-1 (node 0 hosts rank 0)', { min: 0, group: 'data-parallel' }),
   'master-addr': flag.string('address of node 0, reachable from every machine (default 127.0.0.1)', { arg: 'HOST', group: 'data-parallel' }),
   'master-port': flag.int('rendezvous port on node 0 (default: a free port on one machine, 29500 on several)', { min: 1, max: 65535, arg: 'PORT', group: 'data-parallel' }),
-  'dist-timeout': flag.number('give up on a rendezvous or collective after this many seconds (a dead rank is noticed at once)', { default: 300, above: 0, arg: 'SEC', group: 'data-parallel' }),
+  'dist-timeout': flag.number('give up on a rendezvous or collective after this many seconds (a dead rank is noticed at once)', { default: D.distTimeoutSec, above: 0, arg: 'SEC', group: 'data-parallel' }),
 };
 
 const TRAINING_FLAGS = {
@@ -56,32 +57,39 @@ const TRAINING_FLAGS = {
   'no-augment': flag.boolean('no random crop / flip', { group: 'data' }),
   'no-shuffle': flag.boolean('read the training set in order', { group: 'data' }),
   'no-eval': flag.boolean('skip the evaluation after each epoch', { group: 'data' }),
-  workers: flag.int('loader worker threads preparing batches (0: in the main thread)', { default: 1, min: 0, group: 'data' }),
+  workers: flag.int('loader worker threads preparing batches (0: in the main thread)', { default: D.workers, min: 0, group: 'data' }),
   ...MODEL_FLAGS,
   init: flag.string('load this state dict as it is (no Rule of Initialization)', { arg: 'FILE.pth', group: 'model' }),
-  epochs: flag.int('epochs', { default: 10, min: 1, group: 'optimization' }),
-  'batch-size': flag.int('batch size', { default: 64, min: 1, group: 'optimization' }),
-  lr: flag.number('learning rate (default: 0.1 for sgd, 1e-3 for adamw)', { above: 0, group: 'optimization' }),
+  epochs: flag.int('epochs', { default: D.epochs, min: 1, group: 'optimization' }),
+  'batch-size': flag.int('batch size', { default: D.batchSize, min: 1, group: 'optimization' }),
+  lr: flag.number(`learning rate (default: ${D.lr.sgd} for sgd, ${D.lr.adamw} for adamw)`, { above: 0, group: 'optimization' }),
   'lr-per-256': flag.boolean('--lr is per 256 images: scaled by batch-size / 256 (the release\'s rule)', { group: 'optimization' }),
-  momentum: flag.number('SGD momentum', { default: 0.9, min: 0, max: 1, group: 'optimization' }),
+  momentum: flag.number('SGD momentum', { default: D.momentum, min: 0, max: 1, group: 'optimization' }),
   nesterov: flag.boolean('Nesterov momentum', { group: 'optimization' }),
-  wd: flag.number('weight decay (the release\'s rule: kernels, classifier weight, scale_identity)', { default: 4e-5, min: 0, group: 'optimization' }),
+  wd: flag.number('weight decay (the release\'s rule: kernels, classifier weight, scale_identity)', { default: D.weightDecay, min: 0, group: 'optimization' }),
   'wd-all': flag.boolean('decay every parameter', { group: 'optimization' }),
-  schedule: flag.choice(['cosine', 'constant'] as const, 'learning-rate schedule, stepped per iteration', { default: 'cosine', group: 'optimization' }),
-  warmup: flag.number('linear warm-up epochs (fractions allowed)', { default: 0, min: 0, arg: 'EPOCHS', group: 'optimization' }),
-  'label-smoothing': flag.number('label smoothing', { default: 0.1, min: 0, max: 1, group: 'optimization' }),
+  schedule: flag.choice(['cosine', 'constant'] as const, 'learning-rate schedule, stepped per iteration', { default: D.schedule, group: 'optimization' }),
+  warmup: flag.number('linear warm-up epochs (fractions allowed)', { default: D.warmupEpochs, min: 0, arg: 'EPOCHS', group: 'optimization' }),
+  'label-smoothing': flag.number('label smoothing', { default: D.labelSmoothing, min: 0, max: 1, group: 'optimization' }),
   ema: flag.number('keep an exponential moving average of the weights', { above: 0, max: 1, arg: 'DECAY', group: 'optimization' }),
   clip: flag.number('clip the gradients\' global norm (under RepOpt: the CSLA model\'s norm)', { above: 0, arg: 'NORM', group: 'optimization' }),
-  seed: flag.int('seed of initialisation, shuffling and augmentation', { default: 0, min: 0, group: 'optimization' }),
+  seed: flag.int('seed of initialisation, shuffling and augmentation', { default: D.seed, min: 0, group: 'optimization' }),
   out: flag.string('output folder (default: runs/COMMAND-TIME)', { arg: 'DIR', group: 'run' }),
   resume: flag.boolean('continue the run in --out exactly where it stopped', { group: 'run' }),
-  'log-every': flag.int('a log record every N steps', { default: 50, min: 1, group: 'run' }),
+  'log-every': flag.int('a log record every N steps', { default: D.logEvery, min: 1, group: 'run' }),
   'max-steps': flag.int('stop after N steps in all (a checkpoint is written; --resume continues)', { min: 1, group: 'run' }),
   'save-every': flag.int('also write latest.pth every N steps inside an epoch', { min: 1, arg: 'STEPS', group: 'run' }),
   'save-every-min': flag.number('also write latest.pth every M minutes', { above: 0, arg: 'MINUTES', group: 'run' }),
   quiet: flag.boolean('no progress output', { group: 'run' }),
   ...THREADS_FLAG,
   ...DATA_PARALLEL_FLAGS,
+};
+
+/** runTraining's options whose flag is not `--<option in kebab case>` (an OptionError names the option). */
+const TRAINING_OPTION_FLAGS = {
+  augment: '--no-augment', shuffle: '--no-shuffle', evaluate: '--no-eval', lrPer256: '--lr-per-256', weightDecay: '--wd',
+  decayAll: '--wd-all', warmupEpochs: '--warmup', emaDecay: '--ema', clipNorm: '--clip', saveEveryMinutes: '--save-every-min',
+  distTimeoutSec: '--dist-timeout', signedAdamW: '--signed-adamw',
 };
 
 export const SEARCH_COMMAND = defineCommand({
@@ -91,6 +99,7 @@ export const SEARCH_COMMAND = defineCommand({
   description: 'Hyper-Search: trains the hs model (every branch with a trainable per-channel scale) with plain SGD and writes the searched scales to OUT/scales.pth (+ scales.json), the input of `repopt train --scales`.',
   flags: TRAINING_FLAGS,
   notes: `${DATA_SPEC_NOTE}\n${SIGNALS_NOTE}`,
+  optionFlags: TRAINING_OPTION_FLAGS,
 });
 
 export const TRAIN_COMMAND = defineCommand({
@@ -99,14 +108,15 @@ export const TRAIN_COMMAND = defineCommand({
   usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|plain|repvgg|rep] [--scales FILE] [options]',
   description: 'Trains the plain target model with a RepOptimizer (Grad Mults rebuilt from --scales; a fresh model gets the Rule of Initialization), or a baseline: --mode repvgg (multi-branch training) or --mode plain (the target model with ordinary SGD/AdamW).',
   flags: {
-    mode: flag.choice(['target', 'plain', 'repvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or the multi-branch baseline: repvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: 'target', group: 'RepOpt' }),
+    mode: flag.choice(['target', 'plain', 'repvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or the multi-branch baseline: repvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: D.mode, group: 'RepOpt' }),
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
-    'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: 'searched', group: 'RepOpt' }),
-    optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: 'sgd', group: 'RepOpt' }),
+    'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: D.identityInit, group: 'RepOpt' }),
+    optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
     'signed-adamw': flag.boolean('AdamW Grad Mults from signed scales (the release\'s rule) instead of |s|', { group: 'RepOpt' }),
     ...TRAINING_FLAGS,
   },
   notes: `${DATA_SPEC_NOTE}\n${SIGNALS_NOTE}`,
+  optionFlags: TRAINING_OPTION_FLAGS,
 });
 
 export const EVAL_COMMAND = defineCommand({

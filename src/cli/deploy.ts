@@ -12,7 +12,7 @@ import path from 'node:path';
 import { saveStateDict } from '../train/checkpoint.js';
 import { OBSERVERS, type LayerWeightStats, type QuantPolicy } from '../deploy/quant.js';
 import { exportCheckpoint, int8Label as label, loadForDeploy, quantizeStudy, weightReport, type CheckpointSource, type QuantReport } from '../deploy/study.js';
-import { runTraining } from './train.js';
+import { runTraining, type TrainingRunOptions } from '../train/run.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
 import { applyThreads } from './threads.js';
@@ -198,28 +198,27 @@ async function quantDemoOnce(f: QuantDemoFlags, out: string, seed: number, log: 
   const { data, epochs } = f;
   // 8-bit weights with every observer, then narrower weights (MSE activations): where weight outliers cost.
   const bitsList = f['weight-bits'];
-  const searchEpochs = f['search-epochs'];
-  const batchSize = f['batch-size'];
-  const arch = ['--blocks', f.blocks.join(','), '--widths', f.widths.join(','), '--strides', f.strides.join(',')];
-  const common = ['--data', data, ...arch, '--batch-size', String(batchSize), '--seed', String(seed), '--log-every', '1000000', ...(f.lr !== undefined ? ['--lr', String(f.lr)] : [])];
+  const model = { blocks: f.blocks, widths: f.widths, strides: f.strides };
+  // Every stage trains with train's defaults but these, in this process (logs quiet, one record per run).
+  const common = { data, model, batchSize: f['batch-size'], seed, lr: f.lr, logEvery: 1_000_000, quiet: true, log };
   const t0 = performance.now();
-  const stage = async (name: string, cmd: 'search' | 'train', extra: string[], ep: number): Promise<string> => {
+  const stage = async (name: string, what: string, run: Omit<TrainingRunOptions, keyof typeof common | 'out' | 'resume'>): Promise<string> => {
     const dir = path.join(out, name);
-    const done = path.join(dir, cmd === 'search' ? 'scales.pth' : 'final.pth');
+    const done = path.join(dir, run.mode === 'hs' ? 'scales.pth' : 'final.pth');
     if (fs.existsSync(done)) {
       log(`[${name}] reusing ${done}`);
       return done;
     }
-    if (fs.existsSync(path.join(dir, 'latest.pth'))) extra = [...extra, '--resume'];
-    log(`[${name}] repopt ${cmd} ${[...common, ...extra, '--epochs', String(ep), '--out', dir].join(' ')}`);
-    const r = await runTraining([...common, ...extra, '--epochs', String(ep), '--out', dir, '--quiet'], cmd, log);
-    if (r.result.stopSignal) throw new InterruptedError(r.result.stopSignal, `${name} interrupted by ${r.result.stopSignal}: its checkpoint is saved; rerun quant-demo to continue`);
-    log(`[${name}] done in ${((performance.now() - t0) / 1000).toFixed(0)} s${r.result.lastEval ? `, test top-1 ${pct(r.result.lastEval.top1)}` : ''}`);
+    const resume = fs.existsSync(path.join(dir, 'latest.pth'));
+    log(`[${name}] ${what}, ${run.epochs} epoch(s)${resume ? ', resuming' : ''} -> ${dir}`);
+    const r = await runTraining({ ...common, ...run, out: dir, resume });
+    if (r.stopSignal) throw new InterruptedError(r.stopSignal, `${name} interrupted by ${r.stopSignal}: its checkpoint is saved; rerun quant-demo to continue`);
+    log(`[${name}] done in ${((performance.now() - t0) / 1000).toFixed(0)} s${r.lastEval ? `, test top-1 ${pct(r.lastEval.top1)}` : ''}`);
     return done;
   };
-  const scales = await stage('search', 'search', ['--no-eval'], searchEpochs);
-  const repopt = await stage('repopt', 'train', ['--mode', 'target', '--scales', scales], epochs);
-  const repvgg = await stage('repvgg', 'train', ['--mode', 'repvgg'], epochs);
+  const scales = await stage('search', 'Hyper-Search', { mode: 'hs', evaluate: false, epochs: f['search-epochs'] });
+  const repopt = await stage('repopt', 'RepOpt-VGG (target + RepSGD)', { mode: 'target', scales, epochs });
+  const repvgg = await stage('repvgg', 'RepVGG', { mode: 'repvgg', epochs });
 
   const reports: Record<string, QuantReport> = {};
   for (const [name, ckpt] of [['RepOpt-VGG', repopt], ['RepVGG', repvgg]] as const) {
@@ -248,7 +247,7 @@ async function quantDemoOnce(f: QuantDemoFlags, out: string, seed: number, log: 
   const names = Object.keys(reports);
   const col = (s: string) => s.padStart(17);
   log('');
-  log(`${data}, blocks ${arch[1]} widths ${arch[3]} strides ${arch[5]}, ${epochs} epoch(s); INT8 calibrated on ${reports[names[0]].calibImages} training images, top-1 on ${reports[names[0]].testImages} test images`);
+  log(`${data}, blocks ${f.blocks.join(',')} widths ${f.widths.join(',')} strides ${f.strides.join(',')}, ${epochs} epoch(s); INT8 calibrated on ${reports[names[0]].calibImages} training images, top-1 on ${reports[names[0]].testImages} test images`);
   log(`${''.padEnd(34)}${names.map(col).join('')}`);
   const line = (label: string, get: (r: QuantReport) => string) => log(`${label.padEnd(34)}${names.map((n) => col(get(reports[n]))).join('')}`);
   line('FP32 deployed', (r) => pct(r.fp32Deployed));

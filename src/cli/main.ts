@@ -26,14 +26,14 @@ async function runTrainCommand(argv: string[], command: 'search' | 'train', log:
   const { maybeLaunch } = await import('./launch.js');
   const launched = await maybeLaunch(command, argv, flags, process.argv[1]);
   if (launched !== null) return launched;
-  const { runTraining } = await import('./train.js');
-  const r = await runTraining(argv, command, log);
-  if ((distEnvFrom()?.rank ?? 0) !== 0) return r.result.stopSignal ? exitCodeFor(r.result.stopSignal) : 0; // rank 0 reports
-  if (r.result.stopSignal) {
-    log(`interrupted (${r.result.stopSignal}): checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
-    return exitCodeFor(r.result.stopSignal);
+  const { runTrainingCommand } = await import('./train.js');
+  const r = await runTrainingCommand(argv, command, log);
+  if ((distEnvFrom()?.rank ?? 0) !== 0) return r.stopSignal ? exitCodeFor(r.stopSignal) : 0; // rank 0 reports
+  if (r.stopSignal) {
+    log(`interrupted (${r.stopSignal}): checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
+    return exitCodeFor(r.stopSignal);
   }
-  const e = r.result.lastEval;
+  const e = r.lastEval;
   log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
   return 0;
 }

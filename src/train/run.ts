@@ -1,0 +1,370 @@
+/**
+ * A whole training run from one options object, what `repopt search` and `repopt train` do: the loaders,
+ * config.json (written atomically; a resumed run must have the same settings), joining the data-parallel
+ * group (torchrun's variables), the model and optimizer (`setupRun`), the training loop, and after a
+ * Hyper-Search the searched scales (scales.pth + scales.json). Also `evaluateCheckpoint`, what `repopt eval` does.
+ *
+ *   const search = await runTraining({ data: 'fashion-mnist', model: { arch: 'RepOpt-VGG-A0' }, mode: 'hs', epochs: 1 });
+ *   await runTraining({ data: 'fashion-mnist', model: { arch: 'RepOpt-VGG-A0' }, scales: search.scales!.file });
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import * as torch from '../torch/index.js';
+import { openDataset, type Dataset } from '../data/dataset.js';
+import { DataLoader } from '../data/loader.js';
+import { defaultTransforms } from '../data/transforms.js';
+import { OptionError } from '../errors.js';
+import { DataParallel } from '../distributed/data-parallel.js';
+import { ProcessGroup } from '../distributed/process-group.js';
+import { distEnvFrom, type DistEnv } from '../distributed/env.js';
+import { threadsPerWorker, watchLauncher } from '../distributed/launch.js';
+import { scaledLr } from './schedule.js';
+import { train, type TrainResult } from './trainer.js';
+import { evaluate, type EvalResult } from './evaluate.js';
+import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
+import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
+
+export { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions };
+
+/** What a run writes to OUT/config.json: everything needed to rebuild it (and to refuse a resume that differs). */
+export interface TrainingRunConfig {
+  command: 'search' | 'train';
+  mode: TrainingMode;
+  data: string;
+  model: ModelConfig;
+  optimizer: 'sgd' | 'adamw';
+  epochs: number;
+  batchSize: number;
+  /** After any linear scaling (`lrPer256`). */
+  lr: number;
+  momentum: number;
+  nesterov: boolean;
+  weightDecay: number;
+  schedule: string;
+  warmupEpochs: number;
+  labelSmoothing: number;
+  ema: number | null;
+  clip: number | null;
+  seed: number;
+  /** Absolute paths. */
+  scales: string | null;
+  init: string | null;
+  augment: boolean;
+  shuffle: boolean;
+  worldSize: number;
+}
+
+/** The settings a resumed run must share with the saved one (another number of processes changes every rank's data). */
+const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize'] as const;
+
+export interface TrainingRunResult extends TrainResult {
+  /** The run's folder. */
+  out: string;
+  /** Trainable and frozen parameters of the trained model. */
+  params: number;
+  /** Hyper-Search run to its end: the scale file written (and its JSON summary); otherwise null. */
+  scales: { file: string; summary: string } | null;
+  config: TrainingRunConfig;
+}
+
+// ------------------------------------------------------------------ options
+
+type Resolved = TrainingRunOptions & Required<Pick<TrainingRunOptions,
+  'mode' | 'optimizer' | 'identityInit' | 'workers' | 'epochs' | 'batchSize' | 'lr' | 'momentum' | 'weightDecay' | 'schedule' |
+  'warmupEpochs' | 'labelSmoothing' | 'seed' | 'logEvery' | 'distTimeoutSec' | 'log'>>;
+
+const isInt = (v: number, min: number) => Number.isInteger(v) && v >= min;
+
+/** Defaults filled in and every value checked: a bad option is an OptionError naming it, never a crash later. */
+function resolveOptions(o: TrainingRunOptions): Resolved {
+  const mode = o.mode ?? TRAINING_DEFAULTS.mode;
+  if (!TRAINING_MODES.includes(mode)) throw new OptionError('mode', `mode must be one of ${TRAINING_MODES.join(', ')}, got '${mode}'`);
+  const optimizer = o.optimizer ?? TRAINING_DEFAULTS.optimizer;
+  if (optimizer !== 'sgd' && optimizer !== 'adamw') throw new OptionError('optimizer', `optimizer must be sgd or adamw, got '${optimizer}'`);
+  const identityInit = o.identityInit ?? TRAINING_DEFAULTS.identityInit;
+  if (identityInit !== 'searched' && identityInit !== 'one') throw new OptionError('identityInit', `identityInit must be searched or one, got '${identityInit}'`);
+  const schedule = o.schedule ?? TRAINING_DEFAULTS.schedule;
+  if (schedule !== 'cosine' && schedule !== 'constant') throw new OptionError('schedule', `schedule must be cosine or constant, got '${schedule}'`);
+  if (typeof o.data !== 'string' || o.data === '') throw new OptionError('data', 'data is required: a data set such as fashion-mnist, cifar10:DIR or synthetic');
+  checkModel(o.model);
+  const r: Resolved = {
+    ...o,
+    mode,
+    optimizer,
+    identityInit,
+    schedule,
+    workers: o.workers ?? TRAINING_DEFAULTS.workers,
+    epochs: o.epochs ?? TRAINING_DEFAULTS.epochs,
+    batchSize: o.batchSize ?? TRAINING_DEFAULTS.batchSize,
+    lr: o.lr ?? TRAINING_DEFAULTS.lr[optimizer],
+    momentum: o.momentum ?? TRAINING_DEFAULTS.momentum,
+    weightDecay: o.weightDecay ?? TRAINING_DEFAULTS.weightDecay,
+    warmupEpochs: o.warmupEpochs ?? TRAINING_DEFAULTS.warmupEpochs,
+    labelSmoothing: o.labelSmoothing ?? TRAINING_DEFAULTS.labelSmoothing,
+    seed: o.seed ?? TRAINING_DEFAULTS.seed,
+    logEvery: o.logEvery ?? TRAINING_DEFAULTS.logEvery,
+    distTimeoutSec: o.distTimeoutSec ?? TRAINING_DEFAULTS.distTimeoutSec,
+    log: o.log ?? ((line: string) => console.log(line)),
+  };
+  const checks: [keyof TrainingRunOptions, number | undefined, boolean, string][] = [
+    ['epochs', r.epochs, isInt(r.epochs, 1), 'a positive integer'],
+    ['batchSize', r.batchSize, isInt(r.batchSize, 1), 'a positive integer'],
+    ['workers', r.workers, isInt(r.workers, 0), 'an integer >= 0'],
+    ['lr', r.lr, r.lr > 0 && Number.isFinite(r.lr), 'a positive number'],
+    ['momentum', r.momentum, r.momentum >= 0 && r.momentum <= 1, 'in [0, 1]'],
+    ['weightDecay', r.weightDecay, r.weightDecay >= 0 && Number.isFinite(r.weightDecay), 'a number >= 0'],
+    ['warmupEpochs', r.warmupEpochs, r.warmupEpochs >= 0 && Number.isFinite(r.warmupEpochs), 'a number >= 0'],
+    ['labelSmoothing', r.labelSmoothing, r.labelSmoothing >= 0 && r.labelSmoothing <= 1, 'in [0, 1]'],
+    ['seed', r.seed, isInt(r.seed, 0), 'an integer >= 0'],
+    ['logEvery', r.logEvery, isInt(r.logEvery, 1), 'a positive integer'],
+    ['distTimeoutSec', r.distTimeoutSec, r.distTimeoutSec > 0, 'a positive number'],
+    ['emaDecay', r.emaDecay, r.emaDecay === undefined || (r.emaDecay > 0 && r.emaDecay <= 1), 'in (0, 1]'],
+    ['clipNorm', r.clipNorm, r.clipNorm === undefined || r.clipNorm > 0, 'a positive number'],
+    ['imageSize', r.imageSize, r.imageSize === undefined || isInt(r.imageSize, 1), 'a positive integer'],
+    ['maxSteps', r.maxSteps, r.maxSteps === undefined || isInt(r.maxSteps, 1), 'a positive integer'],
+    ['saveEvery', r.saveEvery, r.saveEvery === undefined || isInt(r.saveEvery, 1), 'a positive integer'],
+    ['saveEveryMinutes', r.saveEveryMinutes, r.saveEveryMinutes === undefined || r.saveEveryMinutes > 0, 'a positive number'],
+    ['threads', r.threads, r.threads === undefined || isInt(r.threads, 1), 'a positive integer'],
+  ];
+  for (const [option, value, ok, what] of checks) if (!ok) throw new OptionError(option, `${option} must be ${what}, got ${value}`);
+  return r;
+}
+
+function checkModel(m: ModelChoice | undefined): void {
+  if (!m || (m.arch === undefined && m.blocks === undefined && m.widths === undefined)) {
+    throw new OptionError('model', 'give a model: an architecture (e.g. RepOpt-VGG-A0, see listArchs()) or custom RepOpt-VGG blocks and widths');
+  }
+  if (m.arch !== undefined && (m.blocks !== undefined || m.widths !== undefined)) throw new OptionError('model', 'give either an architecture or custom blocks and widths, not both');
+  if (m.arch === undefined && !(m.blocks && m.widths)) throw new OptionError('model', 'a custom RepOpt-VGG needs both blocks and widths (4 values each, stages 1-4)');
+}
+
+// ------------------------------------------------------------------ the run
+
+/** This process's rank in a data-parallel job, or null. */
+async function joinGroup(denv: DistEnv | null, timeoutSec: number): Promise<DataParallel | null> {
+  if (!denv) return null;
+  watchLauncher();
+  const group = await ProcessGroup.init({ ...denv, timeoutSec });
+  return new DataParallel(group);
+}
+
+function loaders(o: Resolved, denv: DistEnv | null) {
+  const { imageSize, batchSize, seed, workers } = o;
+  const trainSet = openDataset(o.data, 'train', { imageSize });
+  const augment = o.augment ?? true;
+  const trainLoader = new DataLoader(trainSet, {
+    batchSize,
+    shuffle: o.shuffle ?? true,
+    seed,
+    augment,
+    transforms: defaultTransforms(trainSet, 'train', augment),
+    workers,
+    // Data-parallel: this rank's DistributedSampler shard, and drop_last as the release's loader.
+    ...(denv ? { shard: { rank: denv.rank, worldSize: denv.worldSize, pad: true }, dropLast: true } : {}),
+  });
+  if (trainLoader.batchesPerEpoch === 0) {
+    throw new OptionError('batchSize', `batch size ${batchSize} is larger than this rank's ${trainLoader.samplesPerEpoch} training samples; lower it`);
+  }
+  let testLoader: DataLoader | null = null;
+  if (o.evaluate ?? true) {
+    const testSet = openDataset(o.testData ?? o.data, 'test', { imageSize });
+    testLoader = new DataLoader(testSet, {
+      batchSize: Math.max(batchSize, 256),
+      shuffle: false,
+      augment: false,
+      transforms: defaultTransforms(testSet, 'test', false),
+      workers,
+      // Evaluation sharded without padding (the release's rank::W sampler); sums reduced over ranks.
+      ...(denv ? { shard: { rank: denv.rank, worldSize: denv.worldSize, pad: false } } : {}),
+    });
+  }
+  return { trainSet, trainLoader, testLoader };
+}
+
+function modelConfig(m: ModelChoice, ds: Dataset): ModelConfig {
+  return { arch: m.arch, blocks: m.blocks, widths: m.widths, strides: m.strides, inChannels: ds.channels, numClasses: ds.numClasses };
+}
+
+/** Refuses to resume a run whose saved settings differ (the run would not be the one that was started). */
+function checkResumable(configPath: string, config: TrainingRunConfig): void {
+  if (!fs.existsSync(configPath)) return;
+  const saved = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+  // Runs saved before worldSize was recorded ran in one process.
+  const differs = RESUME_KEYS.filter((k) => JSON.stringify(k in saved ? saved[k] : k === 'worldSize' ? 1 : undefined) !== JSON.stringify(config[k]));
+  if (differs.length) {
+    throw new OptionError('resume', `the saved run in ${path.dirname(configPath)} has different settings (${differs.join(', ')}); resume it with the same settings or start a new run`);
+  }
+}
+
+/**
+ * Trains one run: Hyper-Search (`mode: 'hs'`, then OUT/scales.pth), RepOpt training (`mode: 'target'` with
+ * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth; a run stopped
+ * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it. Data-parallel when started by
+ * a launcher (torchrun's variables, or `distributed`): only rank 0 writes files and logs.
+ * Bad options throw an OptionError naming the option.
+ */
+export async function runTraining(options: TrainingRunOptions): Promise<TrainingRunResult> {
+  const o = resolveOptions(options);
+  const { mode, seed, epochs, batchSize, optimizer, schedule, log } = o;
+  const search = mode === 'hs';
+  const command = search ? 'search' : 'train';
+  const denv = o.distributed === undefined ? distEnvFrom() : o.distributed;
+  const main = !denv || denv.rank === 0; // rank 0 writes config.json, logs and the scales
+  const out = o.out ?? path.join('runs', `${command}-${Date.now()}`);
+  const threads = o.threads ?? (denv ? threadsPerWorker(denv.localWorldSize) : undefined);
+  if (threads !== undefined) torch.setNumThreads(threads);
+  // The release scales by the total batch over all ranks.
+  const lr = o.lrPer256 ? scaledLr(o.lr, batchSize * (denv?.worldSize ?? 1)) : o.lr;
+  const resume = o.resume ?? false;
+  const configPath = path.join(out, 'config.json');
+  const latest = path.join(out, 'latest.pth');
+  if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
+
+  torch.manualSeed(seed);
+  const { trainSet, trainLoader, testLoader } = loaders(o, denv);
+  let dist: DataParallel | null = null;
+  try {
+    dist = await joinGroup(denv, o.distTimeoutSec);
+    const model = modelConfig(o.model, trainSet);
+    const config: TrainingRunConfig = {
+      command,
+      mode,
+      data: o.data,
+      model,
+      optimizer,
+      epochs,
+      batchSize,
+      lr,
+      momentum: o.momentum,
+      nesterov: o.nesterov ?? false,
+      weightDecay: o.weightDecay,
+      schedule,
+      warmupEpochs: o.warmupEpochs,
+      labelSmoothing: o.labelSmoothing,
+      ema: o.emaDecay ?? null,
+      clip: o.clipNorm ?? null,
+      seed,
+      scales: o.scales ? path.resolve(o.scales) : null,
+      init: o.init ? path.resolve(o.init) : null,
+      augment: o.augment ?? true,
+      shuffle: o.shuffle ?? true,
+      worldSize: denv?.worldSize ?? 1,
+    };
+    if (resume) checkResumable(configPath, config);
+    const run = setupRun({
+      model,
+      mode,
+      optimizer: { kind: optimizer, lr, momentum: config.momentum, nesterov: config.nesterov, weightDecay: config.weightDecay, decayAll: o.decayAll ?? false },
+      scales: o.scales,
+      init: o.init,
+      identityInit: o.identityInit,
+      signedAdamW: o.signedAdamW ?? false,
+      resuming: resume && fs.existsSync(latest),
+    });
+    try {
+      fs.mkdirSync(out, { recursive: true });
+      if (main) {
+        // Atomically: the other ranks of a resumed run read it.
+        fs.writeFileSync(`${configPath}.tmp-${process.pid}`, JSON.stringify(config, null, 2) + '\n');
+        fs.renameSync(`${configPath}.tmp-${process.pid}`, configPath);
+      }
+      const params = run.model.numParameters();
+      if (!o.quiet && main) {
+        const nThreads = torch.getNumThreads();
+        log(`${command}: ${archLabel(model)} mode ${mode}, ${params.toLocaleString('en-US')} params, ${trainSet.name} (${trainSet.length} images), ` +
+          `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps${dist ? ` (${dist.worldSize} processes x batch ${batchSize}, ${nThreads} thread${nThreads === 1 ? '' : 's'} each)` : ''}, ${optimizer}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
+      }
+      const result = await train(
+        { model: run.model, optimizer: run.optimizer, cslaMults: run.cslaMults },
+        trainLoader,
+        testLoader,
+        {
+          out,
+          epochs,
+          lr,
+          schedule,
+          warmupEpochs: config.warmupEpochs,
+          labelSmoothing: config.labelSmoothing,
+          emaDecay: o.emaDecay,
+          clipNorm: o.clipNorm,
+          resume,
+          logEvery: o.logEvery,
+          config: { ...config },
+          label: search ? 'search' : mode,
+          quiet: o.quiet,
+          maxIterations: o.maxSteps,
+          saveEvery: o.saveEvery,
+          saveEveryMinutes: o.saveEveryMinutes,
+          dist: dist ?? undefined,
+        },
+      );
+      let scales: TrainingRunResult['scales'] = null;
+      if (main && search && !result.interrupted && result.state.epoch >= epochs) {
+        const searched = run.family.extractScales(run.model);
+        try {
+          scales = run.family.saveScales(path.join(out, 'scales.pth'), searched, run.model, archLabel(model));
+        } finally {
+          for (const t of searched.values()) t.dispose();
+        }
+        if (!o.quiet) log(`scales written to ${scales.file} (summary ${scales.summary})`);
+      }
+      return { ...result, out, params, scales, config };
+    } finally {
+      run.model.dispose();
+      run.optimizer.dispose();
+    }
+  } finally {
+    dist?.group.destroy();
+    await trainLoader.close();
+    await testLoader?.close();
+  }
+}
+
+// ------------------------------------------------------------------ evaluation
+
+export interface CheckpointEvalOptions {
+  /** A repopt checkpoint, a plain state dict (e.g. the release's) or a deployed one. */
+  checkpoint: string;
+  /** The data set whose test split is evaluated. */
+  data: string;
+  /** The model; default: the run's config.json beside the checkpoint. */
+  model?: ModelChoice;
+  /** The mode the checkpoint was saved in; default: read from its keys. */
+  mode?: RunMode | 'deploy';
+  imageSize?: number;
+  /** Default 256. */
+  batchSize?: number;
+  /** Loader worker threads (default 1). */
+  workers?: number;
+}
+
+export interface CheckpointEvaluation extends EvalResult {
+  /** The model's label (architecture name or custom RepOpt-VGG). */
+  arch: string;
+  /** The mode the checkpoint was evaluated in. */
+  mode: string;
+  /** The data set's name. */
+  dataset: string;
+}
+
+/** Top-1, top-5 and mean cross-entropy of a checkpoint on a data set's test split (input channels and classes must match). */
+export async function evaluateCheckpoint(o: CheckpointEvalOptions): Promise<CheckpointEvaluation> {
+  const testSet = openDataset(o.data, 'test', { imageSize: o.imageSize });
+  const { loadCheckpointModel } = await import('../deploy/study.js');
+  const loaded = loadCheckpointModel(
+    { checkpoint: o.checkpoint, model: o.model },
+    { mode: o.mode === undefined || o.mode === 'deploy' ? o.mode : modelMode(o.mode), inChannels: testSet.channels, numClasses: testSet.numClasses },
+  );
+  const model = loaded.model;
+  try {
+    const loader = new DataLoader(testSet, { batchSize: o.batchSize ?? 256, shuffle: false, augment: false, transforms: defaultTransforms(testSet, 'test', false), workers: o.workers ?? 1 });
+    try {
+      const r = await evaluate(model, loader);
+      return { arch: loaded.family.label(loaded.config), mode: loaded.mode, dataset: testSet.name, ...r };
+    } finally {
+      await loader.close();
+    }
+  } finally {
+    model.dispose();
+  }
+}
