@@ -15,6 +15,8 @@
 #include "tensor-handle.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -191,6 +193,82 @@ c10d::ReduceOp ReduceOpOf(const std::string& op, Napi::Env env) {
   if (op == "min") return c10d::ReduceOp::MIN;
   if (op == "product") return c10d::ReduceOp::PRODUCT;
   throw Napi::TypeError::New(env, "reduce op must be sum, max, min or product, got '" + op + "'");
+}
+
+// ------------------------------------------- a differentiable allreduce-sum
+
+// A blocking sum over the ranks of one small tensor, on the calling thread (bounded by
+// the group's timeout). For statistics inside forward and backward (SyncBatchNorm):
+// the caller needs the result before it can go on, so there is nothing to overlap.
+void AllreduceSumNow(const std::shared_ptr<Group>& g, const at::Tensor& t, const std::string& where) {
+  try {
+    if (g->failed) throw std::runtime_error("an earlier collective of this process group failed");
+    std::vector<at::Tensor> one{t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    Wait(g, g->pg->allreduce(one, opts));
+  } catch (const c10::Error& e) {
+    g->failed = true;
+    throw std::runtime_error(where + " (rank " + std::to_string(g->rank) + " of " + std::to_string(g->size) + "): " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    g->failed = true;
+    throw std::runtime_error(where + " (rank " + std::to_string(g->rank) + " of " + std::to_string(g->size) + "): " + e.what());
+  }
+}
+
+// The adjoint of y = sum over ranks of x is dx = sum over ranks of dy: backward all-reduces
+// the incoming gradient. Every rank builds the same graph, and libtorch's CPU engine runs
+// a graph's nodes on the calling thread in an order fixed by the graph (ready nodes by
+// creation order), so the ranks meet in these allreduces in the same order.
+struct AllreduceSumBackward final : public torch::autograd::Node {
+  std::shared_ptr<Group> group;
+  std::vector<int64_t> sizes;
+  at::TensorOptions options;
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    // Every rank must take part, even one whose gradient is undefined (zero) here.
+    at::Tensor g = grads[0].defined() ? grads[0].clone(at::MemoryFormat::Contiguous) : at::zeros(sizes, options);
+    AllreduceSumNow(group, g, "allreduce in backward");
+    return {g};
+  }
+  std::string name() const override { return "AllreduceSumBackward"; }
+  void release_variables() override {}
+};
+
+// distAllreduceSumGrad(group, tensor) -> tensor: the sum over the ranks (a new tensor; the input is
+// untouched), differentiable: with grad mode on and a tensor that requires grad, the result
+// carries an AllreduceSumBackward node. Blocks the calling thread (bounded by the group's timeout).
+Napi::Value AllreduceSumGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto group = GroupOf(info[0]);
+  const at::Tensor& x = TensorOf(info[1], "tensor");
+  if (!at::isFloatingType(x.scalar_type())) throw Napi::TypeError::New(env, "distAllreduceSumGrad: expected a floating-point tensor");
+  try {
+    at::Tensor y;
+    {
+      at::NoGradGuard noGrad;
+      y = x.detach().clone(at::MemoryFormat::Contiguous);
+      AllreduceSumNow(group, y, "allreduce in forward");
+    }
+    if (torch::autograd::compute_requires_grad(x)) {
+      auto fn = std::shared_ptr<AllreduceSumBackward>(new AllreduceSumBackward(), torch::autograd::deleteNode);
+      fn->group = group;
+      fn->sizes = x.sizes().vec();
+      fn->options = x.options();
+      fn->set_next_edges(torch::autograd::collect_next_edges(x));
+      torch::autograd::set_history(y, fn);
+    }
+    return WrapTensor(env, y);
+  } catch (const c10::Error& e) {
+    throw Napi::Error::New(env, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+// distFailed(group) -> boolean: a collective of this group failed (its peers may be gone).
+Napi::Value Failed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), GroupOf(info[0])->failed);
 }
 
 // ---------------------------------------------------------------- functions
@@ -387,6 +465,8 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
   exports.Set("distAllreduce", Napi::Function::New(env, Allreduce, "distAllreduce"));
   exports.Set("distBroadcast", Napi::Function::New(env, Broadcast, "distBroadcast"));
   exports.Set("distBarrier", Napi::Function::New(env, Barrier, "distBarrier"));
+  exports.Set("distAllreduceSumGrad", Napi::Function::New(env, AllreduceSumGrad, "distAllreduceSumGrad"));
+  exports.Set("distFailed", Napi::Function::New(env, Failed, "distFailed"));
   exports.Set("distDestroy", Napi::Function::New(env, Destroy, "distDestroy"));
 }
 

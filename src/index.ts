@@ -42,4 +42,4 @@ export { OptionError } from './errors.js';
 export { catchStopSignals, turnEventLoop, exitCodeFor, InterruptedError, STOP_SIGNALS, type StopSignal, type StopScope } from './train/interrupt.js';
 export { ModelEma } from './train/ema.js';
 export { lrAt, scaledLr, type Schedule } from './train/schedule.js';
-export { ProcessGroup, DistributedError, DataParallel, distEnvFrom, launchWorkers, shardIndices, type ProcessGroupOptions, type DistEnv, type Shard } from './distributed/index.js';
+export { ProcessGroup, DistributedError, DataParallel, distEnvFrom, launchWorkers, shardIndices, convertSyncBatchNorm, revertSyncBatchNorm, type ProcessGroupOptions, type DistEnv, type Shard } from './distributed/index.js';

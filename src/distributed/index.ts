@@ -4,3 +4,4 @@ export { DataParallel } from './data-parallel.js';
 export { distEnvFrom, type DistEnv } from './env.js';
 export { launchWorkers, freePort, threadsPerWorker, watchLauncher, type LaunchOptions } from './launch.js';
 export { shardIndices, type Shard } from '../data/loader.js';
+export { convertSyncBatchNorm, revertSyncBatchNorm } from './sync-batch-norm.js';

@@ -10,7 +10,7 @@
  *   pg.destroy();
  */
 import { native, type GroupHandle, type ReduceOpName } from '../torch/native.js';
-import type { Tensor } from '../torch/index.js';
+import { wrapHandle, type Tensor } from '../torch/tensor.js';
 
 /** A collective or the rendezvous failed: another rank exited, the master is unreachable, a timeout. */
 export class DistributedError extends Error {
@@ -88,14 +88,18 @@ export class ProcessGroup {
     return this.#handle;
   }
 
+  #fail(e: unknown): DistributedError {
+    this.#failed ??= new DistributedError(
+      `rank ${this.rank}: ${(e as Error).message}\n(another rank probably exited or stopped responding; see its output)`,
+    );
+    return this.#failed;
+  }
+
   async #run(p: () => Promise<void>): Promise<void> {
     try {
       await p();
     } catch (e) {
-      this.#failed = new DistributedError(
-        `rank ${this.rank}: ${(e as Error).message}\n(another rank probably exited or stopped responding; see its output)`,
-      );
-      throw this.#failed;
+      throw this.#fail(e);
     }
   }
 
@@ -115,6 +119,29 @@ export class ProcessGroup {
     const h = this.#live();
     if (tensors.length === 0) return Promise.resolve();
     return this.#run(() => native.distBroadcast(h, tensors.map((t) => t.handle), root, bucketBytes));
+  }
+
+  /**
+   * The sum over the ranks of a small floating-point tensor, as a new tensor, computed now on
+   * this thread (blocking it for at most the group's timeout) and differentiable: backward
+   * sums the incoming gradient over the ranks (the adjoint of a sum over ranks), inside
+   * autograd's backward. Every rank must call it in the same order with the same shape
+   * (SyncBatchNorm's statistics). A failure in backward surfaces from `backward()`:
+   * pass that error through `explain`.
+   */
+  allreduceSumGrad(t: Tensor): Tensor {
+    const h = this.#live();
+    try {
+      return wrapHandle(native.distAllreduceSumGrad(h, t.handle));
+    } catch (e) {
+      throw native.distFailed(h) ? this.#fail(e) : e;
+    }
+  }
+
+  /** An error thrown where this group's collectives run synchronously (autograd's backward): a DistributedError when one of them failed, else the error itself. */
+  explain(e: unknown): unknown {
+    if (this.#failed) return this.#failed;
+    return this.#handle && native.distFailed(this.#handle) ? this.#fail(e) : e;
   }
 
   barrier(): Promise<void> {

@@ -3,3 +3,4 @@ export { Module, type StateDict, type LoadResult } from './module.js';
 export * from './layers.js';
 export * as init from './init.js';
 export { toChannelsLast_ } from './memory-format.js';
+export { syncBatchNorm, type BatchStatsReducer, type SyncBatchNormOptions } from './sync-batch-norm.js';

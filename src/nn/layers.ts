@@ -3,6 +3,7 @@ import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { Module } from './module.js';
 import { defaultLayerInit_ } from './init.js';
+import { syncBatchNorm, type BatchStatsReducer } from './sync-batch-norm.js';
 
 type Pair = number | [number, number];
 
@@ -57,6 +58,11 @@ export class BatchNorm2d extends Module {
   readonly numBatchesTracked: Tensor | null;
   readonly eps: number;
   readonly momentum: number;
+  /**
+   * Set (by convertSyncBatchNorm): training batches are normalised with statistics over every
+   * rank of this reducer, as PyTorch's SyncBatchNorm; evaluation is unchanged.
+   */
+  syncStats: BatchStatsReducer | null = null;
   constructor(readonly numFeatures: number, options: BatchNormOptions = {}) {
     super();
     this.eps = options.eps ?? 1e-5;
@@ -74,6 +80,9 @@ export class BatchNorm2d extends Module {
     if (x.ndim !== 4) throw new Error(`BatchNorm2d: expected 4-d input [N, C, H, W], got shape [${x.shape.join(', ')}]`);
     const useBatchStats = this.training || !this.runningMean;
     if (this.training && this.numBatchesTracked) torch.noGrad(() => this.numBatchesTracked!.add_(1));
+    if (this.training && this.syncStats) {
+      return syncBatchNorm(x, this.runningMean, this.runningVar, this.syncStats, { weight: this.weight, bias: this.bias, momentum: this.momentum, eps: this.eps });
+    }
     return F.batchNorm(x, this.runningMean, this.runningVar, {
       weight: this.weight,
       bias: this.bias,

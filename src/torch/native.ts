@@ -65,6 +65,8 @@ export interface NativeBinding {
   distAllreduce(g: GroupHandle, tensors: Handle[], op: ReduceOpName, divisor: number, bucketBytes: number): Promise<void>;
   distBroadcast(g: GroupHandle, tensors: Handle[], root: number, bucketBytes: number): Promise<void>;
   distBarrier(g: GroupHandle): Promise<void>;
+  distAllreduceSumGrad(g: GroupHandle, t: Handle): Handle;
+  distFailed(g: GroupHandle): boolean;
   distDestroy(g: GroupHandle): void;
 }
 
