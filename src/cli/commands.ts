@@ -47,6 +47,7 @@ const DATA_PARALLEL_FLAGS = {
   'node-rank': flag.int('this machine\'s index, 0 .. nnodes-1 (node 0 hosts rank 0)', { min: 0, group: 'data-parallel' }),
   'master-addr': flag.string('address of node 0, reachable from every machine (default 127.0.0.1)', { arg: 'HOST', group: 'data-parallel' }),
   'master-port': flag.int('rendezvous port on node 0 (default: a free port on one machine, 29500 on several)', { min: 1, max: 65535, arg: 'PORT', group: 'data-parallel' }),
+  'sync-bn': flag.boolean('every BatchNorm normalises training batches with statistics over all ranks (PyTorch\'s SyncBatchNorm; 2 small allreduces per BN layer in forward and 2 in backward); no effect in one process, as PyTorch\'s', { group: 'data-parallel' }),
   'dist-timeout': flag.number('give up on a rendezvous or collective after this many seconds (a dead rank is noticed at once)', { default: D.distTimeoutSec, above: 0, arg: 'SEC', group: 'data-parallel' }),
 };
 
@@ -89,7 +90,7 @@ const TRAINING_FLAGS = {
 const TRAINING_OPTION_FLAGS = {
   augment: '--no-augment', shuffle: '--no-shuffle', evaluate: '--no-eval', lrPer256: '--lr-per-256', weightDecay: '--wd',
   decayAll: '--wd-all', warmupEpochs: '--warmup', emaDecay: '--ema', clipNorm: '--clip', saveEveryMinutes: '--save-every-min',
-  distTimeoutSec: '--dist-timeout', signedAdamW: '--signed-adamw',
+  distTimeoutSec: '--dist-timeout', signedAdamW: '--signed-adamw', syncBatchNorm: '--sync-bn',
 };
 
 export const SEARCH_COMMAND = defineCommand({

@@ -48,6 +48,7 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
     quiet: f.quiet,
     threads: f.threads,
     distTimeoutSec: f['dist-timeout'],
+    syncBatchNorm: f['sync-bn'],
     log,
   };
 }

@@ -99,6 +99,11 @@ export interface TrainingRunOptions {
   distributed?: DistEnv | null;
   /** Give up on a rendezvous or collective after this many seconds. */
   distTimeoutSec?: number;
+  /**
+   * Data-parallel: every BatchNorm normalises training batches with statistics over all ranks (PyTorch's
+   * SyncBatchNorm; 2 small allreduces per BN layer in forward, 2 in backward). No effect in one process.
+   */
+  syncBatchNorm?: boolean;
   /** Where the run's summary lines go (default console.log); progress goes to stderr unless `quiet`. */
   log?: (line: string) => void;
 }

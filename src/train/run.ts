@@ -52,10 +52,11 @@ export interface TrainingRunConfig {
   augment: boolean;
   shuffle: boolean;
   worldSize: number;
+  syncBatchNorm: boolean;
 }
 
 /** The settings a resumed run must share with the saved one (another number of processes changes every rank's data). */
-const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize'] as const;
+const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize', 'syncBatchNorm'] as const;
 
 export interface TrainingRunResult extends TrainResult {
   /** The run's folder. */
@@ -189,8 +190,9 @@ function modelConfig(m: ModelChoice, ds: Dataset): ModelConfig {
 function checkResumable(configPath: string, config: TrainingRunConfig): void {
   if (!fs.existsSync(configPath)) return;
   const saved = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
-  // Runs saved before worldSize was recorded ran in one process.
-  const differs = RESUME_KEYS.filter((k) => JSON.stringify(k in saved ? saved[k] : k === 'worldSize' ? 1 : undefined) !== JSON.stringify(config[k]));
+  // Runs saved before worldSize / syncBatchNorm were recorded ran in one process, without SyncBatchNorm.
+  const before: Record<string, unknown> = { worldSize: 1, syncBatchNorm: false };
+  const differs = RESUME_KEYS.filter((k) => JSON.stringify(k in saved ? saved[k] : before[k]) !== JSON.stringify(config[k]));
   if (differs.length) {
     throw new OptionError('resume', `the saved run in ${path.dirname(configPath)} has different settings (${differs.join(', ')}); resume it with the same settings or start a new run`);
   }
@@ -249,6 +251,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       augment: o.augment ?? true,
       shuffle: o.shuffle ?? true,
       worldSize: denv?.worldSize ?? 1,
+      syncBatchNorm: o.syncBatchNorm ?? false,
     };
     if (resume) checkResumable(configPath, config);
     const run = setupRun({
@@ -272,7 +275,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       if (!o.quiet && main) {
         const nThreads = torch.getNumThreads();
         log(`${command}: ${archLabel(model)} mode ${mode}, ${params.toLocaleString('en-US')} params, ${trainSet.name} (${trainSet.length} images), ` +
-          `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps${dist ? ` (${dist.worldSize} processes x batch ${batchSize}, ${nThreads} thread${nThreads === 1 ? '' : 's'} each)` : ''}, ${optimizer}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
+          `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps${dist ? ` (${dist.worldSize} processes x batch ${batchSize}, ${nThreads} thread${nThreads === 1 ? '' : 's'} each${config.syncBatchNorm ? ', SyncBatchNorm' : ''})` : ''}, ${optimizer}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
       }
       const result = await train(
         { model: run.model, optimizer: run.optimizer, cslaMults: run.cslaMults },
@@ -296,6 +299,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
           saveEvery: o.saveEvery,
           saveEveryMinutes: o.saveEveryMinutes,
           dist: dist ?? undefined,
+          syncBatchNorm: config.syncBatchNorm,
         },
       );
       let scales: TrainingRunResult['scales'] = null;

@@ -20,6 +20,7 @@ import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
 import { InterruptedError, catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
 import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
 import type { DataParallel } from '../distributed/data-parallel.js';
+import { convertSyncBatchNorm, revertSyncBatchNorm } from '../distributed/sync-batch-norm.js';
 
 export interface TrainLoader extends BatchSource {
   readonly batchesPerEpoch: number;
@@ -58,6 +59,12 @@ export interface TrainerOptions {
   saveEveryMinutes?: number;
   /** Data-parallel training: this process is one rank (its loaders read its shards). */
   dist?: DataParallel;
+  /**
+   * Data-parallel: every BatchNorm normalises training batches with statistics over all ranks
+   * (PyTorch's SyncBatchNorm; 2 small allreduces per BN in forward, 2 in backward). Without
+   * `dist` it has no effect, as PyTorch's SyncBatchNorm without a process group.
+   */
+  syncBatchNorm?: boolean;
 }
 
 export interface TrainResult {
@@ -126,6 +133,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       // DDP's start-up sync: every rank trains from rank 0's weights (and EMA).
       await dist.broadcastModule(model);
       if (ema) await dist.broadcastState(ema.shadow);
+      if (o.syncBatchNorm) convertSyncBatchNorm(model, dist.group);
     }
     if (state.iteration === 0) {
       // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
@@ -146,10 +154,14 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         optimizer.setLr(lr);
         const ts = performance.now();
         const [localLoss, localHits] = torch.tidy(() => {
-          const logits = model.forward(x);
-          const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
-          l.backward(); // grads are None here: cleared after every step below
-          return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
+          try {
+            const logits = model.forward(x);
+            const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
+            l.backward(); // grads are None here: cleared after every step below
+            return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
+          } catch (e) {
+            throw dist ? dist.group.explain(e) : e; // SyncBatchNorm's collectives run inside forward and backward
+          }
         });
         // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean.
         if (dist) await dist.averageGradients(model);
@@ -288,6 +300,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     // No rank reports done before rank 0's files are written.
     if (dist) await dist.barrier();
   } finally {
+    if (o.syncBatchNorm) revertSyncBatchNorm(model);
     stopScope.close();
     log?.close();
     ema?.dispose();
