@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "repopt",
-      "sources": ["native/repopt.cc", "native/distributed.cc"],
+      "sources": ["native/repopt.cc", "native/distributed.cc", "native/cpu-allocator.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "<!@(node scripts/libtorch-paths.cjs include)"

@@ -10,6 +10,7 @@
 // libtorch's message; the process never aborts on bad input.
 
 #include "tensor-handle.h"
+#include "cpu-allocator.h"
 
 #include <napi.h>
 
@@ -583,10 +584,33 @@ Napi::Value ParallelInfo(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), at::get_parallel_info());
 }
 
+Napi::Value CpuCacheStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto s = repopt::CpuCacheStatsNow();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("installed", Napi::Boolean::New(env, repopt::InstallCpuCache()));
+  o.Set("liveBytes", Napi::Number::New(env, static_cast<double>(s.liveBytes)));
+  o.Set("cachedBytes", Napi::Number::New(env, static_cast<double>(s.cachedBytes)));
+  o.Set("hits", Napi::Number::New(env, static_cast<double>(s.hits)));
+  o.Set("misses", Napi::Number::New(env, static_cast<double>(s.misses)));
+  return o;
+}
+
+Napi::Value TrimCpuCache(const Napi::CallbackInfo& info) {
+  repopt::TrimCpuCache();
+  return info.Env().Undefined();
+}
+
+Napi::Value EmptyCpuCache(const Napi::CallbackInfo& info) {
+  repopt::EmptyCpuCache();
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Tensors are used from the JS thread only; the default of one interop
   // thread is enough and intra-op threads default to all cores.
   at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  repopt::InstallCpuCache();
 #define FN(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
   FN("opHandle", OpHandle);
   FN("opSchema", OpSchema);
@@ -616,6 +640,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("generatorState", GeneratorState);
   FN("setGeneratorState", SetGeneratorState);
   FN("parallelInfo", ParallelInfo);
+  FN("cpuCacheStats", CpuCacheStats);
+  FN("trimCpuCache", TrimCpuCache);
+  FN("emptyCpuCache", EmptyCpuCache);
 #undef FN
   repopt::InitDistributed(env, exports);
   return exports;

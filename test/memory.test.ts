@@ -2,6 +2,7 @@
  * Deterministic release of native memory: tidy scopes, dispose, `using`, and a
  * long training loop whose RSS and live-tensor count must stay flat.
  */
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import v8 from 'node:v8';
@@ -279,4 +280,95 @@ test('memory stability: 5,000 training steps of a small conv net do not grow RSS
     torch.setNumThreads(threads);
   }
   assert.equal(torch.getNumThreads(), threads);
+});
+
+const MiB = 2 ** 20;
+
+test('large-buffer CPU cache: a freed buffer is reused for the same size only, and released once unused for a step', () => {
+  assert.equal(torch.cpuCacheStats().installed, true, 'the cache is the CPU allocator by default');
+  torch.emptyCpuCache();
+  const s0 = torch.cpuCacheStats();
+  assert.equal(s0.cachedBytes, 0);
+  const a = torch.zeros([512 * 1024]); // 2 MiB of float32
+  const s1 = torch.cpuCacheStats();
+  assert.equal(s1.liveBytes - s0.liveBytes, 2 * MiB);
+  assert.equal(s1.misses - s0.misses, 1);
+  a.dispose();
+  assert.equal(torch.cpuCacheStats().cachedBytes, 2 * MiB, 'kept for reuse, not returned');
+  const small = torch.zeros([1000]); // under 1 MiB: glibc's, not the cache's
+  const b = torch.ones([512 * 1024]); // the same size: the cached buffer, filled anew
+  const c = torch.full([768 * 1024], 2); // 3 MiB: another size, never a piece of the 2 MiB block
+  const s2 = torch.cpuCacheStats();
+  assert.equal(s2.hits - s1.hits, 1);
+  assert.equal(s2.misses - s1.misses, 1);
+  assert.equal(s2.cachedBytes, 0);
+  assert.equal(s2.liveBytes - s0.liveBytes, 5 * MiB);
+  assert.equal(b.sum().item(), 512 * 1024, 'a reused buffer holds what the op wrote');
+  assert.equal(c.sum().item(), 2 * 768 * 1024);
+  for (const t of [small, b, c]) t.dispose();
+  assert.equal(torch.cpuCacheStats().cachedBytes, 5 * MiB);
+  // step boundaries: what no request took during a whole step goes back to the system
+  torch.collectHandles(); // both blocks were in use during this window: kept
+  assert.equal(torch.cpuCacheStats().cachedBytes, 5 * MiB);
+  const again = torch.empty([512 * 1024]); // the 2 MiB block is used in the next window...
+  again.dispose();
+  torch.collectHandles(); // ...the 3 MiB one is not: released
+  assert.equal(torch.cpuCacheStats().cachedBytes, 2 * MiB);
+  // no block of its size: a smaller request (a smaller last batch) takes a cached one of at most twice its size
+  const s3 = torch.cpuCacheStats();
+  const smaller = torch.zeros([384 * 1024]); // 1.5 MiB
+  const s4 = torch.cpuCacheStats();
+  assert.deepEqual([s4.hits - s3.hits, s4.misses - s3.misses, s4.cachedBytes, s4.liveBytes - s3.liveBytes], [1, 0, 0, 2 * MiB]);
+  smaller.dispose();
+  torch.emptyCpuCache();
+  assert.equal(torch.cpuCacheStats().cachedBytes, 0);
+  assert.equal(torch.cpuCacheStats().liveBytes, s0.liveBytes);
+});
+
+test('large-buffer CPU cache: a training loop stops mapping memory after its first steps and trains the same numbers as libtorch\'s allocator', () => {
+  // a child process per allocator (REPOPT_CPU_CACHE is read once, at load)
+  const torchUrl = new URL('../src/torch/index.js', import.meta.url).href;
+  const script = `
+    import * as torch from ${JSON.stringify(torchUrl)};
+    const { F } = torch;
+    torch.setNumThreads(1);
+    const g = new torch.Generator(0);
+    const w = torch.randn([16, 3, 3, 3], { generator: g }).mul_(0.2).requiresGrad_(true);
+    const bw = torch.ones([16], { requiresGrad: true });
+    const bb = torch.zeros([16], { requiresGrad: true });
+    const lw = torch.randn([10, 16], { generator: g }).mul_(0.3).requiresGrad_(true);
+    const x = torch.randn([16, 3, 64, 64], { generator: g }); // activations of 4 MiB
+    const y = torch.randint(0, 10, [16], { generator: g });
+    const losses = [], misses = [], held = [];
+    for (let i = 0; i < 8; i++) {
+      losses.push(torch.tidy(() => {
+        const h = F.relu(F.batchNorm(F.conv2d(x, w, null, { padding: 1 }), null, null, { weight: bw, bias: bb, training: true }));
+        const loss = F.crossEntropy(F.linear(F.adaptiveAvgPool2d(h, 1).flatten(1), lw), y);
+        loss.backward();
+        torch.noGrad(() => { for (const p of [w, bw, bb, lw]) { p.add_(p.grad, -0.1); p.grad = null; } });
+        return loss.item();
+      }));
+      torch.collectHandles();
+      const s = torch.cpuCacheStats();
+      misses.push(s.misses);
+      held.push(s.liveBytes + s.cachedBytes);
+    }
+    console.log(JSON.stringify({ installed: torch.cpuCacheStats().installed, losses, misses, held }));`;
+  const run = (env: NodeJS.ProcessEnv) => {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, ...env } });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { installed: boolean; losses: number[]; misses: number[]; held: number[] };
+  };
+  const cached = run({});
+  const plain = run({ REPOPT_CPU_CACHE: '0' });
+  assert.equal(cached.installed, true);
+  assert.equal(plain.installed, false);
+  assert.deepEqual(cached.losses, plain.losses, 'the allocator changes no value');
+  assert.ok(cached.losses[7] < cached.losses[0], `trained (${cached.losses[0]} -> ${cached.losses[7]})`);
+  assert.ok(cached.misses[0] > 0, 'the first step maps its large buffers');
+  for (let i = 2; i < 8; i++) {
+    assert.equal(cached.misses[i], cached.misses[1], `step ${i + 1} mapped new memory (misses ${cached.misses.join(', ')})`);
+    assert.equal(cached.held[i], cached.held[1], `step ${i + 1}: the cache grew (${cached.held.join(', ')})`);
+  }
+  assert.deepEqual(plain.misses, new Array(8).fill(0));
 });

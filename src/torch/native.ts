@@ -31,6 +31,18 @@ export interface NewGroupOptions {
 
 export type ReduceOpName = 'sum' | 'max' | 'min' | 'product';
 
+/** The native cache of large CPU tensor buffers (native/cpu-allocator.cc), in bytes and request counts. */
+export interface CpuCacheStats {
+  /** Whether the cache is libtorch's CPU allocator in this process (REPOPT_CPU_CACHE=0: not). */
+  installed: boolean;
+  /** Buffers of at least 1 MiB in use by tensors. */
+  liveBytes: number;
+  /** Buffers kept for reuse. */
+  cachedBytes: number;
+  hits: number;
+  misses: number;
+}
+
 export interface NativeBinding {
   opHandle(name: string, overload: string): number;
   opSchema(id: number): string;
@@ -60,6 +72,9 @@ export interface NativeBinding {
   generatorState(g: GeneratorHandle): Handle;
   setGeneratorState(g: GeneratorHandle, state: Handle): void;
   parallelInfo(): string;
+  cpuCacheStats(): CpuCacheStats;
+  trimCpuCache(): void;
+  emptyCpuCache(): void;
   distBackends(): { gloo: boolean; nccl: boolean };
   distNewGroup(o: NewGroupOptions): Promise<GroupHandle>;
   distAllreduce(g: GroupHandle, tensors: Handle[], op: ReduceOpName, divisor: number, bucketBytes: number): Promise<void>;
@@ -123,9 +138,17 @@ export const native: NativeBinding = load();
  * load raises them as if a large tensor had been freed: 2k faults per step.
  * Set REPOPT_NO_MALLOC_PRIME=1 to skip. Other allocators just see one
  * allocation that is never touched.
+ * With the addon's large-buffer cache (the default; REPOPT_CPU_CACHE=0 turns
+ * it off) the addon primes glibc natively and serves every buffer of 1 MiB or
+ * more itself, without page faults and without the heap fragmentation that
+ * the 31 MiB threshold caused near a memory cap (native/cpu-allocator.cc,
+ * `cpuCacheStats` in gc.ts); glibc keeps only the smaller ones.
  */
 function primeAllocator(b: NativeBinding): void {
   if (process.platform !== 'linux' || process.env.REPOPT_NO_MALLOC_PRIME === '1') return;
+  // With the large-buffer cache (native/cpu-allocator.cc, the default) the addon primes glibc itself,
+  // with malloc: a tensor of 31 MiB would just sit in the cache.
+  if (b.cpuCacheStats().installed) return;
   try {
     const empty = b.opHandle('aten::empty', 'memory_format');
     b.dispose(b.call(empty, [[31 * 1024 * 1024], 0 /* uint8 */]) as Handle);

@@ -96,6 +96,8 @@ export interface BenchResult {
   /** Achieved GFLOP/s: 3 x forward MACs x 2 FLOP x batch / step time. */
   gflops: number;
   maxRSSKiB: number;
+  /** Minor page faults per timed step (a buffer mapped afresh faults once per 4 KiB page it touches). */
+  minorFaultsPerStep: number;
   finalLoss: number;
   runtime: string;
 }
@@ -196,10 +198,12 @@ export function benchTrainStep(o: BenchOptions): BenchResult {
   try {
     for (let i = 0; i < o.warmup; i++) stepAndCollect(false);
     const c0 = process.cpuUsage();
+    const f0 = process.resourceUsage().minorPageFault;
     const w0 = performance.now();
     for (let i = 0; i < o.steps; i++) stepAndCollect(true);
     const ms = (performance.now() - w0) / Math.max(1, o.steps);
     const c = process.cpuUsage(c0);
+    const faults = process.resourceUsage().minorPageFault - f0;
     const finalLoss = torch.tidy(() => torch.noGrad(() => F.crossEntropy(model.forward(x), y).item()));
     const macsPerImage = vggModeMacs(modelConfigOf(model, o.model), o.mode, o.imageSize);
     return {
@@ -223,6 +227,7 @@ export function benchTrainStep(o: BenchOptions): BenchResult {
       macsPerImage,
       gflops: (3 * 2 * macsPerImage * o.batch) / (ms * 1e6),
       maxRSSKiB: process.resourceUsage().maxRSS,
+      minorFaultsPerStep: faults / Math.max(1, o.steps),
       finalLoss,
       runtime: `node ${process.version}`,
     };
