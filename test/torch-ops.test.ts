@@ -727,3 +727,27 @@ test('dropout: p=0 and eval are identity; train zeroes ~p and scales kept values
     assert.throws(() => F.dropout(x, 1.5), RangeError);
   });
 });
+
+test('setNumThreads also sizes OpenBLAS\'s own thread pool (the matrix products of Debian\'s libtorch)', () => {
+  const threads = torch.getNumThreads();
+  // this libtorch links OpenBLAS (its matmul runs there): the pool must follow the setting
+  const usesOpenBlas = torch.blasNumThreads() !== -1;
+  try {
+    torch.setNumThreads(1);
+    if (usesOpenBlas) assert.equal(torch.blasNumThreads(), 1);
+    torch.setNumThreads(2);
+    if (usesOpenBlas) assert.equal(torch.blasNumThreads(), 2);
+    // the numbers of a matrix product do not depend on it (OpenBLAS splits rows/columns, not the sum)
+    const g = new torch.Generator(3);
+    const a = torch.randn([96, 300], { generator: g });
+    const b = torch.randn([300, 80], { generator: g });
+    torch.setNumThreads(1);
+    const one = a.matmul(b);
+    torch.setNumThreads(2);
+    const two = a.matmul(b);
+    assert.equal(one.sub(two).abs().max().item(), 0);
+    for (const t of [a, b, one, two]) t.dispose();
+  } finally {
+    torch.setNumThreads(threads);
+  }
+});

@@ -13,7 +13,7 @@ export { Generator, manualSeed } from './random.js';
 export { tidy, keep, noGrad, enableGrad, isGradEnabled, liveTensors } from './scope.js';
 export { collectHandles, cpuCacheStats, emptyCpuCache } from './gc.js';
 export type { CpuCacheStats } from './native.js';
-export { setNumThreads, getNumThreads, parallelInfo } from './threads.js';
+export { setNumThreads, getNumThreads, parallelInfo, blasNumThreads } from './threads.js';
 export { cat, stack, where, pad } from './functional.js';
 export * as F from './functional.js';
 export * as foreach from './foreach.js';

@@ -73,6 +73,7 @@ export interface NativeBinding {
   setGeneratorState(g: GeneratorHandle, state: Handle): void;
   parallelInfo(): string;
   cpuCacheStats(): CpuCacheStats;
+  blasNumThreads(): number;
   trimCpuCache(): void;
   emptyCpuCache(): void;
   distBackends(): { gloo: boolean; nccl: boolean };
