@@ -4,9 +4,10 @@
 //     the same bucketing, alternating rounds, medians;
 //  2. training on this machine: one process with 2 threads against two processes with 1 thread each
 //     (the same global batch), img/s and the share of the step spent in collectives;
-//  3. the cost of --sync-bn: --nproc 2 with and without it, alternating in one run (load average recorded).
+//  3. the cost of --sync-bn: --nproc 2 with and without it, alternating in one run (load average recorded);
+//  4. --overlap-allreduce (bucket allreduces during backward) against averaging after backward, the same way.
 // usage: node bench/run-ddp.mjs [--archs RepOpt-VGG-A0,RepOpt-VGG-B1] [--rounds 3] [--iters 10]
-//                               [--train-steps 40] [--python /usr/bin/python3] [--sections allreduce,train,syncbn] [--write]
+//                               [--train-steps 40] [--python /usr/bin/python3] [--sections allreduce,train,syncbn,overlap] [--write]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -18,7 +19,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
 const cli = path.join(root, 'dist/src/cli/main.js');
 const ours = path.join(root, 'dist/bench/ddp-allreduce.js');
-const o = { archs: 'RepOpt-VGG-A0,RepOpt-VGG-B1', rounds: 3, iters: 10, trainSteps: 40, python: '/usr/bin/python3', sections: 'allreduce,train,syncbn', write: false };
+const o = { archs: 'RepOpt-VGG-A0,RepOpt-VGG-B1', rounds: 3, iters: 10, trainSteps: 40, python: '/usr/bin/python3', sections: 'allreduce,train,syncbn,overlap', write: false };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
@@ -131,30 +132,38 @@ if (sections.has('train')) {
   }
 }
 
-// 3. --sync-bn: the same --nproc 2 run with and without it, alternating; the ratio is what counts.
-if (sections.has('syncbn')) {
+// 3./4. One flag's cost or gain at --nproc 2: the same run with and without it, alternating; the ratio counts.
+function paired(flagName, title, labels, common = []) {
   const runs = { off: [], on: [] };
   const loads = [];
   for (let r = 0; r < o.rounds; r++) {
     for (const v of r % 2 === 0 ? ['off', 'on'] : ['on', 'off']) {
       const before = loadavg();
-      const x = trainRun(2, v === 'on' ? ['--sync-bn'] : []);
-      loads.push(before, loadavg());
+      const x = trainRun(2, [...common, ...(v === 'on' ? [flagName] : [])]);
+      loads.push(`${before.split(' ')[0]} -> ${loadavg().split(' ')[0]}`);
       runs[v].push(x);
-      log(`sync-bn round ${r + 1} ${v}: ${x.imgPerSec.toFixed(0)} img/s, ${x.msPerStep.toFixed(1)} ms/step (load ${before} -> ${loadavg()})`);
+      log(`${flagName} round ${r + 1} ${v}: ${x.imgPerSec.toFixed(0)} img/s, ${x.msPerStep.toFixed(1)} ms/step, comm ${(x.commShare * 100).toFixed(1)}% (load ${before} -> ${loadavg()})`);
     }
   }
   const ms = (v) => median(runs[v].map((x) => x.msPerStep));
   emit();
-  emit(`### --sync-bn at --nproc 2 (2 processes x 1 thread, batch 32 each, ${o.trainSteps} steps, the model of the training table: 9 BatchNorm layers)`);
+  emit(`### ${title}`);
   emit();
-  emit('| setup | img/s (median) | ms/step (median) | per round ms/step | step time vs without |');
-  emit('|---|---:|---:|---|---:|');
+  emit('| setup | img/s (median) | ms/step (median) | per round ms/step | collectives share (median) | step time vs without |');
+  emit('|---|---:|---:|---|---:|---:|');
   for (const v of ['off', 'on']) {
-    emit(`| ${v === 'on' ? 'with --sync-bn' : 'without (per-process BN statistics)'} | ${median(runs[v].map((x) => x.imgPerSec)).toFixed(0)} | ${ms(v).toFixed(1)} | ${runs[v].map((x) => x.msPerStep.toFixed(0)).join(' / ')} | ${(ms(v) / ms('off')).toFixed(3)}x |`);
+    emit(`| ${labels[v]} | ${median(runs[v].map((x) => x.imgPerSec)).toFixed(0)} | ${ms(v).toFixed(1)} | ${runs[v].map((x) => x.msPerStep.toFixed(0)).join(' / ')} | ${(median(runs[v].map((x) => x.commShare)) * 100).toFixed(1)}% | ${(ms(v) / ms('off')).toFixed(3)}x |`);
   }
   emit();
-  emit(`Load average (1/5/15 min) before and after each run: ${loads.join(', ')}.`);
+  emit(`Per-pair ratios (on / off, same round): ${runs.on.map((x, i) => (x.msPerStep / runs.off[i].msPerStep).toFixed(2)).join(', ')}. 1-minute load average before -> after each run, in run order: ${loads.join(', ')}.`);
+}
+const pairTitle = `at --nproc 2 (2 processes x 1 thread, batch 32 each, ${o.trainSteps} steps, the model of the training table: 9 BatchNorm layers, 3.5 M parameters = 13.5 MiB of gradients)`;
+if (sections.has('syncbn')) {
+  paired('--sync-bn', `--sync-bn ${pairTitle}`, { off: 'without (per-process BN statistics)', on: 'with --sync-bn' });
+}
+if (sections.has('overlap')) {
+  // 2 MiB buckets: at the default 25 MiB this model's gradients form two buckets (60 KB, 13.4 MiB), nothing to overlap.
+  paired('--overlap-allreduce', `--overlap-allreduce ${pairTitle}, --bucket-cap-mb 2 on both sides`, { off: 'gradients averaged after backward', on: 'buckets averaged during backward (--overlap-allreduce)' }, ['--bucket-cap-mb', '2']);
 }
 if (o.write) {
   fs.writeFileSync(path.join(here, 'RESULTS-ddp.md'), `# Data-parallel benchmarks\n\n\`node bench/run-ddp.mjs ${argv.join(' ')}\`\n\n${lines.join('\n')}\n`);

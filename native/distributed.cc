@@ -18,6 +18,8 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_GLOO
@@ -31,6 +33,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -271,6 +274,223 @@ Napi::Value Failed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), GroupOf(info[0])->failed);
 }
 
+// ------------------------------------------- gradient allreduce overlapped with backward
+
+// DistributedDataParallel's reducer, reduced to what the trainer needs: parameters in buckets
+// (reverse registration order, about the order backward produces their gradients; a small first
+// bucket so communication starts early), a post hook on every parameter's AccumulateGrad node
+// that marks its gradient ready, and each bucket's allreduce launched (asynchronously, on Gloo's
+// threads) as soon as it and every earlier bucket are complete, so communication overlaps the rest
+// of backward. Buckets launch strictly in index order, so every rank issues the same collectives
+// in the same order. finish() waits for them and copies the averages back into the gradients.
+struct Reducer {
+  std::shared_ptr<Group> group;
+  std::vector<at::Tensor> params;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // the hooks live on them
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucketOf;
+  double divisor = 1;
+  bool enabled = true;
+  std::mutex mu;
+  // This backward's state, reset by finish().
+  std::vector<bool> ready;
+  std::vector<size_t> pending;
+  std::vector<Flat> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t launched = 0;
+  double launchSeconds = 0;  // time the hooks spent flattening and launching (on the backward thread)
+
+  void Reset() {
+    ready.assign(params.size(), false);
+    pending.clear();
+    for (const auto& b : buckets) pending.push_back(b.size());
+    flats.assign(buckets.size(), Flat{});
+    works.assign(buckets.size(), c10::intrusive_ptr<c10d::Work>());
+    launched = 0;
+  }
+
+  // On the backward thread, from AccumulateGrad's post hook: the gradient of parameter i is final.
+  void MarkReady(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!enabled) return;
+    if (ready[i]) {
+      throw std::runtime_error("a parameter's gradient was produced twice before the gradients were averaged (two backward passes in one step?)");
+    }
+    ready[i] = true;
+    pending[bucketOf[i]]--;
+    while (launched < buckets.size() && pending[launched] == 0) Launch(launched++);
+  }
+
+  void Launch(size_t b) {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      if (group->failed) throw std::runtime_error("an earlier collective of this process group failed");
+      std::vector<at::Tensor> grads;
+      for (size_t i : buckets[b]) grads.push_back(params[i].grad());
+      std::vector<size_t> all(grads.size());
+      for (size_t k = 0; k < all.size(); k++) all[k] = k;
+      at::NoGradGuard noGrad;
+      flats[b] = Flatten(grads, all);
+      flats[b].buffer.div_(divisor);
+      std::vector<at::Tensor> one{flats[b].buffer};
+      works[b] = group->pg->allreduce(one);
+    } catch (const c10::Error& e) {
+      group->failed = true;
+      throw std::runtime_error("allreduce of gradients in backward (rank " + std::to_string(group->rank) + " of " + std::to_string(group->size) + "): " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      group->failed = true;
+      throw std::runtime_error("allreduce of gradients in backward (rank " + std::to_string(group->rank) + " of " + std::to_string(group->size) + "): " + e.what());
+    }
+    launchSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+struct ReducerBox {
+  std::shared_ptr<Reducer> reducer;
+};
+
+std::shared_ptr<Reducer> ReducerOf(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a gradient reducer");
+  auto* box = v.As<Napi::External<ReducerBox>>().Data();
+  if (!box->reducer) throw Napi::Error::New(v.Env(), "gradient reducer used after detach()");
+  return box->reducer;
+}
+
+// distReducerNew(group, params, bucketBytes, firstBucketBytes, divisor) -> reducer: hooks every
+// parameter (leaf tensors that require grad) for allreduces overlapped with backward.
+Napi::Value ReducerNew(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto group = GroupOf(info[0]);
+  auto params = TensorsOf(info[1]);
+  int64_t cap = static_cast<int64_t>(info[2].As<Napi::Number>().DoubleValue());
+  int64_t firstCap = static_cast<int64_t>(info[3].As<Napi::Number>().DoubleValue());
+  double divisor = info[4].As<Napi::Number>().DoubleValue();
+  if (cap < 1 || firstCap < 1) throw Napi::RangeError::New(env, "distReducerNew: bucket sizes must be positive");
+  if (params.empty()) throw Napi::RangeError::New(env, "distReducerNew: no parameters");
+  auto r = std::make_shared<Reducer>();
+  r->group = group;
+  r->divisor = divisor;
+  r->params = params;
+  r->bucketOf.assign(params.size(), 0);
+  // Reverse order; a new bucket when the size cap (the first one's is smaller) or the dtype changes.
+  int64_t bytes = 0;
+  for (size_t k = params.size(); k-- > 0;) {
+    const auto& p = params[k];
+    if (!p.is_leaf() || !p.requires_grad()) throw Napi::TypeError::New(env, "distReducerNew: every parameter must be a leaf that requires grad");
+    if (!at::isFloatingType(p.scalar_type())) throw Napi::TypeError::New(env, "distReducerNew: parameters must be floating point");
+    int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+    int64_t limit = r->buckets.size() <= 1 ? firstCap : cap;
+    bool fresh = r->buckets.empty() || bytes + b > limit || p.scalar_type() != params[r->buckets.back().front()].scalar_type();
+    if (fresh) {
+      r->buckets.emplace_back();
+      bytes = 0;
+    }
+    r->buckets.back().push_back(k);
+    r->bucketOf[k] = r->buckets.size() - 1;
+    bytes += b;
+  }
+  r->Reset();
+  std::weak_ptr<Reducer> weak = r;
+  for (size_t k = 0; k < params.size(); k++) {
+    auto acc = torch::autograd::impl::grad_accumulator(params[k]);
+    acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [weak, k](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+          if (auto live = weak.lock()) live->MarkReady(k);
+          return outputs;
+        }));
+    r->accumulators.push_back(std::move(acc));
+  }
+  auto* box = new ReducerBox{r};
+  return Napi::External<ReducerBox>::New(env, box, [](Napi::Env, ReducerBox* b) { delete b; });
+}
+
+// distReducerInfo(reducer) -> { buckets: number[][] (parameter indices), launchSeconds, launched (buckets in
+// flight in this backward), missing (parameters whose gradient has not arrived) }
+Napi::Value ReducerInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = ReducerOf(info[0]);
+  std::lock_guard<std::mutex> lock(r->mu);
+  auto out = Napi::Object::New(env);
+  auto bs = Napi::Array::New(env, r->buckets.size());
+  for (size_t b = 0; b < r->buckets.size(); b++) {
+    auto a = Napi::Array::New(env, r->buckets[b].size());
+    for (size_t k = 0; k < r->buckets[b].size(); k++) a.Set(static_cast<uint32_t>(k), Napi::Number::New(env, static_cast<double>(r->buckets[b][k])));
+    bs.Set(static_cast<uint32_t>(b), a);
+  }
+  out.Set("buckets", bs);
+  out.Set("launchSeconds", Napi::Number::New(env, r->launchSeconds));
+  out.Set("launched", Napi::Number::New(env, static_cast<double>(r->launched)));
+  // Parameters whose gradient has not arrived in the backward under way (none after a complete one).
+  auto missing = Napi::Array::New(env);
+  if (r->launched < r->buckets.size()) {
+    uint32_t n = 0;
+    for (size_t k = 0; k < r->params.size(); k++) if (!r->ready[k]) missing.Set(n++, Napi::Number::New(env, static_cast<double>(k)));
+  }
+  out.Set("missing", missing);
+  return out;
+}
+
+// distReducerFinish(reducer) -> Promise<void>: after backward, waits for every bucket's allreduce and
+// writes the averages into the gradients. Rejects (and resets for the next step) when a parameter got no
+// gradient in this backward, or a collective failed.
+Napi::Value ReducerFinish(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = ReducerOf(info[0]);
+  std::vector<size_t> missing;
+  {
+    std::lock_guard<std::mutex> lock(r->mu);
+    if (r->launched < r->buckets.size()) {
+      for (size_t k = 0; k < r->params.size(); k++) if (!r->ready[k]) missing.push_back(k);
+    }
+  }
+  if (!missing.empty()) {
+    // Every rank runs the same graph, so every rank lands here; the buckets launched so far are
+    // waited for (their collectives complete on all ranks) before the error.
+    std::string list;
+    for (size_t k = 0; k < missing.size() && k < 5; k++) list += (k ? ", " : "") + std::to_string(missing[k]);
+    auto rr = r;
+    // No group: a configuration error, not a failed collective (the group stays usable).
+    return Run(env, "gradient averaging (rank " + std::to_string(r->group->rank) + " of " + std::to_string(r->group->size) + ")", nullptr,
+               [rr, list]() {
+                 std::lock_guard<std::mutex> lock(rr->mu);
+                 std::vector<c10::intrusive_ptr<c10d::Work>> works = rr->works;
+                 rr->Reset();
+                 for (const auto& w : works) if (w) Wait(rr->group, w);
+                 throw std::runtime_error("parameters without a gradient in this backward (indices " + list + "); every trainable parameter must take part in the loss");
+               });
+  }
+  return Run(env, "allreduce of gradients (rank " + std::to_string(r->group->rank) + " of " + std::to_string(r->group->size) + ")", r->group, [r]() {
+    std::lock_guard<std::mutex> lock(r->mu);
+    auto works = r->works;
+    auto flats = r->flats;
+    auto buckets = r->buckets;
+    std::vector<at::Tensor> grads;
+    for (const auto& p : r->params) grads.push_back(p.grad());
+    r->Reset();
+    for (const auto& w : works) Wait(r->group, w);
+    for (size_t b = 0; b < buckets.size(); b++) {
+      std::vector<at::Tensor> bucketGrads;
+      for (size_t i : buckets[b]) bucketGrads.push_back(grads[i]);
+      std::vector<size_t> all(bucketGrads.size());
+      for (size_t k = 0; k < all.size(); k++) all[k] = k;
+      Unflatten(bucketGrads, all, flats[b]);
+    }
+  });
+}
+
+// distReducerDetach(reducer): the hooks stop acting (they stay on the accumulators, inert).
+Napi::Value ReducerDetach(const Napi::CallbackInfo& info) {
+  if (!info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "expected a gradient reducer");
+  auto* box = info[0].As<Napi::External<ReducerBox>>().Data();
+  if (box->reducer) {
+    std::lock_guard<std::mutex> lock(box->reducer->mu);
+    box->reducer->enabled = false;
+    box->reducer->accumulators.clear();
+  }
+  box->reducer.reset();
+  return info.Env().Undefined();
+}
+
 // ---------------------------------------------------------------- functions
 
 // distBackends() -> { gloo, nccl }: what this build of the addon can create.
@@ -466,6 +686,10 @@ void InitDistributed(Napi::Env env, Napi::Object exports) {
   exports.Set("distBroadcast", Napi::Function::New(env, Broadcast, "distBroadcast"));
   exports.Set("distBarrier", Napi::Function::New(env, Barrier, "distBarrier"));
   exports.Set("distAllreduceSumGrad", Napi::Function::New(env, AllreduceSumGrad, "distAllreduceSumGrad"));
+  exports.Set("distReducerNew", Napi::Function::New(env, ReducerNew, "distReducerNew"));
+  exports.Set("distReducerInfo", Napi::Function::New(env, ReducerInfo, "distReducerInfo"));
+  exports.Set("distReducerFinish", Napi::Function::New(env, ReducerFinish, "distReducerFinish"));
+  exports.Set("distReducerDetach", Napi::Function::New(env, ReducerDetach, "distReducerDetach"));
   exports.Set("distFailed", Napi::Function::New(env, Failed, "distFailed"));
   exports.Set("distDestroy", Napi::Function::New(env, Destroy, "distDestroy"));
 }

@@ -23,6 +23,7 @@ import { CLI, CLI_ENV as ENV, cli, weights, maxRel } from './helpers/runs.js';
 
 torch.setNumThreads(1);
 const PG_WORKER = path.join(REPO_ROOT, 'dist/test/helpers/pg-worker.js');
+const REDUCER_WORKER = path.join(REPO_ROOT, 'dist/test/helpers/reducer-worker.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-ddp-'));
 const TINY = ['--blocks', '1,2,2,1', '--widths', '0.25,0.25,0.25,0.25'];
 
@@ -121,6 +122,42 @@ test('collectives between two processes: bucketed allreduce (average, max), broa
   assert.match(report.error ?? '', /another rank probably exited/);
 });
 
+interface ReducerStep {
+  buckets: string[][];
+  launchedBeforeAverage: number;
+  grads: Record<string, number[] | null>;
+}
+interface ReducerReport {
+  step0: ReducerStep;
+  step1: ReducerStep;
+  expected: Record<string, number[]>;
+  error?: string | null;
+  name?: string;
+}
+
+test('gradient averaging overlapped with backward: every bucket is in flight when backward returns, the averages equal the post-backward ones; an unused parameter is a clear error', async () => {
+  const run = async (extra: string[]) => {
+    const port = await freePort();
+    const kids = [0, 1].map((r) => spawn(process.execPath, [REDUCER_WORKER, String(r), String(port), ...extra], { env: ENV }));
+    const outs = kids.map(collect);
+    const codes = await Promise.all(kids.map((k) => exited(k, 60_000)));
+    assert.deepEqual(codes, [0, 0], outs.map((o) => o.text()).join('\n'));
+    return outs.map((o) => JSON.parse(o.text().trim().split('\n').pop()!) as ReducerReport);
+  };
+  for (const r of await run([])) {
+    for (const step of [r.step0, r.step1]) {
+      // 1 KiB buckets in reverse registration order (the order backward produces the gradients).
+      assert.deepEqual(step.buckets, [['spare.bias', 'spare.weight', 'fc.bias'], ['fc.weight'], ['bn.bias', 'bn.weight', 'conv.bias', 'conv.weight']]);
+      assert.equal(step.launchedBeforeAverage, 3, 'all buckets launched inside backward');
+      for (const [name, g] of Object.entries(r.expected)) assert.deepEqual(step.grads[name], g, name);
+    }
+  }
+  for (const r of await run(['unused'])) {
+    assert.equal(r.name, 'Error');
+    assert.match(r.error ?? '', /trainable parameter\(s\) got no gradient \(unused in forward\): spare\.weight, spare\.bias/);
+  }
+});
+
 test('parity: `repopt train --nproc 2 --batch-size 4` equals PyTorch DistributedDataParallel (Gloo, 2 processes) from the same init, scales and data', () => {
   const d = tmp();
   const py = (script: string, args: string[]) => {
@@ -137,7 +174,17 @@ test('parity: `repopt train --nproc 2 --batch-size 4` equals PyTorch Distributed
     '--schedule', 'constant', '--warmup', '0', '--label-smoothing', '0', '--no-augment', '--no-shuffle', '--threads', '1', '--out', `${d}/out`,
   ]);
   assert.equal(r.status, 0, r.stderr);
+  // The same run with each bucket averaged during backward (DDP's overlap): the very same averages.
+  const overlapped = cli([
+    'train', '--data', `cifar100:${d}/c100`, ...TINY, '--init', `${d}/init.pth`, '--scales', `${d}/scales.pth`,
+    '--epochs', '2', '--batch-size', '4', ...hyper, '--nproc', '2', '--overlap-allreduce', '--no-eval', '--quiet',
+    '--schedule', 'constant', '--warmup', '0', '--label-smoothing', '0', '--no-augment', '--no-shuffle', '--threads', '1', '--out', `${d}/overlap`,
+  ]);
+  assert.equal(overlapped.status, 0, overlapped.stderr);
   const ours = weights(`${d}/out/final.pth`);
+  for (const [k, t] of weights(`${d}/overlap/final.pth`)) {
+    assert.equal(torch.tidy(() => t.to('float64').sub(ours.get(k)!.to('float64')).abs().max().item()), 0, `--overlap-allreduce ${k}`);
+  }
   const ref = weights(`${d}/ref.pth`);
   const init = weights(`${d}/init.pth`);
   assert.deepEqual([...ours.keys()], [...ref.keys()]);

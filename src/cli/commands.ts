@@ -48,6 +48,8 @@ const DATA_PARALLEL_FLAGS = {
   'master-addr': flag.string('address of node 0, reachable from every machine (default 127.0.0.1)', { arg: 'HOST', group: 'data-parallel' }),
   'master-port': flag.int('rendezvous port on node 0 (default: a free port on one machine, 29500 on several)', { min: 1, max: 65535, arg: 'PORT', group: 'data-parallel' }),
   'sync-bn': flag.boolean('every BatchNorm normalises training batches with statistics over all ranks (PyTorch\'s SyncBatchNorm; 2 small allreduces per BN layer in forward and 2 in backward); no effect in one process, as PyTorch\'s', { group: 'data-parallel' }),
+  'overlap-allreduce': flag.boolean('average each bucket of gradients during backward as soon as it is ready (DistributedDataParallel\'s overlap) instead of all after backward; the same averages', { group: 'data-parallel' }),
+  'bucket-cap-mb': flag.number('gradient bucket size in MiB (DistributedDataParallel\'s bucket_cap_mb; with --overlap-allreduce the first bucket is 1 MiB)', { default: D.bucketCapMb, above: 0, arg: 'MIB', group: 'data-parallel' }),
   'dist-timeout': flag.number('give up on a rendezvous or collective after this many seconds (a dead rank is noticed at once)', { default: D.distTimeoutSec, above: 0, arg: 'SEC', group: 'data-parallel' }),
 };
 

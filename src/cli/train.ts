@@ -49,6 +49,8 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
     threads: f.threads,
     distTimeoutSec: f['dist-timeout'],
     syncBatchNorm: f['sync-bn'],
+    overlapAllreduce: f['overlap-allreduce'],
+    bucketCapMb: f['bucket-cap-mb'],
     log,
   };
 }

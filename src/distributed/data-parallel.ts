@@ -10,11 +10,13 @@
 import * as torch from '../torch/index.js';
 import type { Tensor } from '../torch/index.js';
 import type { Module, StateDict } from '../nn/index.js';
-import { DEFAULT_BUCKET_BYTES, type ProcessGroup } from './process-group.js';
+import { native, type ReducerHandle } from '../torch/native.js';
+import { DEFAULT_BUCKET_BYTES, DEFAULT_FIRST_BUCKET_BYTES, type ProcessGroup } from './process-group.js';
 
 export class DataParallel {
   /** Seconds spent in gradient averaging and reductions (waiting for the slowest rank included). */
   commSeconds = 0;
+  #reducer: { handle: ReducerHandle; names: string[]; launchSeconds: number } | null = null;
 
   constructor(
     readonly group: ProcessGroup,
@@ -43,8 +45,34 @@ export class DataParallel {
     await this.group.broadcast([...sd.values()], 0, this.bucketBytes);
   }
 
-  /** Replaces every parameter's gradient by its mean over the ranks. */
+  /**
+   * From now on, average the gradients of `model` during backward (DistributedDataParallel's overlap):
+   * each bucket's allreduce starts as soon as backward has produced its gradients; averageGradients()
+   * then waits for them. Undo with stopOverlap().
+   */
+  overlapGradients(model: Module): void {
+    this.stopOverlap();
+    const named = model.namedParameters().filter(([, p]) => p.requiresGrad);
+    const handle = this.group.attachReducer(named.map(([, p]) => p), { bucketBytes: this.bucketBytes, firstBucketBytes: Math.min(DEFAULT_FIRST_BUCKET_BYTES, this.bucketBytes) });
+    this.#reducer = { handle, names: named.map(([n]) => n), launchSeconds: 0 };
+  }
+
+  stopOverlap(): void {
+    if (this.#reducer) native.distReducerDetach(this.#reducer.handle);
+    this.#reducer = null;
+  }
+
+  /** With overlap: the buckets (parameter names, in launch order) and how many are in flight in the backward under way (or just finished); else null. */
+  get overlapState(): { buckets: string[][]; launched: number } | null {
+    const r = this.#reducer;
+    if (!r) return null;
+    const info = native.distReducerInfo(r.handle);
+    return { buckets: info.buckets.map((b) => b.map((i) => r.names[i])), launched: info.launched };
+  }
+
+  /** Replaces every parameter's gradient by its mean over the ranks (after backward). */
   async averageGradients(model: Module): Promise<void> {
+    if (this.#reducer) return this.#finishOverlapped(this.#reducer);
     const grads: Tensor[] = [];
     for (const p of model.parameters()) {
       if (!p.requiresGrad) continue;
@@ -59,6 +87,24 @@ export class DataParallel {
     } finally {
       this.commSeconds += (performance.now() - t0) / 1000;
       for (const g of grads) g.dispose(); // handles only: the gradients stay on the parameters
+    }
+  }
+
+  async #finishOverlapped(r: { handle: ReducerHandle; names: string[]; launchSeconds: number }): Promise<void> {
+    const info = native.distReducerInfo(r.handle);
+    // The time backward spent launching buckets counts as communication, as the wait below.
+    this.commSeconds += info.launchSeconds - r.launchSeconds;
+    r.launchSeconds = info.launchSeconds;
+    const t0 = performance.now();
+    try {
+      if (info.missing.length) {
+        await native.distReducerFinish(r.handle).catch(() => undefined); // drains the launched buckets, resets
+        const names = info.missing.slice(0, 5).map((i) => r.names[i]).join(', ');
+        throw new Error(`data-parallel training: trainable parameter(s) got no gradient (unused in forward): ${names}; every parameter must be used`);
+      }
+      await this.group.finishReducer(r.handle);
+    } finally {
+      this.commSeconds += (performance.now() - t0) / 1000;
     }
   }
 

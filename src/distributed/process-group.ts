@@ -9,7 +9,7 @@
  *   await pg.broadcast(params, 0);
  *   pg.destroy();
  */
-import { native, type GroupHandle, type ReduceOpName } from '../torch/native.js';
+import { native, type GroupHandle, type ReduceOpName, type ReducerHandle } from '../torch/native.js';
 import { wrapHandle, type Tensor } from '../torch/tensor.js';
 
 /** A collective or the rendezvous failed: another rank exited, the master is unreachable, a timeout. */
@@ -31,6 +31,8 @@ export interface ProcessGroupOptions {
 
 /** DistributedDataParallel's default bucket size (bucket_cap_mb = 25). */
 export const DEFAULT_BUCKET_BYTES = 25 * 1024 * 1024;
+/** DistributedDataParallel's first bucket when overlapping with backward (1 MiB: communication starts early). */
+export const DEFAULT_FIRST_BUCKET_BYTES = 1024 * 1024;
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1)$/;
 
@@ -142,6 +144,23 @@ export class ProcessGroup {
   explain(e: unknown): unknown {
     if (this.#failed) return this.#failed;
     return this.#handle && native.distFailed(this.#handle) ? this.#fail(e) : e;
+  }
+
+  /**
+   * Gradient averaging overlapped with backward, as DistributedDataParallel's reducer: hooks on the
+   * parameters' gradient accumulators launch each bucket's allreduce (asynchronously) as soon as its
+   * gradients are final during backward; `finishReducer` waits for them after backward. Parameters are
+   * bucketed in reverse order (the first bucket `firstBucketBytes`), launched in bucket order on every rank.
+   */
+  attachReducer(params: readonly Tensor[], o: { bucketBytes?: number; firstBucketBytes?: number; average?: boolean } = {}): ReducerHandle {
+    const h = this.#live();
+    return native.distReducerNew(h, params.map((p) => p.handle), o.bucketBytes ?? DEFAULT_BUCKET_BYTES, o.firstBucketBytes ?? DEFAULT_FIRST_BUCKET_BYTES, o.average === false ? 1 : this.worldSize);
+  }
+
+  /** After backward: the gradients become the averages (every bucket was launched during backward). */
+  finishReducer(r: ReducerHandle): Promise<void> {
+    this.#live();
+    return this.#run(() => native.distReducerFinish(r));
   }
 
   barrier(): Promise<void> {

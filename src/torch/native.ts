@@ -15,6 +15,9 @@ export type GeneratorHandle = { readonly [generatorBrand]: 'Generator' };
 declare const groupBrand: unique symbol;
 /** An opaque c10d process group (native/distributed.cc). */
 export type GroupHandle = { readonly [groupBrand]: 'ProcessGroup' };
+declare const reducerBrand: unique symbol;
+/** An opaque gradient reducer: allreduces overlapped with backward (native/distributed.cc). */
+export type ReducerHandle = { readonly [reducerBrand]: 'Reducer' };
 
 export interface NewGroupOptions {
   masterAddr: string;
@@ -83,6 +86,10 @@ export interface NativeBinding {
   distBarrier(g: GroupHandle): Promise<void>;
   distAllreduceSumGrad(g: GroupHandle, t: Handle): Handle;
   distFailed(g: GroupHandle): boolean;
+  distReducerNew(g: GroupHandle, params: Handle[], bucketBytes: number, firstBucketBytes: number, divisor: number): ReducerHandle;
+  distReducerInfo(r: ReducerHandle): { buckets: number[][]; launchSeconds: number; launched: number; missing: number[] };
+  distReducerFinish(r: ReducerHandle): Promise<void>;
+  distReducerDetach(r: ReducerHandle): void;
   distDestroy(g: GroupHandle): void;
 }
 

@@ -104,6 +104,10 @@ export interface TrainingRunOptions {
    * SyncBatchNorm; 2 small allreduces per BN layer in forward, 2 in backward). No effect in one process.
    */
   syncBatchNorm?: boolean;
+  /** Data-parallel: average gradient buckets during backward (DistributedDataParallel's overlap), not after it. */
+  overlapAllreduce?: boolean;
+  /** Data-parallel: gradient bucket size in MiB (DistributedDataParallel's bucket_cap_mb, default 25). */
+  bucketCapMb?: number;
   /** Where the run's summary lines go (default console.log); progress goes to stderr unless `quiet`. */
   log?: (line: string) => void;
 }
@@ -125,4 +129,5 @@ export const TRAINING_DEFAULTS = {
   seed: 0,
   logEvery: 50,
   distTimeoutSec: 300,
+  bucketCapMb: 25,
 } as const;

@@ -119,6 +119,7 @@ function resolveOptions(o: TrainingRunOptions): Resolved {
     ['seed', r.seed, isInt(r.seed, 0), 'an integer >= 0'],
     ['logEvery', r.logEvery, isInt(r.logEvery, 1), 'a positive integer'],
     ['distTimeoutSec', r.distTimeoutSec, r.distTimeoutSec > 0, 'a positive number'],
+    ['bucketCapMb', r.bucketCapMb, r.bucketCapMb === undefined || (r.bucketCapMb > 0 && Number.isFinite(r.bucketCapMb)), 'a positive number'],
     ['emaDecay', r.emaDecay, r.emaDecay === undefined || (r.emaDecay > 0 && r.emaDecay <= 1), 'in (0, 1]'],
     ['clipNorm', r.clipNorm, r.clipNorm === undefined || r.clipNorm > 0, 'a positive number'],
     ['imageSize', r.imageSize, r.imageSize === undefined || isInt(r.imageSize, 1), 'a positive integer'],
@@ -142,11 +143,11 @@ function checkModel(m: ModelChoice | undefined): void {
 // ------------------------------------------------------------------ the run
 
 /** This process's rank in a data-parallel job, or null. */
-async function joinGroup(denv: DistEnv | null, timeoutSec: number): Promise<DataParallel | null> {
+async function joinGroup(denv: DistEnv | null, timeoutSec: number, bucketBytes: number): Promise<DataParallel | null> {
   if (!denv) return null;
   watchLauncher();
   const group = await ProcessGroup.init({ ...denv, timeoutSec });
-  return new DataParallel(group);
+  return new DataParallel(group, bucketBytes);
 }
 
 function loaders(o: Resolved, denv: DistEnv | null) {
@@ -226,7 +227,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
   const { trainSet, trainLoader, testLoader } = loaders(o, denv);
   let dist: DataParallel | null = null;
   try {
-    dist = await joinGroup(denv, o.distTimeoutSec);
+    dist = await joinGroup(denv, o.distTimeoutSec, Math.round((o.bucketCapMb ?? TRAINING_DEFAULTS.bucketCapMb) * 1024 * 1024));
     const model = modelConfig(o.model, trainSet);
     const config: TrainingRunConfig = {
       command,
@@ -300,6 +301,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
           saveEveryMinutes: o.saveEveryMinutes,
           dist: dist ?? undefined,
           syncBatchNorm: config.syncBatchNorm,
+          overlapAllreduce: o.overlapAllreduce ?? false,
         },
       );
       let scales: TrainingRunResult['scales'] = null;

@@ -65,6 +65,11 @@ export interface TrainerOptions {
    * `dist` it has no effect, as PyTorch's SyncBatchNorm without a process group.
    */
   syncBatchNorm?: boolean;
+  /**
+   * Data-parallel: average each bucket of gradients during backward, as soon as backward has produced
+   * it (DistributedDataParallel's overlap), instead of all of them after backward. The same averages.
+   */
+  overlapAllreduce?: boolean;
 }
 
 export interface TrainResult {
@@ -134,6 +139,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       await dist.broadcastModule(model);
       if (ema) await dist.broadcastState(ema.shadow);
       if (o.syncBatchNorm) convertSyncBatchNorm(model, dist.group);
+      if (o.overlapAllreduce) dist.overlapGradients(model);
     }
     if (state.iteration === 0) {
       // The Grad Mults in force (sum per kernel): the log shows that a RepOpt run really applied its scales.
@@ -163,7 +169,8 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
             throw dist ? dist.group.explain(e) : e; // SyncBatchNorm's collectives run inside forward and backward
           }
         });
-        // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean.
+        // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean
+        // (with overlapAllreduce the buckets were launched during backward; this waits for them).
         if (dist) await dist.averageGradients(model);
         torch.tidy(() => {
           if (o.clipNorm) {
@@ -301,6 +308,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     if (dist) await dist.barrier();
   } finally {
     if (o.syncBatchNorm) revertSyncBatchNorm(model);
+    dist?.stopOverlap();
     stopScope.close();
     log?.close();
     ema?.dispose();
