@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as torch from '../src/torch/index.js';
 import { F } from '../src/torch/index.js';
+import * as nn from '../src/nn/index.js';
 import { runPython, toJson, maxRelDiff, type JsonTensor } from './helpers/python.js';
 
 type Tensor = torch.Tensor;
@@ -269,4 +270,55 @@ test('grad setter: null clears, a tensor replaces (and backward accumulates onto
     x.requiresGrad = false;
     assert.equal(x.requiresGrad, false);
   });
+});
+
+test('conv2dIm2col (im2col + one matrix product) equals conv2d, forward and gradients (f64), and the Conv2d module takes it only below its pixel threshold', () => {
+  const g = new torch.Generator(11);
+  const r = (shape: number[]) => torch.randn(shape, { generator: g, dtype: 'float64' });
+  for (const c of [
+    { x: [3, 5, 4, 4], w: [7, 5, 3, 3], stride: 2, padding: 1 }, // 2x2 output, the case it is for
+    { x: [2, 3, 6, 5], w: [4, 3, 3, 1], stride: 1, padding: [1, 0] as [number, number] },
+  ]) {
+    torch.tidy(() => {
+      const x0 = r(c.x);
+      const w0 = r(c.w);
+      const b0 = r([c.w[0]]);
+      const upstream = r(F.conv2d(x0, w0, b0, c).shape);
+      const grads = (conv: typeof F.conv2d) => {
+        const [x, w, b] = [x0, w0, b0].map((t) => t.clone().requiresGrad_(true));
+        const y = conv(x, w, b, c);
+        y.mul(upstream).sum().backward();
+        return [y, x.grad!, w.grad!, b.grad!];
+      };
+      const ref = grads(F.conv2d);
+      const ours = grads(F.conv2dIm2col);
+      ['output', 'input grad', 'weight grad', 'bias grad'].forEach((what, i) => {
+        assert.deepEqual(ours[i].shape, ref[i].shape, what);
+        const diff = ours[i].sub(ref[i]).abs().max().item() / Math.max(1e-12, ref[i].abs().max().item());
+        assert.ok(diff < 1e-12, `${what}: relative difference ${diff}`);
+      });
+    });
+  }
+  const fdIn = r([2, 3, 4, 4]);
+  checkFiniteDiff('conv2dIm2col weight', (ww) => F.conv2dIm2col(fdIn, ww, null, { stride: 2, padding: 1 }).tanh().sum(), r([5, 3, 3, 3]));
+  assert.throws(() => F.conv2dIm2col(r([1, 4, 4, 4]), r([4, 2, 3, 3]), null, { groups: 2 }), /groups must be 1/);
+  // the module: below the threshold the im2col path (float32: a different summation order, not bit-identical), above it libtorch's
+  const conv = new nn.Conv2d(8, 16, 3, { stride: 2, padding: 1, bias: false });
+  const x = torch.randn([4, 8, 4, 4], { generator: g });
+  const before = nn.getConvIm2colMaxPixels();
+  try {
+    nn.setConvIm2colMaxPixels(0);
+    const lib = conv.forward(x);
+    nn.setConvIm2colMaxPixels(4);
+    const im = conv.forward(x);
+    const direct = F.conv2dIm2col(x, conv.weight, null, { stride: 2, padding: 1 });
+    assert.equal(im.sub(direct).abs().max().item(), 0, 'a 2x2 output goes through im2col');
+    assert.ok(im.sub(lib).abs().max().item() < 1e-5 * lib.abs().max().item());
+    nn.setConvIm2colMaxPixels(3);
+    assert.equal(conv.forward(x).sub(lib).abs().max().item(), 0, 'above the threshold: libtorch\'s conv');
+    assert.throws(() => nn.setConvIm2colMaxPixels(-1), /non-negative integer/);
+  } finally {
+    nn.setConvIm2colMaxPixels(before);
+  }
+  for (const t of [x, conv.weight]) t.dispose();
 });

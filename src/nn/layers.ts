@@ -37,9 +37,41 @@ export class Conv2d extends Module {
   }
   forward(x: Tensor): Tensor {
     const o = this.options;
-    return F.conv2d(x, this.weight, this.bias, { stride: o.stride, padding: o.padding, dilation: o.dilation, groups: o.groups });
+    const opts = { stride: o.stride, padding: o.padding, dilation: o.dilation, groups: o.groups };
+    if (im2colMaxPixels > 0 && (o.groups ?? 1) === 1 && x.shape.length === 4 && o.dilation === undefined) {
+      const [kh, kw] = this.weight.shape.slice(2);
+      const [sh, sw] = pairOf(o.stride, 1);
+      const [ph, pw] = pairOf(o.padding, 0);
+      const ho = Math.floor((x.shape[2] + 2 * ph - kh) / sh) + 1;
+      const wo = Math.floor((x.shape[3] + 2 * pw - kw) / sw) + 1;
+      if (ho * wo <= im2colMaxPixels) return F.conv2dIm2col(x, this.weight, this.bias, opts);
+    }
+    return F.conv2d(x, this.weight, this.bias, opts);
   }
 }
+
+const pairOf = (p: Pair | undefined, d: number): [number, number] => (p === undefined ? [d, d] : typeof p === 'number' ? [p, p] : p);
+
+let im2colMaxPixels = 0;
+
+/**
+ * Opt-in speed setting (default 0: off): `Conv2d` layers whose output has at most `pixels` pixels
+ * (Ho x Wo) compute as im2col + one matrix product (`F.conv2dIm2col`) instead of libtorch's oneDNN
+ * kernels, whose backward-weight is slow there (192->1280 channels at 2x2 output: 18 GFLOP/s against
+ * ~170 for the matrix product; bench/README.md "Roofline"). Not bit-identical to libtorch's conv
+ * (another summation order), so off by default: with it a run no longer reproduces PyTorch's numbers
+ * to the last digit. Also read from REPOPT_CONV_IM2COL_MAX_PIXELS at load.
+ */
+export function setConvIm2colMaxPixels(pixels: number): void {
+  if (!Number.isInteger(pixels) || pixels < 0) throw new RangeError(`setConvIm2colMaxPixels: expected a non-negative integer, got ${pixels}`);
+  im2colMaxPixels = pixels;
+}
+
+export function getConvIm2colMaxPixels(): number {
+  return im2colMaxPixels;
+}
+
+if (process.env.REPOPT_CONV_IM2COL_MAX_PIXELS) setConvIm2colMaxPixels(Number(process.env.REPOPT_CONV_IM2COL_MAX_PIXELS));
 
 export interface BatchNormOptions {
   eps?: number;
