@@ -19,7 +19,7 @@ import { shardIndices } from '../src/data/loader.js';
 import { freePort } from '../src/distributed/index.js';
 import { PYTHON, runPython } from './helpers/python.js';
 import { REPO_ROOT } from './helpers/paths.js';
-import { CLI, CLI_ENV as ENV, cli, weights, maxRel } from './helpers/runs.js';
+import { CLI, CLI_ENV as ENV, cli, exited, weights, maxRel } from './helpers/runs.js';
 
 torch.setNumThreads(1);
 const PG_WORKER = path.join(REPO_ROOT, 'dist/test/helpers/pg-worker.js');
@@ -27,15 +27,6 @@ const REDUCER_WORKER = path.join(REPO_ROOT, 'dist/test/helpers/reducer-worker.js
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-ddp-'));
 const TINY = ['--blocks', '1,2,2,1', '--widths', '0.25,0.25,0.25,0.25'];
 
-function exited(child: ChildProcess, boundMs: number): Promise<number | null> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`process still running after ${boundMs} ms (a hang)`)), boundMs);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve(code ?? (signal ? 128 + os.constants.signals[signal] : null));
-    });
-  });
-}
 
 function whenLogged(file: string, what: string): Promise<void> {
   return new Promise((resolve) => {

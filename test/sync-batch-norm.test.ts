@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import type * as torch from '../src/torch/index.js';
 import { freePort } from '../src/distributed/index.js';
 import { PYTHON, runPython, type JsonTensor } from './helpers/python.js';
 import { REPO_ROOT } from './helpers/paths.js';
-import { CLI_ENV as ENV, cli, weights, maxRel } from './helpers/runs.js';
+import { CLI_ENV as ENV, cli, exited, weights, maxRel } from './helpers/runs.js';
 
 const WORKER = path.join(REPO_ROOT, 'dist/test/helpers/syncbn-worker.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-syncbn-'));
@@ -27,15 +27,6 @@ const py = (script: string, args: string[]) => {
 };
 const isBnStat = (k: string) => /running_(mean|var)$/.test(k);
 
-function exited(child: ChildProcess, boundMs: number): Promise<number | null> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`process still running after ${boundMs} ms (a hang)`)), boundMs);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve(code ?? (signal ? 128 + os.constants.signals[signal] : null));
-    });
-  });
-}
 
 async function twoRanks(extra: string[] = []): Promise<{ codes: (number | null)[]; outs: string[] }> {
   const port = await freePort();

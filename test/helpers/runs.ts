@@ -1,5 +1,6 @@
 /** What the training tests share: the CLI as a child process, a run's weights, and their relative difference. */
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import os from 'node:os';
 import path from 'node:path';
 import * as torch from '../../src/torch/index.js';
 import { loadPth, extractStateDict } from '../../src/io/pth.js';
@@ -24,5 +25,16 @@ export function maxRel(a: torch.Tensor, b: torch.Tensor): number {
   return torch.tidy(() => {
     const scale = Math.max(b.abs().max().to('float64').item(), 1e-12);
     return a.to('float64').sub(b.to('float64')).abs().max().item() / scale;
+  });
+}
+
+/** Resolves with a child's exit code (128 + signal number if killed); rejects after boundMs: a hang. */
+export function exited(child: ChildProcess, boundMs: number): Promise<number | null> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`process still running after ${boundMs} ms (a hang)`)), boundMs);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve(code ?? (signal ? 128 + os.constants.signals[signal] : null));
+    });
   });
 }
