@@ -28,6 +28,7 @@ import * as torch from '../src/torch/index.js';
 import { F, type Tensor } from '../src/torch/index.js';
 import { vggBlockLayout, type RepOptVGGMode } from '../src/models/repoptvgg.js';
 import { buildVgg, type ModelConfig } from '../src/train/setup.js';
+import { benchPeak, median } from '../src/train/bench.js';
 import { toChannelsLast_ } from '../src/nn/index.js';
 import { benchOptimizer, type BenchMode } from '../src/train/bench.js';
 
@@ -141,12 +142,6 @@ export interface Peaks {
   cacheGBs: number;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 /**
  * The clock of every timing here: at 1 intra-op thread the process's CPU time, which does not
  * count the time others' jobs take the core away (the machine is shared); wall time otherwise.
@@ -175,18 +170,7 @@ const fastest = (xs: number[]) => Math.min(...xs);
 export function measurePeaks(reps = 7): Peaks {
   return torch.noGrad(() =>
     torch.tidy(() => {
-      const n = 2048;
-      const a = torch.randn([n, n]);
-      const b = torch.randn([n, n]);
-      const mm = timeMs(() => torch.tidy(() => void a.matmul(b)), reps, 1, fastest);
-      const [N, C, H] = [32, 128, 32];
-      const x = torch.randn([N, C, H, H]);
-      const w = torch.randn([C, C, 3, 3]).mul(0.01);
-      const xc = x.toChannelsLast();
-      const wc = w.toChannelsLast();
-      const flop = 2 * N * C * C * 9 * H * H;
-      const conv = timeMs(() => torch.tidy(() => void F.conv2d(x, w, null, { padding: 1 })), reps, 1, fastest);
-      const convCl = timeMs(() => torch.tidy(() => void F.conv2d(xc, wc, null, { padding: 1 })), reps, 1, fastest);
+      const p = benchPeak(torch.getNumThreads(), reps, 2048, { pick: fastest, clock: now });
       const bw = (elements: number, inner: number) => {
         const src = torch.randn([elements]);
         const dst = torch.randn([elements]);
@@ -196,10 +180,10 @@ export function measurePeaks(reps = 7): Peaks {
       };
       return {
         threads: torch.getNumThreads(),
-        convGflops: flop / (Math.min(conv, convCl) * 1e6),
-        convContiguousGflops: flop / (conv * 1e6),
-        convChannelsLastGflops: flop / (convCl * 1e6),
-        matmulGflops: (2 * n ** 3) / (mm * 1e6),
+        convGflops: Math.max(p.conv.contiguous.gflops, p.conv.channelsLast.gflops),
+        convContiguousGflops: p.conv.contiguous.gflops,
+        convChannelsLastGflops: p.conv.channelsLast.gflops,
+        matmulGflops: p.matmul.gflops,
         dramGBs: bw(16 * 2 ** 20, 1),
         cacheGBs: bw(256 * 2 ** 10, 50),
       };

@@ -297,34 +297,39 @@ export interface PeakResult {
   conv: { shape: string; contiguous: { ms: number; gflops: number }; channelsLast: { ms: number; gflops: number } };
 }
 
-function timeMedian(fn: () => void, reps: number): number {
+/** How a peak is timed: which run counts (the median by default) and the clock (wall time by default). */
+export interface PeakTiming {
+  pick?: (runsMs: number[]) => number;
+  clock?: () => number;
+}
+
+function timeRuns(fn: () => void, reps: number, { pick = median, clock = () => performance.now() }: PeakTiming): number {
   fn(); // warm-up
   const ts: number[] = [];
   for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
+    const t0 = clock();
     fn();
-    ts.push(performance.now() - t0);
+    ts.push(clock() - t0);
   }
-  return median(ts);
+  return pick(ts);
 }
 
-/** Forward-only peak: an n x n matmul (2n^3 FLOP) and a 3x3 conv N=32, C=128->128, 32x32, padding 1. */
-export function benchPeak(threads: number, reps = 7, n = 2048): PeakResult {
+export function benchPeak(threads: number, reps = 7, n = 2048, timing: PeakTiming = {}): PeakResult {
   torch.setNumThreads(threads);
   torch.manualSeed(0);
   return torch.noGrad(() =>
     torch.tidy(() => {
       const a = torch.randn([n, n]);
       const b = torch.randn([n, n]);
-      const mmMs = timeMedian(() => torch.tidy(() => void a.matmul(b)), reps);
+      const mmMs = timeRuns(() => torch.tidy(() => void a.matmul(b)), reps, timing);
       const [N, C, H] = [32, 128, 32];
       const x = torch.randn([N, C, H, H]);
       const w = torch.randn([C, C, 3, 3]).mul(0.01);
       const xc = x.toChannelsLast();
       const wc = w.toChannelsLast();
       const flop = 2 * N * C * C * 9 * H * H;
-      const cMs = timeMedian(() => torch.tidy(() => void F.conv2d(x, w, null, { padding: 1 })), reps);
-      const clMs = timeMedian(() => torch.tidy(() => void F.conv2d(xc, wc, null, { padding: 1 })), reps);
+      const cMs = timeRuns(() => torch.tidy(() => void F.conv2d(x, w, null, { padding: 1 })), reps, timing);
+      const clMs = timeRuns(() => torch.tidy(() => void F.conv2d(xc, wc, null, { padding: 1 })), reps, timing);
       return {
         threads: torch.getNumThreads(),
         matmul: { n, ms: mmMs, gflops: (2 * n ** 3) / (mmMs * 1e6) },

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from repopt_reference import TargetVGG, grad_mults, read_cifar100  # noqa: E402
+from repopt_reference import TargetVGG, grad_mults, read_cifar100, repopt_sgd_step  # noqa: E402
 
 
 def worker(rank, a, port):
@@ -49,20 +49,7 @@ def worker(rank, a, port):
             loss = F.cross_entropy(ddp(xb), yb)
             ddp.zero_grad()
             loss.backward()  # DDP: gradients averaged over the ranks here
-            with torch.no_grad():
-                for name, prm in named.items():
-                    g = prm.grad
-                    if name in mults:
-                        g = g * mults[name]
-                    if prm.dim() > 1 and a.wd:
-                        g = g.add(prm, alpha=a.wd)
-                    if a.momentum:
-                        if name not in bufs:
-                            bufs[name] = g.clone()
-                        else:
-                            bufs[name].mul_(a.momentum).add_(g)
-                        g = g.add(bufs[name], alpha=a.momentum) if a.nesterov else bufs[name]
-                    prm.add_(g, alpha=-a.lr)
+            repopt_sgd_step(named, mults, bufs, a)
     if rank == 0:
         torch.save(model.state_dict(), a.out)
     dist.barrier()

@@ -108,6 +108,25 @@ def make(a, blocks, widths):
     rec[: max(1, n // 4)].tofile(os.path.join(a.data, "test.bin"))
 
 
+def repopt_sgd_step(named, mults, bufs, a):
+    """One RepOptimizer-SGD step: Grad Mults on the gradient, then weight decay on kernels, then
+    momentum (Nesterov with a.nesterov); bufs holds the momentum buffers between steps."""
+    with torch.no_grad():
+        for name, prm in named.items():
+            g = prm.grad
+            if name in mults:
+                g = g * mults[name]
+            if prm.dim() > 1 and a.wd:
+                g = g.add(prm, alpha=a.wd)
+            if a.momentum:
+                if name not in bufs:
+                    bufs[name] = g.clone()
+                else:
+                    bufs[name].mul_(a.momentum).add_(g)
+                g = g.add(bufs[name], alpha=a.momentum) if a.nesterov else bufs[name]
+            prm.add_(g, alpha=-a.lr)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("cmd")
@@ -147,20 +166,7 @@ def main():
             loss = F.cross_entropy(model(xb), yb)
             model.zero_grad()
             loss.backward()
-            with torch.no_grad():
-                for name, prm in named.items():
-                    g = prm.grad
-                    if name in mults:
-                        g = g * mults[name]
-                    if prm.dim() > 1 and a.wd:
-                        g = g.add(prm, alpha=a.wd)
-                    if a.momentum:
-                        if name not in bufs:
-                            bufs[name] = g.clone()
-                        else:
-                            bufs[name].mul_(a.momentum).add_(g)
-                        g = g.add(bufs[name], alpha=a.momentum) if a.nesterov else bufs[name]
-                    prm.add_(g, alpha=-a.lr)
+            repopt_sgd_step(named, mults, bufs, a)
     torch.save(model.state_dict(), a.out)
 
 
