@@ -19,6 +19,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <dlfcn.h>
@@ -453,6 +454,15 @@ Napi::Value IsLeaf(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), TensorOf(info[0], "self").is_leaf());
 }
 
+// The name of the autograd node that made the tensor (PyTorch's grad_fn), or null for a leaf or a
+// tensor made without grad.
+Napi::Value GradFnName(const Napi::CallbackInfo& info) {
+  const at::Tensor& t = TensorOf(info[0], "self");
+  const auto& fn = t.grad_fn();
+  if (!fn) return info.Env().Null();
+  return Napi::String::New(info.Env(), fn->name());
+}
+
 Napi::Value IsContiguous(const Napi::CallbackInfo& info) {
   const at::Tensor& t = TensorOf(info[0], "self");
   bool channelsLast = info.Length() > 1 && info[1].ToBoolean().Value();
@@ -643,6 +653,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("dtype", Dtype);
   FN("requiresGrad", RequiresGrad);
   FN("isLeaf", IsLeaf);
+  FN("gradFnName", GradFnName);
   FN("isContiguous", IsContiguous);
   FN("isDisposed", IsDisposed);
   FN("storageId", StorageId);
@@ -667,6 +678,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   FN("emptyCpuCache", EmptyCpuCache);
 #undef FN
   repopt::InitDistributed(env, exports);
+  repopt::InitKernels(env, exports);
   return exports;
 }
 

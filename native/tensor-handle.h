@@ -22,4 +22,7 @@ Napi::Value WrapTensor(Napi::Env env, at::Tensor t);
 // Adds the distributed (c10d) functions to the addon's exports (distributed.cc).
 void InitDistributed(Napi::Env env, Napi::Object exports);
 
+// Adds the fused CPU kernels (BatchNorm [+ ReLU] in training) to the addon's exports (kernels.cc).
+void InitKernels(Napi::Env env, Napi::Object exports);
+
 }  // namespace repopt

@@ -150,7 +150,7 @@ export class GhostModule extends Module implements Reparameterizable {
     let y = this.cheap_operation.forward(x1);
     if (this.fusion_bn) y = y.add(this.fusion_bn.forward(x1));
     else if (this.fusion_scale) y = y.add(this.fusion_scale.forward(x1));
-    if (this.final_bn) y = this.final_bn.forward(y);
+    if (this.final_bn) return this.relu ? this.final_bn.forwardRelu(y) : this.final_bn.forward(y);
     return this.relu ? F.relu(y) : y;
   }
   /** The deployed module: 1x1 conv + bias [-> ReLU], one 3x3 depthwise conv + bias [-> ReLU]; this one is unchanged. */
@@ -226,7 +226,7 @@ export class ConvBnAct extends Module {
     this.bn1 = this.registerModule('bn1', new BatchNorm2d(out, { dtype: o.dtype }));
   }
   forward(x: Tensor): Tensor {
-    return F.relu(this.bn1.forward(this.conv.forward(x)));
+    return this.bn1.forwardRelu(this.conv.forward(x));
   }
 }
 
@@ -316,7 +316,7 @@ export class GhostNet extends Module implements Reparameterizable {
   }
 
   forward(x: Tensor): Tensor {
-    let y = F.relu(this.bn1.forward(this.conv_stem.forward(x)));
+    let y = this.bn1.forwardRelu(this.conv_stem.forward(x));
     y = this.blocks.forward(y);
     y = F.relu(this.conv_head.forward(F.adaptiveAvgPool2d(y, 1))).flatten(1);
     return this.classifier.forward(F.dropout(y, DROPOUT, this.training));

@@ -185,6 +185,10 @@ abstract class VGGBlockBase extends Module implements Reparameterizable {
   protected finish(y: Tensor): Tensor {
     const r = F.relu(y);
     y.dispose();
+    return this.finishActivated(r);
+  }
+  /** [SE of] a block-local activation `r` (released when SE replaces it). */
+  protected finishActivated(r: Tensor): Tensor {
     if (!this.postSE) return r;
     const o = this.postSE.forward(r);
     r.dispose();
@@ -222,9 +226,9 @@ export class TargetBlock extends VGGBlockBase {
   }
   forward(x: Tensor): Tensor {
     const c = this.conv.forward(x);
-    const b = this.bn.forward(c);
+    const r = this.bn.forwardRelu(c);
     c.dispose();
-    return this.finish(b);
+    return this.finishActivated(r);
   }
 }
 
@@ -256,9 +260,9 @@ export class LinearAddBlock extends VGGBlockBase {
     c3.dispose();
     c1.dispose();
     if (this.scaleIdentity) y = sum2(y, this.scaleIdentity.forward(x));
-    const b = this.bn.forward(y);
+    const r = this.bn.forwardRelu(y);
     y.dispose();
-    return this.finish(b);
+    return this.finishActivated(r);
   }
 }
 

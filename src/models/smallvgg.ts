@@ -16,7 +16,7 @@ class ConvBNReLU extends Module {
     this.bn = this.registerModule('bn', new BatchNorm2d(cout));
   }
   forward(x: Tensor): Tensor {
-    return F.relu(this.bn.forward(this.conv.forward(x)), true);
+    return this.bn.forwardRelu(this.conv.forward(x));
   }
 }
 

@@ -109,19 +109,25 @@ export class BatchNorm2d extends Module {
     this.numBatchesTracked = this.registerBuffer('num_batches_tracked', track ? torch.zeros([], { dtype: 'int64' }) : null);
   }
   forward(x: Tensor): Tensor {
+    return this.normalize(x, false);
+  }
+  /** relu(forward(x)), as one fused kernel in training (F.batchNormRelu); the same values. */
+  forwardRelu(x: Tensor): Tensor {
+    return this.normalize(x, true);
+  }
+  private normalize(x: Tensor, withRelu: boolean): Tensor {
     if (x.ndim !== 4) throw new Error(`BatchNorm2d: expected 4-d input [N, C, H, W], got shape [${x.shape.join(', ')}]`);
     const useBatchStats = this.training || !this.runningMean;
     if (this.training && this.numBatchesTracked) torch.noGrad(() => this.numBatchesTracked!.add_(1));
     if (this.training && this.syncStats) {
-      return syncBatchNorm(x, this.runningMean, this.runningVar, this.syncStats, { weight: this.weight, bias: this.bias, momentum: this.momentum, eps: this.eps });
+      const y = syncBatchNorm(x, this.runningMean, this.runningVar, this.syncStats, { weight: this.weight, bias: this.bias, momentum: this.momentum, eps: this.eps });
+      if (!withRelu) return y;
+      const r = F.relu(y);
+      y.dispose();
+      return r;
     }
-    return F.batchNorm(x, this.runningMean, this.runningVar, {
-      weight: this.weight,
-      bias: this.bias,
-      training: useBatchStats,
-      momentum: this.momentum,
-      eps: this.eps,
-    });
+    const opts = { weight: this.weight, bias: this.bias, training: useBatchStats, momentum: this.momentum, eps: this.eps };
+    return withRelu ? F.batchNormRelu(x, this.runningMean, this.runningVar, opts) : F.batchNorm(x, this.runningMean, this.runningVar, opts);
   }
 }
 
@@ -188,7 +194,16 @@ export class Sequential extends Module {
   }
   forward(x: Tensor): Tensor {
     let y = x;
-    for (const m of this.layers) y = m.forward(y);
+    for (let i = 0; i < this.layers.length; i++) {
+      const m = this.layers[i];
+      // BatchNorm2d then ReLU: one fused op (BatchNorm2d.forwardRelu), the same values
+      if (m.constructor === BatchNorm2d && this.layers[i + 1]?.constructor === ReLU) {
+        y = (m as BatchNorm2d).forwardRelu(y);
+        i++;
+      } else {
+        y = m.forward(y);
+      }
+    }
     return y;
   }
 }

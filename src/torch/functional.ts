@@ -3,6 +3,7 @@
  * functions over several tensors (cat, stack, where, pad).
  */
 import { defOp } from './ops.js';
+import { native } from './native.js';
 import { Tensor, wrapHandle, type Scalar } from './tensor.js';
 
 const O = {
@@ -91,8 +92,16 @@ export interface BatchNormOptions {
  * Batch normalisation as PyTorch's F.batch_norm: in training, normalises with
  * the batch statistics and updates running stats in place
  * (running = (1 - momentum) * running + momentum * batch, unbiased variance).
+ * Training on a contiguous float32 tensor runs the addon's fused kernel (native/kernels.cc:
+ * vectorised statistics; the same forward values as ATen's, gradients to float rounding);
+ * everything else, and every call after `setFusedBatchNorm(false)`, runs ATen's batch_norm.
  */
 export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions = {}): Tensor {
+  if (opts.training) {
+    verifyBatchSize(input);
+    const fused = fusedBatchNormTrain(input, runningMean, runningVar, opts, false);
+    if (fused) return fused;
+  }
   return wrapHandle(
     O.batchNorm(
       input.handle,
@@ -106,6 +115,59 @@ export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar:
       true,
     ),
   );
+}
+
+/**
+ * relu(batchNorm(...)): in training on a contiguous float32 tensor one fused kernel (the ReLU
+ * applied while normalising, its mask while reducing in backward), otherwise the two ops.
+ */
+export function batchNormRelu(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions = {}): Tensor {
+  if (opts.training) {
+    verifyBatchSize(input);
+    const fused = fusedBatchNormTrain(input, runningMean, runningVar, opts, true);
+    if (fused) return fused;
+  }
+  const y = batchNorm(input, runningMean, runningVar, opts);
+  const r = relu(y);
+  y.dispose();
+  return r;
+}
+
+/** PyTorch's check (F.batch_norm): batch statistics of a single value per channel are no statistics. */
+function verifyBatchSize(input: Tensor): void {
+  const s = input.shape;
+  if (s.length >= 2 && s.reduce((a, b) => a * b, 1) / s[1] === 1) {
+    throw new Error(`Expected more than 1 value per channel when training, got input size [${s.join(', ')}]`);
+  }
+}
+
+let fusedBatchNormOn = process.env.REPOPT_FUSED_BN !== '0';
+
+/**
+ * Whether training-mode batchNorm / batchNormRelu use the addon's fused kernel (default on; off:
+ * ATen's batch_norm and relu, which reproduce PyTorch's gradients to the last bit). Also read from
+ * REPOPT_FUSED_BN=0 at load.
+ */
+export function setFusedBatchNorm(on: boolean): void {
+  fusedBatchNormOn = on;
+}
+export function getFusedBatchNorm(): boolean {
+  return fusedBatchNormOn;
+}
+
+function fusedBatchNormTrain(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions, withRelu: boolean): Tensor | null {
+  if (!fusedBatchNormOn || input.dtype !== 'float32' || !input.isContiguous()) return null;
+  const h = native.batchNormTrain(
+    input.handle,
+    opts.weight?.handle ?? null,
+    opts.bias?.handle ?? null,
+    runningMean?.handle ?? null,
+    runningVar?.handle ?? null,
+    opts.momentum ?? 0.1,
+    opts.eps ?? 1e-5,
+    withRelu,
+  );
+  return h === null ? null : wrapHandle(h);
 }
 
 export function linear(input: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {

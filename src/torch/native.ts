@@ -57,6 +57,7 @@ export interface NativeBinding {
   dtype(h: Handle): number;
   requiresGrad(h: Handle): boolean;
   isLeaf(h: Handle): boolean;
+  gradFnName(h: Handle): string | null;
   isContiguous(h: Handle, channelsLast: boolean): boolean;
   isDisposed(h: Handle): boolean;
   storageId(h: Handle): bigint;
@@ -85,6 +86,17 @@ export interface NativeBinding {
   distBroadcast(g: GroupHandle, tensors: Handle[], root: number, bucketBytes: number): Promise<void>;
   distBarrier(g: GroupHandle): Promise<void>;
   distAllreduceSumGrad(g: GroupHandle, t: Handle): Handle;
+  /** Fused training-mode BatchNorm [+ ReLU] (native/kernels.cc); null where it does not apply. */
+  batchNormTrain(
+    input: Handle,
+    weight: Handle | null,
+    bias: Handle | null,
+    runningMean: Handle | null,
+    runningVar: Handle | null,
+    momentum: number,
+    eps: number,
+    relu: boolean,
+  ): Handle | null;
   distFailed(g: GroupHandle): boolean;
   distReducerNew(g: GroupHandle, params: Handle[], bucketBytes: number, firstBucketBytes: number, divisor: number): ReducerHandle;
   distReducerInfo(r: ReducerHandle): { buckets: number[][]; launchSeconds: number; launched: number; missing: number[] };

@@ -256,6 +256,10 @@ export class Tensor {
     native.setRequiresGrad(this.#h, v);
     return this;
   }
+  /** The name of the autograd node that made this tensor (PyTorch's `grad_fn`), null for leaves and no-grad results. */
+  get gradFnName(): string | null {
+    return native.gradFnName(this.#h);
+  }
   get isLeaf(): boolean {
     return native.isLeaf(this.#h);
   }

@@ -1,0 +1,478 @@
+// Fused CPU kernels for the hot, memory-bound part of a training step (issue 13's roofline):
+// BatchNorm in training mode, optionally fused with the ReLU that follows it.
+//
+// libtorch 1.13's CPU BatchNorm collects each channel's statistics of an NCHW tensor with one
+// scalar double accumulator (a serial chain of dependent adds, ~4 cycles per element), then
+// normalises in a third pass, and ReLU is a fourth pass plus one more in backward: together 4-10x
+// their memory bound in bench/RESULTS-roofline.md. Here the statistics are vectorised (double
+// accumulators per SIMD lane), the ReLU is applied while normalising, and backward applies its
+// mask while reducing.
+//
+// Numerics follow ATen's training-mode batch_norm: batch mean and sum of squared deviations
+// accumulated in double from the float input (x - mean squared in float, as ATen), rounded to
+// float; invstd = 1 / sqrt(var_sum / n + eps) in double; running stats updated with the unbiased
+// variance; output = x * alpha + beta with alpha = invstd * weight, beta = bias - mean * alpha in
+// float. Forward therefore matches libtorch's kernel (the double sums differ only in order, far
+// below float rounding). Backward reduces sum(dy) and sum((x - mean) * dy) in double where ATen
+// sums each plane in float first, so gradients agree to float rounding, not bit for bit.
+//
+// Compiled with -ffp-contract=off (binding.gyp): no fused multiply-adds, as ATen's vector code.
+
+#pragma GCC optimize("O3")
+
+#include "tensor-handle.h"
+
+#include <napi.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace repopt {
+namespace kernels {
+
+// One definition per instruction set, picked at load time (an ifunc): AVX-512 where the CPU has
+// it, AVX2, else the x86-64 baseline.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define REPOPT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define REPOPT_SIMD_CLONES
+#endif
+
+REPOPT_SIMD_CLONES double SumD(const float* x, int64_t len) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < len; i++) s += static_cast<double>(x[i]);
+  return s;
+}
+
+REPOPT_SIMD_CLONES double SquaredDeviationSumD(const float* x, int64_t len, float mean) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < len; i++) {
+    const float d = x[i] - mean;
+    s += static_cast<double>(d * d);
+  }
+  return s;
+}
+
+// y = x * alpha + beta, in two roundings (libtorch's baseline kernels) ...
+REPOPT_SIMD_CLONES void Affine(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+      const float v = x[i] * alpha + beta;
+      y[i] = v < 0.f ? 0.f : v;  // ReLU as ATen's clamp_min(v, 0): NaN stays NaN
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) y[i] = x[i] * alpha + beta;
+  }
+}
+
+// ... or in one (a fused multiply-add), as libtorch's AVX2 and AVX-512 kernels, which the compiler
+// contracted. Only called where the CPU has FMA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#endif
+void AffineFma(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+      const float v = __builtin_fmaf(x[i], alpha, beta);
+      y[i] = v < 0.f ? 0.f : v;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) y[i] = __builtin_fmaf(x[i], alpha, beta);
+  }
+}
+
+// ---- backward, in libtorch's own order of float operations
+//
+// libtorch's contiguous BatchNorm backward sums each (n, c) plane in float with its vector
+// helpers (at::vec::reduce_all / map2_reduce_all: lane-wise accumulation over Vectorized<float>,
+// then a butterfly across lanes, or lane by lane for short planes and the baseline build) and adds
+// the plane sums into double. The same steps here, with the lane count and fused multiply-adds of
+// the kernels libtorch runs on this CPU (CpuKernels()), give the very same gradients.
+
+struct Lanes {
+  int width;         // floats per Vectorized<float>: 16 (AVX-512), 8 (AVX2 and the baseline build)
+  bool fma;          // the compiler contracted a * b + c in those kernels
+};
+
+// The kernels libtorch runs here, from its own report ("CPU capability usage: AVX2" in
+// at::show_config(), which follows ATEN_CPU_CAPABILITY as libtorch does); std::nullopt for a
+// capability not modelled here (the caller then leaves the op to libtorch).
+std::optional<Lanes> CpuKernels() {
+  static const std::optional<Lanes> lanes = []() -> std::optional<Lanes> {
+    const std::string config = at::show_config();
+    const std::string key = "CPU capability usage: ";
+    const auto at = config.find(key);
+    if (at == std::string::npos) return std::nullopt;
+    const std::string cap = config.substr(at + key.size(), config.find_first_of("\n\r", at) - at - key.size());
+    if (cap == "AVX512") return Lanes{16, true};
+    if (cap == "AVX2") return Lanes{8, true};
+    if (cap == "DEFAULT" || cap == "NO AVX") return Lanes{8, false};
+    return std::nullopt;
+  }();
+  return lanes;
+}
+
+// The baseline build: Vectorized<float> is 8 plain floats, summed across lanes one by one.
+void PlaneSumsBaseline(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
+  constexpr int64_t W = 8;
+  float s[W] = {0}, d[W] = {0};
+  const int64_t head = std::min(len, W);
+  for (int64_t i = 0; i < head; i++) {
+    s[i] = g[i];
+    d[i] = (x[i] - mean) * g[i];
+  }
+  int64_t k = W;
+  if (len >= W) {
+    for (; k < len - len % W; k += W) {
+      for (int64_t i = 0; i < W; i++) {
+        s[i] += g[k + i];
+        d[i] += (x[k + i] - mean) * g[k + i];
+      }
+    }
+    for (int64_t i = 0; i < len - k; i++) {
+      s[i] += g[k + i];
+      d[i] += (x[k + i] - mean) * g[k + i];
+    }
+  }
+  const int64_t used = len < W ? len : W;
+  float so = s[0], dO = d[0];
+  for (int64_t i = 1; i < used; i++) {
+    so += s[i];
+    dO += d[i];
+  }
+  *sumOut = so;
+  *dotOut = dO;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX2: 8 lanes, fused multiply-add in the loop, a butterfly across lanes (ATen's VecReduceAllSIMD).
+__attribute__((target("avx2,fma"))) void PlaneSumsAvx2(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
+  constexpr int64_t W = 8;
+  if (len < W) return PlaneSumsBaseline(g, x, len, mean, sumOut, dotOut);  // lane by lane, as ATen for short planes
+  const __m256 m = _mm256_set1_ps(mean);
+  __m256 s = _mm256_loadu_ps(g);
+  __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x), m), s);
+  int64_t k = W;
+  for (; k < len - len % W; k += W) {
+    const __m256 gv = _mm256_loadu_ps(g + k);
+    s = _mm256_add_ps(s, gv);
+    d = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + k), m), gv, d);
+  }
+  if (len - k > 0) {
+    alignas(32) float gb[W] = {0}, xb[W] = {0}, sb[W], db[W], sn[W], dn[W];
+    std::memcpy(gb, g + k, (len - k) * sizeof(float));
+    std::memcpy(xb, x + k, (len - k) * sizeof(float));
+    const __m256 gv = _mm256_load_ps(gb);
+    _mm256_store_ps(sn, _mm256_add_ps(s, gv));
+    _mm256_store_ps(dn, _mm256_fmadd_ps(_mm256_sub_ps(_mm256_load_ps(xb), m), gv, d));
+    _mm256_store_ps(sb, s);
+    _mm256_store_ps(db, d);
+    for (int64_t i = 0; i < len - k; i++) {
+      sb[i] = sn[i];
+      db[i] = dn[i];
+    }
+    s = _mm256_load_ps(sb);
+    d = _mm256_load_ps(db);
+  }
+  auto across = [](__m256 v) {
+    v = _mm256_add_ps(v, _mm256_permute2f128_ps(v, v, 0x1));
+    v = _mm256_add_ps(v, _mm256_shuffle_ps(v, v, 0x4E));
+    v = _mm256_add_ps(v, _mm256_shuffle_ps(v, v, 0xB1));
+    return _mm256_cvtss_f32(v);
+  };
+  *sumOut = across(s);
+  *dotOut = across(d);
+}
+
+// AVX-512: the same with 16 lanes.
+__attribute__((target("avx512f"))) void PlaneSumsAvx512(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
+  constexpr int64_t W = 16;
+  if (len < W) {  // lane by lane over the first len lanes
+    float so = g[0], dO = (x[0] - mean) * g[0];
+    for (int64_t i = 1; i < len; i++) {
+      so += g[i];
+      dO += (x[i] - mean) * g[i];
+    }
+    *sumOut = so;
+    *dotOut = dO;
+    return;
+  }
+  const __m512 m = _mm512_set1_ps(mean);
+  __m512 s = _mm512_loadu_ps(g);
+  __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x), m), s);
+  int64_t k = W;
+  for (; k < len - len % W; k += W) {
+    const __m512 gv = _mm512_loadu_ps(g + k);
+    s = _mm512_add_ps(s, gv);
+    d = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(x + k), m), gv, d);
+  }
+  if (len - k > 0) {
+    const __mmask16 lanes = static_cast<__mmask16>((1u << (len - k)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(lanes, g + k);
+    const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + k);
+    s = _mm512_mask_blend_ps(lanes, s, _mm512_add_ps(s, gv));
+    d = _mm512_mask_blend_ps(lanes, d, _mm512_fmadd_ps(_mm512_sub_ps(xv, m), gv, d));
+  }
+  auto across = [](__m512 v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_shuffle_ps(v, v, 0xB1));
+    return _mm512_cvtss_f32(v);
+  };
+  *sumOut = across(s);
+  *dotOut = across(d);
+}
+#endif
+
+// sum(g) and sum((x - mean) * g) over one plane, as reduce_all and map2_reduce_all of libtorch's
+// kernels on this CPU.
+void PlaneGradSums(const float* g, const float* x, int64_t len, float mean, Lanes lanes, float* sum, float* dot) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (lanes.width == 16) return PlaneSumsAvx512(g, x, len, mean, sum, dot);
+  if (lanes.fma) return PlaneSumsAvx2(g, x, len, mean, sum, dot);
+#endif
+  PlaneSumsBaseline(g, x, len, mean, sum, dot);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define REPOPT_FMA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define REPOPT_FMA_CLONES
+#endif
+
+// g = dy where y > 0, else 0: ReLU's backward (threshold_backward), materialised as libtorch does.
+REPOPT_SIMD_CLONES void ReluMask(float* g, const float* dy, const float* y, int64_t len) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; i++) {
+    const float d0 = dy[i];  // loaded unconditionally, so the select vectorises
+    g[i] = y[i] > 0.f ? d0 : 0.f;
+  }
+}
+
+// dx = (g - gradMean - (x - mean) * k) * invstd * w, libtorch's training-mode formula (its vector
+// kernels contract the inner product into one fused multiply-add).
+REPOPT_FMA_CLONES void GradInput(float* dx, const float* g, const float* x, int64_t len, float mean, float k, float gradMean, float invstd, float w,
+                                 bool fma) {
+  if (fma) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) dx[i] = __builtin_fmaf(-(x[i] - mean), k, g[i] - gradMean) * invstd * w;
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) dx[i] = (g[i] - gradMean - (x[i] - mean) * k) * invstd * w;
+  }
+}
+
+}  // namespace kernels
+
+namespace {
+
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// [N, C, *] in NCHW order: plane (n, c) starts at (n * C + c) * inner.
+struct Planes {
+  int64_t batch, channels, inner;
+  explicit Planes(const at::Tensor& x) : batch(x.size(0)), channels(x.size(1)), inner(x.numel() / std::max<int64_t>(1, x.size(0) * x.size(1))) {}
+  int64_t offset(int64_t n, int64_t c) const { return (n * channels + c) * inner; }
+  // Channels per parallel task: at least ~32k elements each, so small layers stay on one thread.
+  int64_t grain() const { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, batch * inner)); }
+};
+
+struct BatchNormTrainBackward final : public torch::autograd::Node {
+  SavedVariable input, output, weight;  // output: only with the fused ReLU
+  at::Tensor mean, invstd;              // float [C], no autograd
+  bool relu = false;
+
+  variable_list apply(variable_list&& grads) override {
+    const at::Tensor x = input.unpack();
+    const at::Tensor y = relu ? output.unpack(shared_from_this()) : at::Tensor();
+    const at::Tensor w = weight.unpack();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor dy = grads[0].contiguous();
+    const Planes p(x);
+    const int64_t count = p.batch * p.inner;
+    const bool needInput = should_compute_output(0), needWeight = should_compute_output(1), needBias = should_compute_output(2);
+    at::Tensor dx = needInput ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor dw = needWeight ? at::empty({p.channels}, x.options()) : at::Tensor();
+    at::Tensor db = needBias ? at::empty({p.channels}, x.options()) : at::Tensor();
+    const float* xd = x.data_ptr<float>();
+    const float* yd = y.defined() ? y.data_ptr<float>() : nullptr;
+    const float* dyd = dy.data_ptr<float>();
+    const float* wd = w.defined() ? w.data_ptr<float>() : nullptr;
+    const float* md = mean.data_ptr<float>();
+    const float* isd = invstd.data_ptr<float>();
+    float* dxd = needInput ? dx.data_ptr<float>() : nullptr;
+    float* dwd = needWeight ? dw.data_ptr<float>() : nullptr;
+    float* dbd = needBias ? db.data_ptr<float>() : nullptr;
+    const kernels::Lanes lanes = *kernels::CpuKernels();  // forward ran, so libtorch's kernels are known
+    at::parallel_for(0, p.channels, p.grain(), [&](int64_t begin, int64_t end) {
+      std::vector<float> masked(yd ? p.inner : 0);  // ReLU's backward of one plane
+      auto gradOf = [&](int64_t o) -> const float* {
+        if (yd == nullptr) return dyd + o;
+        kernels::ReluMask(masked.data(), dyd + o, yd + o, p.inner);
+        return masked.data();
+      };
+      for (int64_t c = begin; c < end; c++) {
+        double sum = 0, dot = 0;
+        for (int64_t n = 0; n < p.batch; n++) {
+          const int64_t o = p.offset(n, c);
+          float s, d;
+          kernels::PlaneGradSums(gradOf(o), xd + o, p.inner, md[c], lanes, &s, &d);
+          sum += s;
+          dot += d;
+        }
+        const float is = isd[c];
+        if (dxd != nullptr) {
+          const float k = static_cast<float>(dot) * is * is / static_cast<float>(count);
+          const float gradMean = static_cast<float>(sum / static_cast<double>(count));
+          const float wc = wd ? wd[c] : 1.f;
+          for (int64_t n = 0; n < p.batch; n++) {
+            const int64_t o = p.offset(n, c);
+            kernels::GradInput(dxd + o, gradOf(o), xd + o, p.inner, md[c], k, gradMean, is, wc, lanes.fma);
+          }
+        }
+        if (dwd != nullptr) dwd[c] = static_cast<float>(dot * static_cast<double>(is));
+        if (dbd != nullptr) dbd[c] = static_cast<float>(sum);
+      }
+    });
+    return {dx, dw, db};
+  }
+  std::string name() const override { return relu ? "BatchNormReluTrainBackward" : "BatchNormTrainBackward"; }
+  void release_variables() override {
+    input.reset_data();
+    output.reset_data();
+    weight.reset_data();
+    mean.reset();
+    invstd.reset();
+  }
+};
+
+bool IsParamVector(const at::Tensor& t, int64_t channels) {
+  return !t.defined() || (t.scalar_type() == at::kFloat && t.device().is_cpu() && t.dim() == 1 && t.size(0) == channels && t.is_contiguous());
+}
+
+const at::Tensor& OptionalTensor(const Napi::Value& v, const char* what) {
+  static const at::Tensor undefined;
+  return v.IsNull() || v.IsUndefined() ? undefined : TensorOf(v, what);
+}
+
+// batchNormTrain(input, weight|null, bias|null, runningMean|null, runningVar|null, momentum, eps, relu) -> output|null:
+// training-mode BatchNorm (batch statistics; running stats updated in place) of a contiguous float32 CPU
+// tensor [N, C, H, W], followed by ReLU when `relu`; differentiable in input, weight and bias. null when the
+// arguments are outside what this kernel covers (another dtype, device or layout, mismatched vectors, one
+// value per channel): the caller then uses ATen's batch_norm, which also gives ATen's error messages.
+Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    const at::Tensor& x = TensorOf(info[0], "input");
+    const at::Tensor& weight = OptionalTensor(info[1], "weight");
+    const at::Tensor& bias = OptionalTensor(info[2], "bias");
+    const at::Tensor& runningMean = OptionalTensor(info[3], "runningMean");
+    const at::Tensor& runningVar = OptionalTensor(info[4], "runningVar");
+    const double momentum = info[5].As<Napi::Number>().DoubleValue();
+    const double eps = info[6].As<Napi::Number>().DoubleValue();
+    const bool relu = info[7].As<Napi::Boolean>().Value();
+    // 4-d NCHW only: where a tensor is also channels-last contiguous (C == 1 or H * W == 1) libtorch
+    // may take its channels-last path, which sums in float.
+    if (x.scalar_type() != at::kFloat || !x.device().is_cpu() || x.dim() != 4 || !x.is_contiguous() ||
+        x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      return env.Null();
+    }
+    const std::optional<kernels::Lanes> lanes = kernels::CpuKernels();
+    const Planes p(x);
+    const int64_t count = p.batch * p.inner;
+    if (!lanes || count <= 1 || !IsParamVector(weight, p.channels) || !IsParamVector(bias, p.channels) || !IsParamVector(runningMean, p.channels) ||
+        !IsParamVector(runningVar, p.channels)) {
+      return env.Null();
+    }
+
+    at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+    at::Tensor mean = at::empty({p.channels}, x.options());
+    at::Tensor invstd = at::empty({p.channels}, x.options());
+    {
+      const float* xd = x.data_ptr<float>();
+      float* yd = y.data_ptr<float>();
+      float* md = mean.data_ptr<float>();
+      float* isd = invstd.data_ptr<float>();
+      const float* wd = weight.defined() ? weight.data_ptr<float>() : nullptr;
+      const float* bd = bias.defined() ? bias.data_ptr<float>() : nullptr;
+      float* rmd = runningMean.defined() ? runningMean.data_ptr<float>() : nullptr;
+      float* rvd = runningVar.defined() ? runningVar.data_ptr<float>() : nullptr;
+      const float momentumF = static_cast<float>(momentum);
+      const bool fma = lanes->fma;
+      at::parallel_for(0, p.channels, p.grain(), [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; c++) {
+          double sum = 0;
+          for (int64_t n = 0; n < p.batch; n++) sum += kernels::SumD(xd + p.offset(n, c), p.inner);
+          const float m = static_cast<float>(sum / static_cast<double>(count));
+          double sq = 0;
+          for (int64_t n = 0; n < p.batch; n++) sq += kernels::SquaredDeviationSumD(xd + p.offset(n, c), p.inner, m);
+          const float varSum = static_cast<float>(sq);
+          const double var = varSum / static_cast<float>(count);
+          const float is = var == 0 && eps == 0 ? 0.f : static_cast<float>(1.0 / std::sqrt(var + eps));
+          md[c] = m;
+          isd[c] = is;
+          if (rmd != nullptr) rmd[c] = momentumF * m + (1 - momentumF) * rmd[c];
+          if (rvd != nullptr) {
+            const double unbiased = varSum / static_cast<float>(count - 1);
+            rvd[c] = static_cast<float>(momentumF * unbiased + (1 - momentumF) * rvd[c]);
+          }
+          const float alpha = is * (wd ? wd[c] : 1.f);
+          const float b = bd ? bd[c] : 0.f;
+          const float beta = fma ? std::fmaf(-m, alpha, b) : b - m * alpha;
+          for (int64_t n = 0; n < p.batch; n++) {
+            const int64_t o = p.offset(n, c);
+            (fma ? kernels::AffineFma : kernels::Affine)(yd + o, xd + o, p.inner, alpha, beta, relu);
+          }
+        }
+      });
+    }
+    if (torch::autograd::compute_requires_grad(x, weight, bias)) {
+      auto fn = std::shared_ptr<BatchNormTrainBackward>(new BatchNormTrainBackward(), torch::autograd::deleteNode);
+      fn->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
+      fn->relu = relu;
+      fn->input = SavedVariable(x, false);
+      if (weight.defined()) fn->weight = SavedVariable(weight, false);
+      fn->mean = mean;
+      fn->invstd = invstd;
+      torch::autograd::set_history(y, fn);
+      if (relu) fn->output = SavedVariable(y, true);
+    }
+    return WrapTensor(env, y);
+  } catch (const c10::Error& e) {
+    throw Napi::Error::New(env, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+}  // namespace
+
+void InitKernels(Napi::Env env, Napi::Object exports) {
+  exports.Set("batchNormTrain", Napi::Function::New(env, BatchNormTrain, "batchNormTrain"));
+}
+
+}  // namespace repopt

@@ -1,0 +1,226 @@
+/**
+ * The fused training-mode BatchNorm [+ ReLU] kernel (native/kernels.cc, issue 13): it must give
+ * libtorch's own numbers to the last bit (forward, running statistics, and the gradients of input,
+ * weight and bias), under each of libtorch's CPU kernel sets (ATEN_CPU_CAPABILITY), and against
+ * PyTorch itself; everything outside what it covers must go to ATen unchanged.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import * as torch from '../src/torch/index.js';
+import { F } from '../src/torch/index.js';
+import * as nn from '../src/nn/index.js';
+import { runPython, toJson, type JsonTensor } from './helpers/python.js';
+
+type Tensor = torch.Tensor;
+
+interface Case {
+  shape: number[];
+  relu: boolean;
+  affine: boolean;
+  running: boolean;
+}
+
+// Planes shorter than a vector (2x2), with a vector tail (7x5), long (28x28), one channel-plane per
+// thread task or many, with and without the affine parameters and the running statistics.
+const CASES: Case[] = [
+  { shape: [6, 16, 28, 28], relu: true, affine: true, running: true },
+  { shape: [6, 16, 28, 28], relu: false, affine: true, running: true },
+  { shape: [8, 96, 2, 2], relu: true, affine: true, running: true },
+  { shape: [5, 3, 7, 5], relu: false, affine: false, running: true },
+  { shape: [4, 6, 9, 9], relu: true, affine: true, running: false },
+  { shape: [3, 5, 4, 17], relu: true, affine: false, running: false },
+];
+
+interface Result {
+  y: number[];
+  dx: number[];
+  dw: number[] | null;
+  db: number[] | null;
+  rm: number[] | null;
+  rv: number[] | null;
+}
+
+/** One forward + backward of BN [+ ReLU] in training on fixed inputs (seeded), fused or ATen. */
+function runCase(c: Case, fused: boolean): Result {
+  const before = F.getFusedBatchNorm();
+  F.setFusedBatchNorm(fused);
+  try {
+    return torch.tidy(() => {
+      const g = new torch.Generator(7);
+      const C = c.shape[1];
+      // an offset mean and a spread, so the centred sums and the ReLU mask both matter
+      const x = torch.randn(c.shape, { generator: g }).mul(2.5).add(0.75).requiresGrad_(true);
+      const w = c.affine ? torch.rand([C], { generator: g }).add(0.5).requiresGrad_(true) : null;
+      const b = c.affine ? torch.randn([C], { generator: g }).requiresGrad_(true) : null;
+      const rm = c.running ? torch.randn([C], { generator: g }) : null;
+      const rv = c.running ? torch.rand([C], { generator: g }).add(0.5) : null;
+      const dy = torch.randn(c.shape, { generator: g });
+      const opts = { weight: w, bias: b, training: true, momentum: 0.1, eps: 1e-5 };
+      const y = c.relu ? F.batchNormRelu(x, rm, rv, opts) : F.batchNorm(x, rm, rv, opts);
+      y.backward(dy);
+      return {
+        y: y.toArray(),
+        dx: x.grad!.toArray(),
+        dw: w ? w.grad!.toArray() : null,
+        db: b ? b.grad!.toArray() : null,
+        rm: rm ? rm.toArray() : null,
+        rv: rv ? rv.toArray() : null,
+      };
+    });
+  } finally {
+    F.setFusedBatchNorm(before);
+  }
+}
+
+/** The positions where two arrays differ in any bit (NaN never occurs here). */
+function mismatches(a: number[] | null, b: number[] | null): number {
+  assert.equal(a === null, b === null);
+  if (a === null || b === null) return 0;
+  assert.equal(a.length, b.length);
+  let n = 0;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) n++;
+  return n;
+}
+
+function assertSame(ours: Result, ref: Result, what: string): void {
+  for (const k of ['y', 'dx', 'dw', 'db', 'rm', 'rv'] as const) {
+    assert.equal(mismatches(ours[k], ref[k]), 0, `${what}: ${k} differs from libtorch's in ${mismatches(ours[k], ref[k])} element(s)`);
+  }
+}
+
+const caseName = (c: Case) => `${c.shape.join('x')}${c.relu ? ' +ReLU' : ''}${c.affine ? '' : ' no affine'}${c.running ? '' : ' no running stats'}`;
+
+test('fused BatchNorm [+ ReLU] in training = ATen batch_norm [+ relu] bit for bit: output, running stats, d input, d weight, d bias', () => {
+  for (const c of CASES) assertSame(runCase(c, true), runCase(c, false), caseName(c));
+  // and the fused path really ran: its graph node, not ATen's
+  torch.tidy(() => {
+    const x = torch.randn([2, 3, 4, 4]).requiresGrad_(true);
+    const y = F.batchNormRelu(x, null, null, { training: true });
+    assert.ok(y.gradFnName?.includes('BatchNormReluTrainBackward'), `grad_fn ${y.gradFnName}`);
+  });
+});
+
+// libtorch picks its kernels (and so its order of float operations) by CPU; ATEN_CPU_CAPABILITY
+// selects them, and the fused kernel must follow. A child process per setting.
+const CHILD = `
+import * as torch from ${JSON.stringify(new URL('../src/torch/index.js', import.meta.url).href)};
+const { F } = torch;
+const out = [];
+for (const shape of [[6, 16, 28, 28], [8, 96, 2, 2], [5, 3, 7, 5]]) for (const relu of [true, false]) {
+  const r = [];
+  for (const fused of [true, false]) {
+    F.setFusedBatchNorm(fused);
+    r.push(torch.tidy(() => {
+      const g = new torch.Generator(3);
+      const x = torch.randn(shape, { generator: g }).mul(2).add(0.5).requiresGrad_(true);
+      const w = torch.rand([shape[1]], { generator: g }).add(0.5).requiresGrad_(true);
+      const b = torch.randn([shape[1]], { generator: g }).requiresGrad_(true);
+      const rm = torch.zeros([shape[1]]), rv = torch.ones([shape[1]]);
+      const o = { weight: w, bias: b, training: true };
+      const y = relu ? F.batchNormRelu(x, rm, rv, o) : F.batchNorm(x, rm, rv, o);
+      y.backward(torch.randn(shape, { generator: g }));
+      return [y, x.grad, w.grad, b.grad, rm, rv].map((t) => t.toArray());
+    }));
+  }
+  let diff = 0;
+  r[0].forEach((a, k) => a.forEach((v, i) => { if (!Object.is(v, r[1][k][i])) diff++; }));
+  out.push(diff);
+}
+console.log(JSON.stringify(out));
+`;
+
+test('bit for bit under every libtorch CPU kernel set: ATEN_CPU_CAPABILITY=default, avx2, avx512', () => {
+  for (const cap of ['default', 'avx2', 'avx512']) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', CHILD], {
+      env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
+      encoding: 'utf8',
+      cwd: fileURLToPath(new URL('.', import.meta.url)),
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const diffs = JSON.parse(r.stdout.trim().split('\n').pop()!) as number[];
+    assert.deepEqual(diffs, diffs.map(() => 0), `ATEN_CPU_CAPABILITY=${cap}: elements differing per case ${diffs}`);
+  }
+});
+
+test('fused BatchNorm + ReLU = PyTorch relu(batch_norm(...)) bit for bit, forward and backward', () => {
+  torch.tidy(() => {
+    const g = new torch.Generator(11);
+    const shape = [4, 8, 10, 10];
+    const x = torch.randn(shape, { generator: g }).mul(3).sub(1);
+    const w = torch.rand([8], { generator: g }).add(0.5);
+    const b = torch.randn([8], { generator: g });
+    const rm = torch.randn([8], { generator: g });
+    const rv = torch.rand([8], { generator: g }).add(1);
+    const dy = torch.randn(shape, { generator: g });
+    const ref = runPython<Record<string, JsonTensor>>(
+      `
+x = T(IN['x'], True); w = T(IN['w'], True); b = T(IN['b'], True); rm = T(IN['rm']); rv = T(IN['rv'])
+y = torch.relu(torch.nn.functional.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5))
+y.backward(T(IN['dy']))
+OUT = {'y': y, 'dx': x.grad, 'dw': w.grad, 'db': b.grad, 'rm': rm, 'rv': rv}
+`,
+      { x: toJson(x), w: toJson(w), b: toJson(b), rm: toJson(rm), rv: toJson(rv), dy: toJson(dy) },
+    );
+    const xs = x.clone().requiresGrad_(true);
+    const ws = w.clone().requiresGrad_(true);
+    const bs = b.clone().requiresGrad_(true);
+    const y = F.batchNormRelu(xs, rm, rv, { weight: ws, bias: bs, training: true });
+    y.backward(dy);
+    const ours: Record<string, Tensor> = { y, dx: xs.grad!, dw: ws.grad!, db: bs.grad!, rm, rv };
+    for (const k of Object.keys(ours)) {
+      const a = ours[k].toArray();
+      assert.equal(mismatches(a, ref[k].data), 0, `${k}: ${mismatches(a, ref[k].data)} element(s) differ from PyTorch`);
+    }
+  });
+});
+
+test('outside the kernel (channels-last, float64, 1x1 planes, eval) ATen runs, with its own errors; a bad call is an Error', () => {
+  torch.tidy(() => {
+    const opts = (C: number, dtype: torch.DType = 'float32') => ({ weight: torch.ones([C], { dtype }), bias: torch.zeros([C], { dtype }), training: true });
+    const cl = torch.randn([2, 3, 4, 4]).toChannelsLast().requiresGrad_(true);
+    assert.ok(!F.batchNormRelu(cl, null, null, opts(3)).gradFnName?.includes('Train'), 'channels-last goes to ATen');
+    const f64 = torch.randn([2, 3, 4, 4], { dtype: 'float64' }).requiresGrad_(true);
+    assert.ok(!F.batchNorm(f64, null, null, opts(3, 'float64')).gradFnName?.includes('Train'), 'float64 goes to ATen');
+    const pix = torch.randn([5, 3, 1, 1]).requiresGrad_(true);
+    assert.ok(!F.batchNorm(pix, null, null, opts(3)).gradFnName?.includes('Train'), '1x1 planes go to ATen');
+    // a weight of the wrong size: ATen's message, as a JS Error, the process alive
+    assert.throws(() => F.batchNorm(torch.randn([2, 3, 4, 4]), null, null, { weight: torch.ones([4]), training: true }), /size|shape|4|3/);
+    // one value per channel in training: ATen's error
+    assert.throws(() => F.batchNorm(torch.randn([1, 3, 1, 1]), null, null, { training: true }), /more than 1 value per channel/);
+  });
+});
+
+test('the fused output saved for backward is guarded: modifying it in place makes backward an error, not wrong gradients', () => {
+  torch.tidy(() => {
+    const x = torch.randn([2, 3, 4, 4]).requiresGrad_(true);
+    const y = F.batchNormRelu(x, null, null, { training: true });
+    torch.noGrad(() => y.mul_(2));
+    assert.throws(() => y.sum().backward(), /modified by an inplace operation/);
+  });
+});
+
+test('no grad: statistics still update, no graph; BatchNorm2d.forwardRelu and Sequential(BN, ReLU) fuse and equal forward + relu', () => {
+  torch.tidy(() => {
+    const x = torch.randn([4, 3, 5, 5]).mul(2).add(1);
+    const bn = new nn.BatchNorm2d(3);
+    const y = torch.noGrad(() => bn.forwardRelu(x));
+    assert.equal(y.requiresGrad, false);
+    assert.equal(bn.numBatchesTracked!.item(), 1);
+    assert.ok(bn.runningMean!.abs().sum().item() > 0, 'running mean moved');
+    // a second module with the same state: forward then ReLU through ATen
+    const ref = new nn.BatchNorm2d(3);
+    F.setFusedBatchNorm(false);
+    try {
+      const y2 = torch.noGrad(() => F.relu(ref.forward(x)));
+      assert.equal(mismatches(y.toArray(), y2.toArray()), 0);
+      assert.equal(mismatches(bn.runningVar!.toArray(), ref.runningVar!.toArray()), 0);
+    } finally {
+      F.setFusedBatchNorm(true);
+    }
+    const seq = new nn.Sequential(new nn.Conv2d(3, 4, 3, { padding: 1 }), new nn.BatchNorm2d(4), new nn.ReLU());
+    const out = seq.forward(x.requiresGrad_(true));
+    assert.ok(out.gradFnName?.includes('BatchNormReluTrainBackward'), `Sequential fused: ${out.gradFnName}`);
+  });
+});
