@@ -150,7 +150,8 @@ emit('## Where the time goes, per kind of op');
 emit();
 emit('Lower bound = max(FLOPs / peak, bytes / bandwidth) per op, summed (bench/roofline.ts). "ours isolated": each op kind timed alone on the step\'s shapes ' +
   '(forward; backward through autograd with only the input, or only the weight, requiring grad; the fastest of the reps), summed over layers. "PyTorch profiled": each kind\'s share of torch.profiler self time in PyTorch\'s real step, times its CPU ms per step ' +
-  '(the profiler clocks wall time, which a loaded machine inflates; conv backward-data and backward-weight are one `convolution_backward` call there).');
+  '(the profiler clocks wall time, which a loaded machine inflates; conv backward-data and backward-weight are one `convolution_backward` call there). ' +
+  'Ours runs BatchNorm and the ReLU after it (target, hs) as one fused op, timed in the BN rows (its ReLU rows are 0), and the optimizer as one fused pass per tensor (native/kernels.cc).');
 for (const r of results) {
   emit();
   emit(`### ${MODELS[r.model].label}: ${r.mode} (measured step, CPU ms: ours ${f1(r.summary.oc)}, PyTorch ${f1(r.summary.pc)}; roofline run at loadavg ${r.roofLoad.split(' ')[0]})`);

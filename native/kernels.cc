@@ -285,6 +285,73 @@ REPOPT_FMA_CLONES void GradInput(float* dx, const float* g, const float* x, int6
   }
 }
 
+// ---- SGD (PyTorch's semantics) with Grad Mults, one pass per tensor
+//
+// The composed step is five passes (grad * mult; + wd * p; buf * momentum; + (1 - dampening) * g;
+// p - lr * d). ATen computes each `a + alpha * b` as one fused multiply-add in its AVX2 and AVX-512
+// kernels (vec::fmadd), and in two roundings in its baseline kernels; the same here, so the fused
+// step gives the composed step's numbers bit for bit.
+
+// The scalars as ATen receives them from the composed step: computed in double, used as float.
+struct SgdHyper {
+  float negLr;         // p.add_(d, -lr)
+  float momentum;      // buf.mul_(momentum); nesterov: g.add(buf, momentum)
+  float gradScale;     // buf.add_(g, 1 - dampening)
+  float weightDecay;   // g.add(p, weightDecay)
+  bool useMomentum, nesterov, useWeightDecay;
+};
+
+template <bool F>
+inline __attribute__((always_inline)) float AddScaled(float a, float alpha, float b) {  // a + alpha * b
+  return F ? __builtin_fmaf(alpha, b, a) : a + alpha * b;
+}
+
+// fresh: buf has no history (the first step): buf = g, as PyTorch's clone. The loop-invariant
+// choices are template parameters and the scalars locals, so each variant is one straight vector loop.
+template <bool F, bool Mult, bool Decay, bool Momentum, bool Fresh, bool Nesterov>
+inline __attribute__((always_inline)) void SgdLoop(float* __restrict p, const float* __restrict grad, const float* __restrict mult,
+                                                   float* __restrict buf, int64_t n, SgdHyper h) {
+  const float negLr = h.negLr, mom = h.momentum, gradScale = h.gradScale, wd = h.weightDecay;
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    float g = grad[i];
+    if (Mult) g = g * mult[i];
+    if (Decay) g = AddScaled<F>(g, wd, p[i]);
+    float d = g;
+    if (Momentum) {
+      const float b = Fresh ? g : AddScaled<F>(buf[i] * mom, gradScale, g);
+      buf[i] = b;
+      d = Nesterov ? AddScaled<F>(g, mom, b) : b;
+    }
+    p[i] = AddScaled<F>(p[i], negLr, d);
+  }
+}
+
+template <bool F, bool Mult, bool Decay>
+inline __attribute__((always_inline)) void SgdRange(float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h) {
+  if (!h.useMomentum) return SgdLoop<F, Mult, Decay, false, false, false>(p, grad, mult, buf, n, h);
+  if (h.nesterov) {
+    return fresh ? SgdLoop<F, Mult, Decay, true, true, true>(p, grad, mult, buf, n, h) : SgdLoop<F, Mult, Decay, true, false, true>(p, grad, mult, buf, n, h);
+  }
+  return fresh ? SgdLoop<F, Mult, Decay, true, true, false>(p, grad, mult, buf, n, h) : SgdLoop<F, Mult, Decay, true, false, false>(p, grad, mult, buf, n, h);
+}
+
+template <bool F>
+inline __attribute__((always_inline)) void SgdAny(float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h) {
+  if (mult != nullptr) {
+    return h.useWeightDecay ? SgdRange<F, true, true>(p, grad, mult, buf, fresh, n, h) : SgdRange<F, true, false>(p, grad, mult, buf, fresh, n, h);
+  }
+  return h.useWeightDecay ? SgdRange<F, false, true>(p, grad, mult, buf, fresh, n, h) : SgdRange<F, false, false>(p, grad, mult, buf, fresh, n, h);
+}
+
+REPOPT_FMA_CLONES void SgdUpdate(float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h, bool fma) {
+  if (fma) {
+    SgdAny<true>(p, grad, mult, buf, fresh, n, h);
+  } else {
+    SgdAny<false>(p, grad, mult, buf, fresh, n, h);
+  }
+}
+
 }  // namespace kernels
 
 namespace {
@@ -469,10 +536,76 @@ Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
   }
 }
 
+bool SameLayout(const at::Tensor& t, const at::Tensor& p) {
+  return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.sizes() == p.sizes() && t.strides() == p.strides();
+}
+
+// sgdStep(params, grads, mults, bufs, {lr, momentum, dampening, weightDecay, nesterov}) -> (buffer|null)[] | null:
+// one SGD step (PyTorch's semantics; g = grad * mult + weightDecay * p when a Grad Mult is given) on
+// each float32 CPU parameter in place, in one pass per tensor. mults[i] / bufs[i] may be null (no
+// mult; no momentum history yet). Returns the momentum buffers it created (null where it used the
+// given one or momentum is 0), or null without touching anything when a tensor is outside what it
+// covers (dtype, device, or a layout unlike its parameter's): the caller then runs the composed step.
+Napi::Value SgdStep(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    const auto params = info[0].As<Napi::Array>(), grads = info[1].As<Napi::Array>(), mults = info[2].As<Napi::Array>(), bufs = info[3].As<Napi::Array>();
+    const auto hyper = info[4].As<Napi::Object>();
+    const uint32_t count = params.Length();
+    if (grads.Length() != count || mults.Length() != count || bufs.Length() != count) throw std::invalid_argument("sgdStep: arrays of different lengths");
+    const double lr = hyper.Get("lr").As<Napi::Number>().DoubleValue();
+    const double momentum = hyper.Get("momentum").As<Napi::Number>().DoubleValue();
+    const double dampening = hyper.Get("dampening").As<Napi::Number>().DoubleValue();
+    const double weightDecay = hyper.Get("weightDecay").As<Napi::Number>().DoubleValue();
+    const kernels::SgdHyper h{static_cast<float>(-lr),
+                              static_cast<float>(momentum),
+                              static_cast<float>(1 - dampening),
+                              static_cast<float>(weightDecay),
+                              momentum != 0,
+                              hyper.Get("nesterov").ToBoolean().Value(),
+                              weightDecay != 0};
+    const std::optional<kernels::Lanes> lanes = kernels::CpuKernels();
+    if (!lanes) return env.Null();
+    std::vector<at::Tensor> p(count), g(count), m(count), b(count);
+    for (uint32_t i = 0; i < count; i++) {
+      p[i] = TensorOf(params.Get(i), "param");
+      g[i] = TensorOf(grads.Get(i), "grad");
+      m[i] = OptionalTensor(mults.Get(i), "mult");
+      b[i] = OptionalTensor(bufs.Get(i), "momentum buffer");
+      const bool ok = p[i].scalar_type() == at::kFloat && p[i].device().is_cpu() && p[i].is_non_overlapping_and_dense() && SameLayout(g[i], p[i]) &&
+                      (!m[i].defined() || SameLayout(m[i], p[i])) && (!b[i].defined() || SameLayout(b[i], p[i]));
+      if (!ok) return env.Null();
+    }
+    Napi::Array created = Napi::Array::New(env, count);
+    for (uint32_t i = 0; i < count; i++) {
+      const bool fresh = h.useMomentum && !b[i].defined();
+      at::Tensor newBuf;
+      if (fresh) newBuf = b[i] = at::empty_like(p[i]);  // same strides as the parameter
+      float* pd = p[i].data_ptr<float>();
+      const float* gd = g[i].data_ptr<float>();
+      const float* md = m[i].defined() ? m[i].data_ptr<float>() : nullptr;
+      float* bd = b[i].defined() ? b[i].data_ptr<float>() : nullptr;
+      at::parallel_for(0, p[i].numel(), 32768, [&](int64_t begin, int64_t end) {
+        kernels::SgdUpdate(pd + begin, gd + begin, md ? md + begin : nullptr, bd ? bd + begin : nullptr, fresh, end - begin, h, lanes->fma);
+      });
+      // in-place writes, as add_ / mul_: autograd sees the new versions
+      torch::autograd::impl::bump_version(p[i]);
+      if (b[i].defined() && !fresh) torch::autograd::impl::bump_version(b[i]);
+      created.Set(i, fresh ? WrapTensor(env, newBuf) : env.Null());
+    }
+    return created;
+  } catch (const c10::Error& e) {
+    throw Napi::Error::New(env, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
 }  // namespace
 
 void InitKernels(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormTrain", Napi::Function::New(env, BatchNormTrain, "batchNormTrain"));
+  exports.Set("sgdStep", Napi::Function::New(env, SgdStep, "sgdStep"));
 }
 
 }  // namespace repopt

@@ -136,14 +136,17 @@ export abstract class Optimizer<H extends { lr: number }> {
 
   protected abstract update(group: Group<H>, params: Tensor[], grads: Tensor[], names: string[], owned: boolean[]): void;
 
+  /** One group's step (inside step()'s noGrad + tidy): its effective gradients, then update. */
+  protected stepGroup(group: Group<H>): void {
+    const { names, params, grads, owned } = this.gradients(group);
+    if (params.length) this.update(group, params, grads, names, owned);
+  }
+
   step(): void {
     this.stepCount++;
     torch.noGrad(() =>
       torch.tidy(() => {
-        for (const group of this.groups) {
-          const { names, params, grads, owned } = this.gradients(group);
-          if (params.length) this.update(group, params, grads, names, owned);
-        }
+        for (const group of this.groups) this.stepGroup(group);
       }),
     );
   }

@@ -2,7 +2,9 @@
  * SGD with PyTorch's semantics (momentum, dampening, nesterov, coupled weight
  * decay). With Grad Mults set it is RepOptimizer's SGD: g = M * grad + wd * p.
  */
-import { foreach, type Tensor } from '../torch/index.js';
+import { foreach, getFusedKernels, type Tensor } from '../torch/index.js';
+import { wrapHandle } from '../torch/tensor.js';
+import { native, type Handle } from '../torch/native.js';
 import { Optimizer, type Group, type GroupSpec, type NamedParameters } from './optimizer.js';
 
 export interface SGDOptions {
@@ -23,6 +25,43 @@ export class SGD extends Optimizer<SGDOptions> {
     if (h.momentum < 0) throw new RangeError(`invalid momentum ${h.momentum}`);
     if (h.weightDecay < 0) throw new RangeError(`invalid weight decay ${h.weightDecay}`);
     if (h.nesterov && (h.momentum <= 0 || h.dampening !== 0)) throw new Error('nesterov needs momentum > 0 and dampening 0');
+  }
+
+  /**
+   * One native pass per parameter (native/kernels.cc sgdStep: mult, weight decay, momentum and the
+   * update fused, in ATen's float operations, so the same numbers as `update`); `update`'s composed
+   * foreach ops where it does not apply (another dtype or layout) or with setFusedKernels(false).
+   */
+  protected override stepGroup(group: Group<SGDOptions>): void {
+    if (!getFusedKernels()) return super.stepGroup(group);
+    const names: string[] = [];
+    const params: Tensor[] = [];
+    const grads: Tensor[] = [];
+    const mults: (Handle | null)[] = [];
+    const bufs: (Handle | null)[] = [];
+    const { momentum } = group.hyper;
+    group.params.forEach((p, i) => {
+      const g = p.grad;
+      if (!g) return;
+      const name = group.names[i];
+      names.push(name);
+      params.push(p);
+      grads.push(g);
+      mults.push(this.gradMult(name)?.handle ?? null);
+      bufs.push(momentum !== 0 ? (this.state.get(name)?.get('momentum_buffer')?.handle ?? null) : null);
+    });
+    if (!params.length) return;
+    const created = native.sgdStep(
+      params.map((p) => p.handle),
+      grads.map((g) => g.handle),
+      mults,
+      bufs,
+      group.hyper,
+    );
+    if (created === null) return super.stepGroup(group);
+    created.forEach((h, i) => {
+      if (h !== null) this.setState(names[i], 'momentum_buffer', wrapHandle(h));
+    });
   }
 
   protected update(group: Group<SGDOptions>, params: Tensor[], grads: Tensor[], names: string[], owned: boolean[]): void {

@@ -4,6 +4,7 @@
  */
 import { defOp } from './ops.js';
 import { native } from './native.js';
+import { getFusedKernels } from './fused.js';
 import { Tensor, wrapHandle, type Scalar } from './tensor.js';
 
 const O = {
@@ -94,7 +95,7 @@ export interface BatchNormOptions {
  * (running = (1 - momentum) * running + momentum * batch, unbiased variance).
  * Training on a contiguous float32 tensor runs the addon's fused kernel (native/kernels.cc:
  * vectorised statistics; the same forward values as ATen's, gradients to float rounding);
- * everything else, and every call after `setFusedBatchNorm(false)`, runs ATen's batch_norm.
+ * everything else, and every call after `setFusedKernels(false)`, runs ATen's batch_norm.
  */
 export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions = {}): Tensor {
   if (opts.training) {
@@ -141,22 +142,8 @@ function verifyBatchSize(input: Tensor): void {
   }
 }
 
-let fusedBatchNormOn = process.env.REPOPT_FUSED_BN !== '0';
-
-/**
- * Whether training-mode batchNorm / batchNormRelu use the addon's fused kernel (default on; off:
- * ATen's batch_norm and relu, which reproduce PyTorch's gradients to the last bit). Also read from
- * REPOPT_FUSED_BN=0 at load.
- */
-export function setFusedBatchNorm(on: boolean): void {
-  fusedBatchNormOn = on;
-}
-export function getFusedBatchNorm(): boolean {
-  return fusedBatchNormOn;
-}
-
 function fusedBatchNormTrain(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions, withRelu: boolean): Tensor | null {
-  if (!fusedBatchNormOn || input.dtype !== 'float32' || !input.isContiguous()) return null;
+  if (!getFusedKernels() || input.dtype !== 'float32' || !input.isContiguous()) return null;
   const h = native.batchNormTrain(
     input.handle,
     opts.weight?.handle ?? null,

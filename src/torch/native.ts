@@ -97,6 +97,14 @@ export interface NativeBinding {
     eps: number,
     relu: boolean,
   ): Handle | null;
+  /** One fused SGD step in place (native/kernels.cc); the momentum buffers it created, or null where it does not apply. */
+  sgdStep(
+    params: Handle[],
+    grads: Handle[],
+    mults: (Handle | null)[],
+    bufs: (Handle | null)[],
+    hyper: { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean },
+  ): (Handle | null)[] | null;
   distFailed(g: GroupHandle): boolean;
   distReducerNew(g: GroupHandle, params: Handle[], bucketBytes: number, firstBucketBytes: number, divisor: number): ReducerHandle;
   distReducerInfo(r: ReducerHandle): { buckets: number[][]; launchSeconds: number; launched: number; missing: number[] };

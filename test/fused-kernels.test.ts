@@ -1,8 +1,9 @@
 /**
- * The fused training-mode BatchNorm [+ ReLU] kernel (native/kernels.cc, issue 13): it must give
- * libtorch's own numbers to the last bit (forward, running statistics, and the gradients of input,
- * weight and bias), under each of libtorch's CPU kernel sets (ATEN_CPU_CAPABILITY), and against
- * PyTorch itself; everything outside what it covers must go to ATen unchanged.
+ * The fused CPU kernels (native/kernels.cc, issue 13): training-mode BatchNorm [+ ReLU] and the SGD
+ * step with Grad Mults. Each must give libtorch's own numbers to the last bit (BN: forward, running
+ * statistics, gradients of input, weight and bias; SGD: parameters and momentum buffers), under each
+ * of libtorch's CPU kernel sets (ATEN_CPU_CAPABILITY), and against PyTorch itself; everything outside
+ * what they cover must go to ATen's ops unchanged.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 import * as torch from '../src/torch/index.js';
 import { F } from '../src/torch/index.js';
 import * as nn from '../src/nn/index.js';
+import { SGD } from '../src/optim/index.js';
+import { RepSGD } from '../src/repopt/index.js';
 import { runPython, toJson, type JsonTensor } from './helpers/python.js';
 
 type Tensor = torch.Tensor;
@@ -44,8 +47,8 @@ interface Result {
 
 /** One forward + backward of BN [+ ReLU] in training on fixed inputs (seeded), fused or ATen. */
 function runCase(c: Case, fused: boolean): Result {
-  const before = F.getFusedBatchNorm();
-  F.setFusedBatchNorm(fused);
+  const before = torch.getFusedKernels();
+  torch.setFusedKernels(fused);
   try {
     return torch.tidy(() => {
       const g = new torch.Generator(7);
@@ -70,7 +73,7 @@ function runCase(c: Case, fused: boolean): Result {
       };
     });
   } finally {
-    F.setFusedBatchNorm(before);
+    torch.setFusedKernels(before);
   }
 }
 
@@ -111,7 +114,7 @@ const out = [];
 for (const shape of [[6, 16, 28, 28], [8, 96, 2, 2], [5, 3, 7, 5]]) for (const relu of [true, false]) {
   const r = [];
   for (const fused of [true, false]) {
-    F.setFusedBatchNorm(fused);
+    torch.setFusedKernels(fused);
     r.push(torch.tidy(() => {
       const g = new torch.Generator(3);
       const x = torch.randn(shape, { generator: g }).mul(2).add(0.5).requiresGrad_(true);
@@ -211,16 +214,154 @@ test('no grad: statistics still update, no graph; BatchNorm2d.forwardRelu and Se
     assert.ok(bn.runningMean!.abs().sum().item() > 0, 'running mean moved');
     // a second module with the same state: forward then ReLU through ATen
     const ref = new nn.BatchNorm2d(3);
-    F.setFusedBatchNorm(false);
+    torch.setFusedKernels(false);
     try {
       const y2 = torch.noGrad(() => F.relu(ref.forward(x)));
       assert.equal(mismatches(y.toArray(), y2.toArray()), 0);
       assert.equal(mismatches(bn.runningVar!.toArray(), ref.runningVar!.toArray()), 0);
     } finally {
-      F.setFusedBatchNorm(true);
+      torch.setFusedKernels(true);
     }
     const seq = new nn.Sequential(new nn.Conv2d(3, 4, 3, { padding: 1 }), new nn.BatchNorm2d(4), new nn.ReLU());
     const out = seq.forward(x.requiresGrad_(true));
     assert.ok(out.gradFnName?.includes('BatchNormReluTrainBackward'), `Sequential fused: ${out.gradFnName}`);
+  });
+});
+
+// ------------------------------------------------------------------ SGD
+
+interface SgdCase {
+  name: string;
+  hyper: { lr: number; momentum?: number; dampening?: number; nesterov?: boolean; weightDecay?: number };
+  mults: boolean;
+}
+
+const SGD_CASES: SgdCase[] = [
+  { name: 'plain', hyper: { lr: 0.1 }, mults: false },
+  { name: 'momentum + wd (the trainer)', hyper: { lr: 0.05, momentum: 0.9, weightDecay: 1e-4 }, mults: false },
+  { name: 'Grad Mults + momentum + wd (RepSGD)', hyper: { lr: 0.05, momentum: 0.9, weightDecay: 1e-4 }, mults: true },
+  { name: 'Grad Mults + dampening', hyper: { lr: 0.02, momentum: 0.8, dampening: 0.1, weightDecay: 5e-3 }, mults: true },
+  { name: 'nesterov + Grad Mults', hyper: { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 4e-5 }, mults: true },
+  { name: 'Grad Mults, no momentum, no wd', hyper: { lr: 0.3 }, mults: true },
+];
+
+// a conv kernel (one channels-last), a vector, a matrix whose size is no multiple of a vector
+const SGD_SHAPES = [[6, 4, 3, 3], [6, 4, 3, 3], [6], [7, 5]];
+
+/** Five steps on fixed float32 parameters, gradients and mults; the parameters and buffers after them. */
+function runSgd(c: SgdCase, fused: boolean): number[][] {
+  const before = torch.getFusedKernels();
+  torch.setFusedKernels(fused);
+  try {
+    return torch.tidy(() => {
+      const g = new torch.Generator(5);
+      const ps = SGD_SHAPES.map((s, i) => {
+        const p = torch.randn(s, { generator: g });
+        return (i === 1 ? p.toChannelsLast() : p).requiresGrad_(true);
+      });
+      const named = ps.map((p, i): [string, Tensor] => [`p${i}`, p]);
+      const opt = c.mults
+        ? new RepSGD(named, c.hyper, new Map(named.map(([n, p]) => [n, torch.rand(p.shape, { generator: g }).mul(3)])))
+        : new SGD(named, c.hyper);
+      for (let t = 0; t < 5; t++) {
+        // gradients in their parameter's layout, as autograd makes them
+        ps.forEach((p, i) => {
+          const grad = torch.randn(p.shape, { generator: g });
+          p.grad = i === 1 ? grad.toChannelsLast() : grad;
+        });
+        opt.step();
+      }
+      const bufs = [...opt.stateDict().state.values()].map((s) => s.get('momentum_buffer')!.toArray());
+      const out = [...ps.map((p) => p.toArray()), ...bufs];
+      opt.dispose();
+      return out;
+    });
+  } finally {
+    torch.setFusedKernels(before);
+  }
+}
+
+test('fused SGD step = the composed foreach step bit for bit: parameters and momentum buffers, with and without Grad Mults', () => {
+  for (const c of SGD_CASES) {
+    const fused = runSgd(c, true);
+    const composed = runSgd(c, false);
+    assert.equal(fused.length, composed.length, `${c.name}: state tensors`);
+    fused.forEach((a, k) => assert.equal(mismatches(a, composed[k]), 0, `${c.name}: tensor ${k} differs in ${mismatches(a, composed[k])} element(s)`));
+  }
+});
+
+test('fused SGD = PyTorch torch.optim.SGD (float32) bit for bit over 5 steps; float64 parameters take the composed path', () => {
+  torch.tidy(() => {
+    const g = new torch.Generator(9);
+    const ps = [torch.randn([8, 4, 3, 3], { generator: g }), torch.randn([8], { generator: g })];
+    const grads = Array.from({ length: 5 }, () => ps.map((p) => torch.randn(p.shape, { generator: g })));
+    const ref = runPython<JsonTensor[]>(
+      `
+ps = [T(p).clone().requires_grad_(True) for p in IN['ps']]
+opt = torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=True)
+for step in IN['grads']:
+    for p, g in zip(ps, step):
+        p.grad = T(g)
+    opt.step()
+OUT = ps
+`,
+      { ps: ps.map(toJson), grads: grads.map((s) => s.map(toJson)) },
+    );
+    const mine = ps.map((p) => p.clone().requiresGrad_(true));
+    const opt = new SGD(mine.map((p, i): [string, Tensor] => [`p${i}`, p]), { lr: 0.05, momentum: 0.9, weightDecay: 1e-4, nesterov: true });
+    for (const step of grads) {
+      mine.forEach((p, i) => (p.grad = step[i].clone()));
+      opt.step();
+    }
+    mine.forEach((p, i) => assert.equal(mismatches(p.toArray(), ref[i].data), 0, `param ${i} differs from PyTorch`));
+    opt.dispose();
+    // float64: not the kernel's, still right (the composed ops)
+    const p64 = torch.ones([3], { dtype: 'float64' }).requiresGrad_(true);
+    const o64 = new SGD([['w', p64]], { lr: 0.5, momentum: 0.9 });
+    p64.grad = torch.ones([3], { dtype: 'float64' });
+    o64.step();
+    assert.deepEqual(p64.toArray(), [0.5, 0.5, 0.5]);
+    o64.dispose();
+  });
+});
+
+const SGD_CHILD = `
+import * as torch from ${JSON.stringify(new URL('../src/torch/index.js', import.meta.url).href)};
+import { RepSGD } from ${JSON.stringify(new URL('../src/repopt/index.js', import.meta.url).href)};
+const run = (fused) => {
+  torch.setFusedKernels(fused);
+  return torch.tidy(() => {
+    const g = new torch.Generator(4);
+    const p = torch.randn([37, 5], { generator: g }).requiresGrad_(true);
+    const opt = new RepSGD([['w', p]], { lr: 0.05, momentum: 0.9, nesterov: true, weightDecay: 1e-3 }, new Map([['w', torch.rand([37, 5], { generator: g })]]));
+    for (let t = 0; t < 3; t++) { p.grad = torch.randn([37, 5], { generator: g }); opt.step(); }
+    return p.toArray();
+  });
+};
+const a = run(true), b = run(false);
+console.log(JSON.stringify(a.filter((v, i) => !Object.is(v, b[i])).length));
+`;
+
+test('fused SGD bit for bit under every libtorch CPU kernel set (fused multiply-adds or not)', () => {
+  for (const cap of ['default', 'avx2', 'avx512']) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', SGD_CHILD], {
+      env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
+      encoding: 'utf8',
+      cwd: fileURLToPath(new URL('.', import.meta.url)),
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim().split('\n').pop(), '0', `ATEN_CPU_CAPABILITY=${cap}: elements differing`);
+  }
+});
+
+test('a parameter saved by a live graph: the fused step bumps its version, so a later backward is an error as in PyTorch', () => {
+  torch.tidy(() => {
+    const w = torch.randn([4, 4]).requiresGrad_(true);
+    const y = w.mul(w).sum(); // saves w
+    const opt = new SGD([['w', w]], { lr: 0.1, momentum: 0.9 });
+    w.grad = torch.onesLike(w);
+    opt.step();
+    assert.throws(() => y.backward(), /modified by an inplace operation/);
+    opt.dispose();
   });
 });
