@@ -365,3 +365,112 @@ test('a parameter saved by a live graph: the fused step bumps its version, so a 
     opt.dispose();
   });
 });
+
+// ------------------------------------------------------------------ tiny-output convolutions
+
+// [N, C, O, H, stride, kernel]: the bench model's last layer (192 -> 1280, 4x4 -> 2x2) at a small
+// batch, 1x1 outputs, a 5x5 kernel, and 8 input channels (where oneDNN sums in another order)
+const CONV_CASES = [
+  [8, 192, 1280, 4, 2, 3],
+  [16, 128, 128, 2, 2, 3],
+  [6, 64, 96, 2, 1, 3],
+  [4, 16, 24, 2, 1, 5],
+  [7, 8, 64, 2, 1, 3],
+];
+
+/** conv2d forward and backward on fixed data; the backward seed picks the upstream gradient. */
+function convRun([N, C, O, H, s, k]: number[], fused: boolean, seed: number) {
+  const before = torch.getFusedKernels();
+  torch.setFusedKernels(fused);
+  try {
+    return torch.tidy(() => {
+      const g = new torch.Generator(1);
+      const x = torch.randn([N, C, H, H], { generator: g }).requiresGrad_(true);
+      const w = torch.randn([O, C, k, k], { generator: g }).mul(0.1).requiresGrad_(true);
+      const y = F.conv2d(x, w, null, { stride: s, padding: Math.floor(k / 2) });
+      y.backward(torch.randn(y.shape, { generator: new torch.Generator(seed) }));
+      return { name: y.gradFnName, y: y.toArray(), gx: x.grad!.toArray(), gw: w.grad!.toArray() };
+    });
+  } finally {
+    torch.setFusedKernels(before);
+  }
+}
+
+test('tiny-output conv2d: forward, input and weight gradients = libtorch bit for bit, at 1 and 2 threads; checked per problem on its first backward', () => {
+  const threads = torch.getNumThreads();
+  try {
+    for (const t of [1, 2]) {
+      torch.setNumThreads(t);
+      const before = torch.convSmallOutputProblems();
+      for (const c of CONV_CASES) {
+        const first = convRun(c, true, 5); // the first backward of this problem also runs libtorch's, to compare
+        assert.equal(first.name, 'ConvSmallOutputBackward', `${c}: the addon's node`);
+        const ours = convRun(c, true, 2);
+        const ref = convRun(c, false, 2);
+        assert.equal(ref.name, 'ConvolutionBackward0');
+        for (const k of ['y', 'gx', 'gw'] as const) assert.equal(mismatches(ours[k], ref[k]), 0, `${c} at ${t} thread(s): ${k} differs in ${mismatches(ours[k], ref[k])}`);
+      }
+      const after = torch.convSmallOutputProblems();
+      assert.equal(after.chain + after.libtorch - before.chain - before.libtorch, CONV_CASES.length, 'one verdict per problem');
+      assert.ok(after.chain - before.chain >= 3, `the large layers take the chain kernel at ${t} thread(s): ${JSON.stringify(after)}`);
+      assert.ok(after.libtorch > before.libtorch, `8 input channels stay with libtorch at ${t} thread(s): ${JSON.stringify(after)}`);
+    }
+  } finally {
+    torch.setNumThreads(threads);
+  }
+});
+
+test('tiny-output conv2d weight gradient = PyTorch conv2d bit for bit (the bench layer 192 -> 1280, 2x2 output)', () => {
+  const threads = torch.getNumThreads();
+  torch.setNumThreads(1); // as the Python side
+  try {
+    torch.tidy(() => {
+      const g = new torch.Generator(21);
+      const x = torch.randn([8, 192, 4, 4], { generator: g });
+      const w = torch.randn([1280, 192, 3, 3], { generator: g }).mul(0.05);
+      const gy = torch.randn([8, 1280, 2, 2], { generator: g });
+      const ref = runPython<JsonTensor>(
+        `
+w = T(IN['w'], True)
+torch.nn.functional.conv2d(T(IN['x']), w, stride=2, padding=1).backward(T(IN['gy']))
+OUT = w.grad
+`,
+        { x: toJson(x), w: toJson(w), gy: toJson(gy) },
+      );
+      let gw: number[] = [];
+      for (let pass = 0; pass < 2; pass++) {
+        const wl = w.clone().requiresGrad_(true);
+        F.conv2d(x, wl, null, { stride: 2, padding: 1 }).backward(gy);
+        gw = wl.grad!.toArray();
+      }
+      assert.equal(mismatches(gw, ref.data), 0, `${mismatches(gw, ref.data)} weight-gradient elements differ from PyTorch`);
+    });
+  } finally {
+    torch.setNumThreads(threads);
+  }
+});
+
+test('tiny-output conv2d is ordinary conv2d without grad, for a frozen weight, with a bias, or for larger outputs', () => {
+  torch.tidy(() => {
+    const x = torch.randn([2, 64, 4, 4]);
+    const w = torch.randn([96, 64, 3, 3]).requiresGrad_(true);
+    assert.equal(torch.noGrad(() => F.conv2d(x, w, null, { stride: 2, padding: 1 })).gradFnName, null);
+    assert.equal(F.conv2d(x, torch.randn([96, 64, 3, 3]), null, { stride: 2, padding: 1 }).gradFnName, null);
+    assert.equal(F.conv2d(x, w, torch.zeros([96]).requiresGrad_(true), { stride: 2, padding: 1 }).gradFnName, 'ConvolutionBackward0');
+    assert.equal(F.conv2d(x, w, null, { padding: 1 }).gradFnName, 'ConvolutionBackward0'); // 16 output pixels
+  });
+});
+
+test('end to end: `repopt bench` trains the bench model to the same loss, bit for bit, with the fused kernels on and off', () => {
+  const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const args = ['bench', '--json', '--image-size', '64', '--blocks', '1,2,2,1', '--widths', '0.5,0.5,0.5,1', '--strides', '2,2,2,2,2', '--classes', '10',
+    '--mode', 'target', '--batch', '8', '--warmup', '1', '--steps', '3'];
+  const loss = (fused: boolean) => {
+    const r = spawnSync(process.execPath, [cli, ...args], { env: { ...process.env, REPOPT_FUSED_KERNELS: fused ? '1' : '0' }, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return (JSON.parse(r.stdout.trim().split('\n').pop()!) as { finalLoss: number }).finalLoss;
+  };
+  const on = loss(true);
+  assert.ok(Number.isFinite(on));
+  assert.equal(on, loss(false));
+});

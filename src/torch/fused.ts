@@ -1,8 +1,11 @@
 /**
- * The switch for the addon's fused CPU kernels (native/kernels.cc): training-mode BatchNorm [+ ReLU]
- * and the SGD step. They compute libtorch's own float operations in libtorch's order, so results
- * are the same bit for bit with them on or off; off is for measuring them and for ruling them out.
+ * The switch for the addon's fused CPU kernels (native/kernels.cc): training-mode BatchNorm [+ ReLU],
+ * the SGD step, and the weight gradient of tiny-output convolutions. They compute libtorch's own
+ * float operations in libtorch's order, so results are the same bit for bit with them on or off;
+ * off is for measuring them and for ruling them out.
  */
+import { native } from './native.js';
+
 let fusedOn = process.env.REPOPT_FUSED_KERNELS !== '0';
 
 /** Turns the fused kernels on (the default) or off (ATen's ops, composed). Also REPOPT_FUSED_KERNELS=0 at load. */
@@ -12,4 +15,13 @@ export function setFusedKernels(on: boolean): void {
 
 export function getFusedKernels(): boolean {
   return fusedOn;
+}
+
+/**
+ * The tiny-output convolutions seen so far (each shape and thread count a problem): how many
+ * compute their weight gradient in the addon's kernel (checked equal to libtorch's, bit for bit,
+ * on their first backward) and how many stay with libtorch's, where oneDNN sums in another order.
+ */
+export function convSmallOutputProblems(): { chain: number; libtorch: number } {
+  return native.convSmallOutputProblems();
 }
