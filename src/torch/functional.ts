@@ -49,7 +49,7 @@ export interface Conv2dOptions {
  * A 2-d convolution, as PyTorch's F.conv2d. In training (grad on, the weight requiring grad), a
  * bias-free, ungrouped, undilated convolution of float32 NCHW tensors with at most 4 output pixels
  * computes its weight gradient in the addon (native/kernels.cc: the same fused multiply-add chain as
- * libtorch's oneDNN, ~5x faster there); same values, same gradients. Off with setFusedKernels(false).
+ * libtorch's oneDNN, ~3x faster there); same values, same gradients. Off with setFusedKernels(false).
  */
 export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null, opts: Conv2dOptions = {}): Tensor {
   if (bias === null && (opts.groups ?? 1) === 1 && pair(opts.dilation, 1).every((d) => d === 1) && getFusedKernels()) {
