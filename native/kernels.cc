@@ -1,22 +1,17 @@
-// Fused CPU kernels for the hot, memory-bound part of a training step (issue 13's roofline):
-// BatchNorm in training mode, optionally fused with the ReLU that follows it.
+// Fused CPU kernels for the memory-bound and badly served parts of a training step (issue 13's
+// roofline, bench/README.md "Fused kernels, bit for bit"):
+//   - BatchNorm in training mode, optionally with the ReLU that follows it (batchNormTrain);
+//   - the SGD step with Grad Mults, weight decay and momentum in one pass (sgdStep);
+//   - the weight gradient of convolutions with a tiny output (convSmallOutput).
 //
-// libtorch 1.13's CPU BatchNorm collects each channel's statistics of an NCHW tensor with one
-// scalar double accumulator (a serial chain of dependent adds, ~4 cycles per element), then
-// normalises in a third pass, and ReLU is a fourth pass plus one more in backward: together 4-10x
-// their memory bound in bench/RESULTS-roofline.md. Here the statistics are vectorised (double
-// accumulators per SIMD lane), the ReLU is applied while normalising, and backward applies its
-// mask while reducing.
+// Each computes the same float operations as libtorch, in libtorch's order, so results are
+// libtorch's (and PyTorch's) bit for bit; only the time changes. Where libtorch's order depends on
+// the kernels it runs on this CPU (its AVX2 / AVX-512 builds contract a * b + c into fused
+// multiply-adds and use 8 / 16-float vectors; its baseline build does neither), CpuKernels() reads
+// which ones from libtorch itself. Anything these kernels do not cover goes back to ATen: each entry
+// point returns null, having done nothing, and the TypeScript caller runs the composed ops.
 //
-// Numerics follow ATen's training-mode batch_norm: batch mean and sum of squared deviations
-// accumulated in double from the float input (x - mean squared in float, as ATen), rounded to
-// float; invstd = 1 / sqrt(var_sum / n + eps) in double; running stats updated with the unbiased
-// variance; output = x * alpha + beta with alpha = invstd * weight, beta = bias - mean * alpha in
-// float. Forward therefore matches libtorch's kernel (the double sums differ only in order, far
-// below float rounding). Backward reduces sum(dy) and sum((x - mean) * dy) in double where ATen
-// sums each plane in float first, so gradients agree to float rounding, not bit for bit.
-//
-// Compiled with -ffp-contract=off (binding.gyp): no fused multiply-adds, as ATen's vector code.
+// Compiled with -ffp-contract=off (binding.gyp): a fused multiply-add happens only where written.
 
 #pragma GCC optimize("O3")
 
@@ -49,12 +44,16 @@ namespace repopt {
 namespace kernels {
 
 // One definition per instruction set, picked at load time (an ifunc): AVX-512 where the CPU has
-// it, AVX2, else the x86-64 baseline.
+// it, AVX2 (with FMA for the FMA clones), else the x86-64 baseline.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define REPOPT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define REPOPT_FMA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define REPOPT_SIMD_CLONES
+#define REPOPT_FMA_CLONES
 #endif
+
+// ---- BatchNorm forward: statistics in double per lane, then normalise [+ ReLU] in one pass
 
 REPOPT_SIMD_CLONES double SumD(const float* x, int64_t len) {
   double s = 0;
@@ -89,10 +88,7 @@ REPOPT_SIMD_CLONES void Affine(float* y, const float* x, int64_t len, float alph
 
 // ... or in one (a fused multiply-add), as libtorch's AVX2 and AVX-512 kernels, which the compiler
 // contracted. Only called where the CPU has FMA.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#endif
-void AffineFma(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
+REPOPT_FMA_CLONES void AffineFma(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
   if (relu) {
 #pragma omp simd
     for (int64_t i = 0; i < len; i++) {
@@ -258,12 +254,6 @@ void PlaneGradSums(const float* g, const float* x, int64_t len, float mean, Lane
 #endif
   PlaneSumsBaseline(g, x, len, mean, sum, dot);
 }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define REPOPT_FMA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define REPOPT_FMA_CLONES
-#endif
 
 // g = dy where y > 0, else 0: ReLU's backward (threshold_backward), materialised as libtorch does.
 REPOPT_SIMD_CLONES void ReluMask(float* g, const float* dy, const float* y, int64_t len) {
