@@ -543,7 +543,7 @@ const at::Tensor& OptionalTensor(const Napi::Value& v, const char* what) {
 // value per channel): the caller then uses ATen's batch_norm, which also gives ATen's error messages.
 Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  try {
+  GUARD_BEGIN
     const at::Tensor& x = TensorOf(info[0], "input");
     const at::Tensor& weight = OptionalTensor(info[1], "weight");
     const at::Tensor& bias = OptionalTensor(info[2], "bias");
@@ -619,11 +619,7 @@ Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
       if (relu) fn->output = SavedVariable(y, true);
     }
     return WrapTensor(env, y);
-  } catch (const c10::Error& e) {
-    throw Napi::Error::New(env, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
+  GUARD_END(env)
 }
 
 // Whether oneDNN's weight gradient is the plain chain for one problem (shapes and thread count):
@@ -714,7 +710,7 @@ struct ConvSmallOutputBackward final : public torch::autograd::Node {
 // the caller then runs conv2d.
 Napi::Value ConvSmallOutput(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  try {
+  GUARD_BEGIN
     const at::Tensor& x = TensorOf(info[0], "input");
     const at::Tensor& w = TensorOf(info[1], "weight");
     auto pair = [](const Napi::Value& v) {
@@ -746,11 +742,7 @@ Napi::Value ConvSmallOutput(const Napi::CallbackInfo& info) {
     fn->padding = padding;
     torch::autograd::set_history(y, fn);
     return WrapTensor(env, y);
-  } catch (const c10::Error& e) {
-    throw Napi::Error::New(env, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
+  GUARD_END(env)
 }
 
 // convSmallOutputProblems() -> {chain, libtorch}: how many convolution problems (shapes, threads)
@@ -776,7 +768,7 @@ bool SameLayout(const at::Tensor& t, const at::Tensor& p) {
 // covers (dtype, device, or a layout unlike its parameter's): the caller then runs the composed step.
 Napi::Value SgdStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  try {
+  GUARD_BEGIN
     const auto params = info[0].As<Napi::Array>(), grads = info[1].As<Napi::Array>(), mults = info[2].As<Napi::Array>(), bufs = info[3].As<Napi::Array>();
     const auto hyper = info[4].As<Napi::Object>();
     const uint32_t count = params.Length();
@@ -822,11 +814,7 @@ Napi::Value SgdStep(const Napi::CallbackInfo& info) {
       created.Set(i, fresh ? WrapTensor(env, newBuf) : env.Null());
     }
     return created;
-  } catch (const c10::Error& e) {
-    throw Napi::Error::New(env, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
+  GUARD_END(env)
 }
 
 }  // namespace

@@ -92,20 +92,6 @@ namespace {
 
 using namespace repopt;
 
-// libtorch errors -> JS errors with libtorch's message (no C++ backtrace).
-#define GUARD_BEGIN try {
-#define GUARD_END(env)                                                   \
-  }                                                                      \
-  catch (const Napi::Error&) {                                           \
-    throw;                                                               \
-  }                                                                      \
-  catch (const c10::Error& e) {                                          \
-    throw Napi::Error::New(env, e.what_without_backtrace());             \
-  }                                                                      \
-  catch (const std::exception& e) {                                      \
-    throw Napi::Error::New(env, e.what());                               \
-  }
-
 // ---------------------------------------------------------------- operators
 
 std::vector<c10::OperatorHandle> g_ops;

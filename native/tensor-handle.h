@@ -6,6 +6,21 @@
 
 #include <ATen/core/Tensor.h>
 
+// A native entry point's body between GUARD_BEGIN and GUARD_END(env): libtorch errors become JS
+// Errors with libtorch's message (no C++ backtrace); JS errors pass through unchanged.
+#define GUARD_BEGIN try {
+#define GUARD_END(env)                                       \
+  }                                                          \
+  catch (const Napi::Error&) {                               \
+    throw;                                                   \
+  }                                                          \
+  catch (const c10::Error& e) {                              \
+    throw Napi::Error::New(env, e.what_without_backtrace()); \
+  }                                                          \
+  catch (const std::exception& e) {                          \
+    throw Napi::Error::New(env, e.what());                   \
+  }
+
 namespace repopt {
 
 struct TensorBox {

@@ -134,15 +134,22 @@ for (const shape of [[6, 16, 28, 28], [8, 96, 2, 2], [5, 3, 7, 5]]) for (const r
 console.log(JSON.stringify(out));
 `;
 
-test('bit for bit under every libtorch CPU kernel set: ATEN_CPU_CAPABILITY=default, avx2, avx512', () => {
-  for (const cap of ['default', 'avx2', 'avx512']) {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', CHILD], {
+/** Runs a module script in a child process under each of libtorch's CPU kernel sets; its last output line, parsed. */
+function underEachCapability(script: string): { cap: string; out: unknown }[] {
+  return ['default', 'avx2', 'avx512'].map((cap) => {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
       env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
       encoding: 'utf8',
       cwd: fileURLToPath(new URL('.', import.meta.url)),
     });
     assert.equal(r.status, 0, r.stderr);
-    const diffs = JSON.parse(r.stdout.trim().split('\n').pop()!) as number[];
+    return { cap, out: JSON.parse(r.stdout.trim().split('\n').pop()!) };
+  });
+}
+
+test('bit for bit under every libtorch CPU kernel set: ATEN_CPU_CAPABILITY=default, avx2, avx512', () => {
+  for (const { cap, out } of underEachCapability(CHILD)) {
+    const diffs = out as number[];
     assert.deepEqual(diffs, diffs.map(() => 0), `ATEN_CPU_CAPABILITY=${cap}: elements differing per case ${diffs}`);
   }
 });
@@ -343,15 +350,7 @@ console.log(JSON.stringify(a.filter((v, i) => !Object.is(v, b[i])).length));
 `;
 
 test('fused SGD bit for bit under every libtorch CPU kernel set (fused multiply-adds or not)', () => {
-  for (const cap of ['default', 'avx2', 'avx512']) {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', SGD_CHILD], {
-      env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
-      encoding: 'utf8',
-      cwd: fileURLToPath(new URL('.', import.meta.url)),
-    });
-    assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout.trim().split('\n').pop(), '0', `ATEN_CPU_CAPABILITY=${cap}: elements differing`);
-  }
+  for (const { cap, out } of underEachCapability(SGD_CHILD)) assert.equal(out, 0, `ATEN_CPU_CAPABILITY=${cap}: elements differing`);
 });
 
 test('a parameter saved by a live graph: the fused step bumps its version, so a later backward is an error as in PyTorch', () => {
