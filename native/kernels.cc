@@ -462,12 +462,20 @@ struct BatchNormTrainBackward final : public torch::autograd::Node {
   SavedVariable input, output, weight;  // output: only with the fused ReLU
   at::Tensor mean, invstd;              // float [C], no autograd
   bool relu = false;
+  double eps = 1e-5;
 
   variable_list apply(variable_list&& grads) override {
     const at::Tensor x = input.unpack();
     const at::Tensor y = relu ? output.unpack(shared_from_this()) : at::Tensor();
     const at::Tensor w = weight.unpack();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    if (at::GradMode::is_enabled()) {
+      // backward with create_graph: libtorch's own differentiable ops, so higher derivatives exist
+      const at::Tensor g = relu ? at::threshold_backward(grads[0], y, 0) : grads[0];
+      auto [dx, dw, db] = at::native_batch_norm_backward(g, x, w, {}, {}, mean, invstd, true, eps,
+                                                         {should_compute_output(0), should_compute_output(1), should_compute_output(2)});
+      return {dx, dw, db};
+    }
     const at::Tensor dy = grads[0].contiguous();
     const Planes p(x);
     const int64_t count = p.batch * p.inner;
@@ -613,6 +621,7 @@ Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
       fn->relu = relu;
       fn->input = SavedVariable(x, false);
       if (weight.defined()) fn->weight = SavedVariable(weight, false);
+      fn->eps = eps;
       fn->mean = mean;
       fn->invstd = invstd;
       torch::autograd::set_history(y, fn);
@@ -663,6 +672,12 @@ struct ConvSmallOutputBackward final : public torch::autograd::Node {
     const at::Tensor x = input.unpack();
     const at::Tensor w = weight.unpack();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    if (at::GradMode::is_enabled()) {
+      // backward with create_graph: libtorch's own differentiable op, so higher derivatives exist
+      auto [dx, dw, db] = at::convolution_backward(grads[0], x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1,
+                                                   {should_compute_output(0), should_compute_output(1), false});
+      return {dx, dw};
+    }
     const at::Tensor gy = grads[0].contiguous();
     at::Tensor gx, gw;
     if (should_compute_output(0)) {
