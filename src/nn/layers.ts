@@ -60,7 +60,9 @@ let im2colMaxPixels = 0;
  * kernels, whose backward-weight is slow there (192->1280 channels at 2x2 output: 18 GFLOP/s against
  * ~170 for the matrix product; bench/README.md "Roofline"). Not bit-identical to libtorch's conv
  * (another summation order), so off by default: with it a run no longer reproduces PyTorch's numbers
- * to the last digit. Also read from REPOPT_CONV_IM2COL_MAX_PIXELS at load.
+ * to the last digit. Also read from REPOPT_CONV_IM2COL_MAX_PIXELS at load. Rarely worth it now:
+ * in training, `F.conv2d` already computes such a layer's weight gradient with the addon's kernel,
+ * the very sums oneDNN computes, ~3x faster (native/kernels.cc).
  */
 export function setConvIm2colMaxPixels(pixels: number): void {
   if (!Number.isInteger(pixels) || pixels < 0) throw new RangeError(`setConvIm2colMaxPixels: expected a non-negative integer, got ${pixels}`);

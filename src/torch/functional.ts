@@ -105,8 +105,8 @@ export interface BatchNormOptions {
  * Batch normalisation as PyTorch's F.batch_norm: in training, normalises with
  * the batch statistics and updates running stats in place
  * (running = (1 - momentum) * running + momentum * batch, unbiased variance).
- * Training on a contiguous float32 tensor runs the addon's fused kernel (native/kernels.cc:
- * vectorised statistics; the same forward values as ATen's, gradients to float rounding);
+ * Training on a contiguous float32 NCHW tensor runs the addon's fused kernel (native/kernels.cc:
+ * vectorised statistics; ATen's values, running statistics and gradients bit for bit);
  * everything else, and every call after `setFusedKernels(false)`, runs ATen's batch_norm.
  */
 export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions = {}): Tensor {
