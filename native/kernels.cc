@@ -26,6 +26,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/autograd/variable.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -116,9 +117,11 @@ struct Lanes {
 
 // The kernels libtorch runs here, from its own report ("CPU capability usage: AVX2" in
 // at::show_config(), which follows ATEN_CPU_CAPABILITY as libtorch does); std::nullopt for a
-// capability not modelled here (the caller then leaves the op to libtorch).
+// capability not modelled here, or another libtorch than 1.13 (whose BatchNorm and add kernels
+// these reproduce; later versions accumulate differently): the caller then leaves the op to libtorch.
 std::optional<Lanes> CpuKernels() {
   static const std::optional<Lanes> lanes = []() -> std::optional<Lanes> {
+    if (TORCH_VERSION_MAJOR != 1 || TORCH_VERSION_MINOR != 13) return std::nullopt;
     const std::string config = at::show_config();
     const std::string key = "CPU capability usage: ";
     const auto at = config.find(key);
@@ -760,6 +763,17 @@ Napi::Value ConvSmallOutput(const Napi::CallbackInfo& info) {
   GUARD_END(env)
 }
 
+// fusedKernelModel() -> {lanes, fma} | null: the libtorch kernels the BatchNorm and SGD kernels reproduce
+// here (floats per vector, fused multiply-adds), null where they stand down (another libtorch).
+Napi::Value FusedKernelModel(const Napi::CallbackInfo& info) {
+  const std::optional<kernels::Lanes> lanes = kernels::CpuKernels();
+  if (!lanes) return info.Env().Null();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("lanes", Napi::Number::New(info.Env(), lanes->width));
+  o.Set("fma", Napi::Boolean::New(info.Env(), lanes->fma));
+  return o;
+}
+
 // convSmallOutputProblems() -> {chain, libtorch}: how many convolution problems (shapes, threads)
 // were checked on their first backward and take the chain kernel from then on, and how many stay
 // with libtorch's because oneDNN reduces in another order there.
@@ -838,6 +852,7 @@ void InitKernels(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormTrain", Napi::Function::New(env, BatchNormTrain, "batchNormTrain"));
   exports.Set("sgdStep", Napi::Function::New(env, SgdStep, "sgdStep"));
   exports.Set("convSmallOutput", Napi::Function::New(env, ConvSmallOutput, "convSmallOutput"));
+  exports.Set("fusedKernelModel", Napi::Function::New(env, FusedKernelModel, "fusedKernelModel"));
   exports.Set("convSmallOutputProblems", Napi::Function::New(env, ConvSmallOutputProblems, "convSmallOutputProblems"));
 }
 

@@ -25,3 +25,13 @@ export function getFusedKernels(): boolean {
 export function convSmallOutputProblems(): { chain: number; libtorch: number } {
   return native.convSmallOutputProblems();
 }
+
+/**
+ * The libtorch CPU kernels the BatchNorm and SGD kernels reproduce in this process (floats per
+ * vector and whether libtorch fuses multiply-adds: 16 / true for its AVX-512 build, 8 / true for
+ * AVX2, 8 / false for its baseline), or null where they stand down and ATen runs (a libtorch other
+ * than 1.13).
+ */
+export function fusedKernelModel(): { lanes: number; fma: boolean } | null {
+  return native.fusedKernelModel();
+}

@@ -16,6 +16,6 @@ export type { CpuCacheStats } from './native.js';
 export { setNumThreads, getNumThreads, parallelInfo, blasNumThreads } from './threads.js';
 export { cat, stack, where, pad } from './functional.js';
 export * as F from './functional.js';
-export { setFusedKernels, getFusedKernels, convSmallOutputProblems } from './fused.js';
+export { setFusedKernels, getFusedKernels, convSmallOutputProblems, fusedKernelModel } from './fused.js';
 export * as foreach from './foreach.js';
 export { schemaOf, defOp } from './ops.js';
