@@ -95,7 +95,7 @@ export function runBench(argv: string[], log: (l: string) => void): number {
   }
   const r = benchTrainStep(o);
   out(r, () => {
-    log(`${r.model}, mode ${r.mode} (${r.optimizer}), ${r.size}x${r.size}, batch ${r.batch}, ${r.threads} threads${r.channelsLast ? ', channels-last' : ''}`);
+    log(`${r.model}, mode ${r.mode} (${r.optimizer}), ${r.size}x${r.size}, batch ${r.batch}, ${r.threads} threads${r.channelsLast ? ', channels-last' : ''}${r.fusedKernels ? '' : ', fused kernels off'}`);
     log(`  ${r.msPerStep[0].toFixed(1)} ms/step (forward ${r.forwardMs.toFixed(1)}, backward ${r.backwardMs.toFixed(1)}, optimizer ${r.optimizerMs.toFixed(2)}), ` +
       `${r.imgPerSec.toFixed(1)} img/s, ${r.gflops.toFixed(1)} GFLOP/s, peak RSS ${(r.maxRSSKiB / 1024).toFixed(0)} MiB, final loss ${r.finalLoss.toFixed(6)}`);
   });

@@ -79,6 +79,8 @@ export interface BenchResult {
   batch: number;
   size: number;
   channelsLast: boolean;
+  /** Whether the addon's fused kernels were on (torch.setFusedKernels; the numbers are the same either way). */
+  fusedKernels: boolean;
   warmup: number;
   steps: number;
   threads: number;
@@ -214,6 +216,7 @@ export function benchTrainStep(o: BenchOptions): BenchResult {
       batch: o.batch,
       size: o.imageSize,
       channelsLast: o.channelsLast,
+      fusedKernels: torch.getFusedKernels(),
       warmup: o.warmup,
       steps: o.steps,
       threads: torch.getNumThreads(),
