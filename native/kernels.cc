@@ -73,32 +73,29 @@ REPOPT_SIMD_CLONES double SquaredDeviationSumD(const float* x, int64_t len, floa
   return s;
 }
 
-// y = x * alpha + beta, in two roundings (libtorch's baseline kernels) ...
-REPOPT_SIMD_CLONES void Affine(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
-  if (relu) {
+// a + alpha * b in one rounding (a fused multiply-add: libtorch's AVX2 and AVX-512 kernels, which
+// the compiler contracted, and its vec::fmadd) or in two (its baseline kernels). F is only true
+// where the CPU has FMA.
+template <bool F>
+inline __attribute__((always_inline)) float AddScaled(float a, float alpha, float b) {
+  return F ? __builtin_fmaf(alpha, b, a) : a + alpha * b;
+}
+
+template <bool F, bool Relu>
+inline __attribute__((always_inline)) void AffineLoop(float* y, const float* x, int64_t len, float alpha, float beta) {
 #pragma omp simd
-    for (int64_t i = 0; i < len; i++) {
-      const float v = x[i] * alpha + beta;
-      y[i] = v < 0.f ? 0.f : v;  // ReLU as ATen's clamp_min(v, 0): NaN stays NaN
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) y[i] = x[i] * alpha + beta;
+  for (int64_t i = 0; i < len; i++) {
+    const float v = AddScaled<F>(beta, alpha, x[i]);
+    y[i] = Relu && v < 0.f ? 0.f : v;  // ReLU as ATen's clamp_min(v, 0): NaN stays NaN
   }
 }
 
-// ... or in one (a fused multiply-add), as libtorch's AVX2 and AVX-512 kernels, which the compiler
-// contracted. Only called where the CPU has FMA.
-REPOPT_FMA_CLONES void AffineFma(float* y, const float* x, int64_t len, float alpha, float beta, bool relu) {
-  if (relu) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) {
-      const float v = __builtin_fmaf(x[i], alpha, beta);
-      y[i] = v < 0.f ? 0.f : v;
-    }
+// y = x * alpha + beta [then ReLU], the normalisation of libtorch's BatchNorm kernel.
+REPOPT_FMA_CLONES void Affine(float* y, const float* x, int64_t len, float alpha, float beta, bool relu, bool fma) {
+  if (fma) {
+    relu ? AffineLoop<true, true>(y, x, len, alpha, beta) : AffineLoop<true, false>(y, x, len, alpha, beta);
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) y[i] = __builtin_fmaf(x[i], alpha, beta);
+    relu ? AffineLoop<false, true>(y, x, len, alpha, beta) : AffineLoop<false, false>(y, x, len, alpha, beta);
   }
 }
 
@@ -135,31 +132,39 @@ std::optional<Lanes> CpuKernels() {
   return lanes;
 }
 
+// A plane shorter than a vector: libtorch loads it into one vector and sums its lanes one by one.
+void PlaneSumsSequential(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
+  float so = g[0], dO = (x[0] - mean) * g[0];
+  for (int64_t i = 1; i < len; i++) {
+    so += g[i];
+    dO += (x[i] - mean) * g[i];
+  }
+  *sumOut = so;
+  *dotOut = dO;
+}
+
 // The baseline build: Vectorized<float> is 8 plain floats, summed across lanes one by one.
 void PlaneSumsBaseline(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
   constexpr int64_t W = 8;
-  float s[W] = {0}, d[W] = {0};
-  const int64_t head = std::min(len, W);
-  for (int64_t i = 0; i < head; i++) {
+  if (len < W) return PlaneSumsSequential(g, x, len, mean, sumOut, dotOut);
+  float s[W], d[W];
+  for (int64_t i = 0; i < W; i++) {
     s[i] = g[i];
     d[i] = (x[i] - mean) * g[i];
   }
   int64_t k = W;
-  if (len >= W) {
-    for (; k < len - len % W; k += W) {
-      for (int64_t i = 0; i < W; i++) {
-        s[i] += g[k + i];
-        d[i] += (x[k + i] - mean) * g[k + i];
-      }
-    }
-    for (int64_t i = 0; i < len - k; i++) {
+  for (; k < len - len % W; k += W) {
+    for (int64_t i = 0; i < W; i++) {
       s[i] += g[k + i];
       d[i] += (x[k + i] - mean) * g[k + i];
     }
   }
-  const int64_t used = len < W ? len : W;
+  for (int64_t i = 0; i < len - k; i++) {
+    s[i] += g[k + i];
+    d[i] += (x[k + i] - mean) * g[k + i];
+  }
   float so = s[0], dO = d[0];
-  for (int64_t i = 1; i < used; i++) {
+  for (int64_t i = 1; i < W; i++) {
     so += s[i];
     dO += d[i];
   }
@@ -171,7 +176,7 @@ void PlaneSumsBaseline(const float* g, const float* x, int64_t len, float mean, 
 // AVX2: 8 lanes, fused multiply-add in the loop, a butterfly across lanes (ATen's VecReduceAllSIMD).
 __attribute__((target("avx2,fma"))) void PlaneSumsAvx2(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
   constexpr int64_t W = 8;
-  if (len < W) return PlaneSumsBaseline(g, x, len, mean, sumOut, dotOut);  // lane by lane, as ATen for short planes
+  if (len < W) return PlaneSumsSequential(g, x, len, mean, sumOut, dotOut);
   const __m256 m = _mm256_set1_ps(mean);
   __m256 s = _mm256_loadu_ps(g);
   __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x), m), s);
@@ -210,16 +215,7 @@ __attribute__((target("avx2,fma"))) void PlaneSumsAvx2(const float* g, const flo
 // AVX-512: the same with 16 lanes.
 __attribute__((target("avx512f"))) void PlaneSumsAvx512(const float* g, const float* x, int64_t len, float mean, float* sumOut, float* dotOut) {
   constexpr int64_t W = 16;
-  if (len < W) {  // lane by lane over the first len lanes
-    float so = g[0], dO = (x[0] - mean) * g[0];
-    for (int64_t i = 1; i < len; i++) {
-      so += g[i];
-      dO += (x[i] - mean) * g[i];
-    }
-    *sumOut = so;
-    *dotOut = dO;
-    return;
-  }
+  if (len < W) return PlaneSumsSequential(g, x, len, mean, sumOut, dotOut);
   const __m512 m = _mm512_set1_ps(mean);
   __m512 s = _mm512_loadu_ps(g);
   __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x), m), s);
@@ -267,16 +263,26 @@ REPOPT_SIMD_CLONES void ReluMask(float* g, const float* dy, const float* y, int6
   }
 }
 
+template <bool F, bool Relu>
+inline __attribute__((always_inline)) void GradInputLoop(float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k,
+                                                         float gradMean, float invstd, float w) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; i++) {
+    const float d0 = dy[i];  // loaded unconditionally, so the select vectorises
+    const float g = Relu && !(y[i] > 0.f) ? 0.f : d0;
+    dx[i] = AddScaled<F>(g - gradMean, -(x[i] - mean), k) * invstd * w;
+  }
+}
+
 // dx = (g - gradMean - (x - mean) * k) * invstd * w, libtorch's training-mode formula (its vector
-// kernels contract the inner product into one fused multiply-add).
-REPOPT_FMA_CLONES void GradInput(float* dx, const float* g, const float* x, int64_t len, float mean, float k, float gradMean, float invstd, float w,
-                                 bool fma) {
+// kernels contract the inner product into one fused multiply-add), with g = dy masked by y > 0
+// (ReLU's backward) when y is given.
+REPOPT_FMA_CLONES void GradInput(float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k, float gradMean, float invstd,
+                                 float w, bool fma) {
   if (fma) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) dx[i] = __builtin_fmaf(-(x[i] - mean), k, g[i] - gradMean) * invstd * w;
+    y ? GradInputLoop<true, true>(dx, dy, y, x, len, mean, k, gradMean, invstd, w) : GradInputLoop<true, false>(dx, dy, y, x, len, mean, k, gradMean, invstd, w);
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) dx[i] = (g[i] - gradMean - (x[i] - mean) * k) * invstd * w;
+    y ? GradInputLoop<false, true>(dx, dy, y, x, len, mean, k, gradMean, invstd, w) : GradInputLoop<false, false>(dx, dy, y, x, len, mean, k, gradMean, invstd, w);
   }
 }
 
@@ -295,11 +301,6 @@ struct SgdHyper {
   float weightDecay;   // g.add(p, weightDecay)
   bool useMomentum, nesterov, useWeightDecay;
 };
-
-template <bool F>
-inline __attribute__((always_inline)) float AddScaled(float a, float alpha, float b) {  // a + alpha * b
-  return F ? __builtin_fmaf(alpha, b, a) : a + alpha * b;
-}
 
 // fresh: buf has no history (the first step): buf = g, as PyTorch's clone. The loop-invariant
 // choices are template parameters and the scalars locals, so each variant is one straight vector loop.
@@ -497,18 +498,14 @@ struct BatchNormTrainBackward final : public torch::autograd::Node {
     float* dbd = needBias ? db.data_ptr<float>() : nullptr;
     const kernels::Lanes lanes = *kernels::CpuKernels();  // forward ran, so libtorch's kernels are known
     at::parallel_for(0, p.channels, p.grain(), [&](int64_t begin, int64_t end) {
-      std::vector<float> masked(yd ? p.inner : 0);  // ReLU's backward of one plane
-      auto gradOf = [&](int64_t o) -> const float* {
-        if (yd == nullptr) return dyd + o;
-        kernels::ReluMask(masked.data(), dyd + o, yd + o, p.inner);
-        return masked.data();
-      };
+      std::vector<float> masked(yd ? p.inner : 0);  // ReLU's backward of one plane, as libtorch materialises it
       for (int64_t c = begin; c < end; c++) {
         double sum = 0, dot = 0;
         for (int64_t n = 0; n < p.batch; n++) {
           const int64_t o = p.offset(n, c);
+          if (yd != nullptr) kernels::ReluMask(masked.data(), dyd + o, yd + o, p.inner);
           float s, d;
-          kernels::PlaneGradSums(gradOf(o), xd + o, p.inner, md[c], lanes, &s, &d);
+          kernels::PlaneGradSums(yd ? masked.data() : dyd + o, xd + o, p.inner, md[c], lanes, &s, &d);
           sum += s;
           dot += d;
         }
@@ -519,7 +516,7 @@ struct BatchNormTrainBackward final : public torch::autograd::Node {
           const float wc = wd ? wd[c] : 1.f;
           for (int64_t n = 0; n < p.batch; n++) {
             const int64_t o = p.offset(n, c);
-            kernels::GradInput(dxd + o, gradOf(o), xd + o, p.inner, md[c], k, gradMean, is, wc, lanes.fma);
+            kernels::GradInput(dxd + o, dyd + o, yd ? yd + o : nullptr, xd + o, p.inner, md[c], k, gradMean, is, wc, lanes.fma);
           }
         }
         if (dwd != nullptr) dwd[c] = static_cast<float>(dot * static_cast<double>(is));
@@ -613,7 +610,7 @@ Napi::Value BatchNormTrain(const Napi::CallbackInfo& info) {
           const float beta = fma ? std::fmaf(-m, alpha, b) : b - m * alpha;
           for (int64_t n = 0; n < p.batch; n++) {
             const int64_t o = p.offset(n, c);
-            (fma ? kernels::AffineFma : kernels::Affine)(yd + o, xd + o, p.inner, alpha, beta, relu);
+            kernels::Affine(yd + o, xd + o, p.inner, alpha, beta, relu, fma);
           }
         }
       });
@@ -675,41 +672,36 @@ struct ConvSmallOutputBackward final : public torch::autograd::Node {
     const at::Tensor x = input.unpack();
     const at::Tensor w = weight.unpack();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
-    if (at::GradMode::is_enabled()) {
-      // backward with create_graph: libtorch's own differentiable op, so higher derivatives exist
-      auto [dx, dw, db] = at::convolution_backward(grads[0], x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1,
-                                                   {should_compute_output(0), should_compute_output(1), false});
+    const at::Tensor gy = grads[0].contiguous();
+    const bool needInput = should_compute_output(0), needWeight = should_compute_output(1);
+    auto libtorch = [&](bool input, bool weight) {
+      return at::convolution_backward(gy, x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {input, weight, false});
+    };
+    const std::vector<int64_t> key{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3),
+                                   stride[0], stride[1], padding[0], padding[1], at::get_num_threads()};
+    const std::optional<bool> verdict = needWeight ? g_chainVerdicts.get(key) : std::nullopt;
+    // libtorch's op where the chain does not serve: backward with create_graph (its op is
+    // differentiable, so higher derivatives exist), no weight gradient wanted, or a problem where
+    // oneDNN sums in another order
+    if (at::GradMode::is_enabled() || !needWeight || verdict == false) {
+      auto [dx, dw, db] = libtorch(needInput, needWeight);
       return {dx, dw};
     }
-    const at::Tensor gy = grads[0].contiguous();
-    at::Tensor gx, gw;
-    if (should_compute_output(0)) {
-      gx = std::get<0>(at::convolution_backward(gy, x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {true, false, false}));
-    }
-    if (should_compute_output(1)) {
-      const std::vector<int64_t> key{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3),
-                                     stride[0], stride[1], padding[0], padding[1], at::get_num_threads()};
-      const std::optional<bool> verdict = g_chainVerdicts.get(key);
-      if (verdict == false) {
-        gw = std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {false, true, false}));
-        return {gx, gw};
-      }
-      const int64_t n = x.size(0), o = w.size(0), kh = w.size(2), kw = w.size(3);
-      const int64_t l = gy.size(2) * gy.size(3), j = w.size(1) * kh * kw, k = n * l;
-      // k = (image, output pixel) in order: A[k][o] = gy[n][o][l], B[k][j] = im2col(x)[n][j][l]
-      const at::Tensor a = gy.reshape({n, o, l}).permute({0, 2, 1}).contiguous();
-      const at::Tensor b = at::im2col(x, {kh, kw}, {1, 1}, padding, stride).permute({0, 2, 1}).contiguous();
-      gw = at::empty({o, w.size(1), kh, kw}, w.options());
-      const float* ad = a.data_ptr<float>();
-      const float* bd = b.data_ptr<float>();
-      float* cd = gw.data_ptr<float>();
-      at::parallel_for(0, j, 256, [&](int64_t begin, int64_t end) { kernels::ChainGemm(ad, bd, cd, k, o, j, begin, end); });
-      if (!verdict) {
-        at::Tensor reference = std::get<1>(at::convolution_backward(gy, x, w, c10::nullopt, stride, padding, {1, 1}, false, {0, 0}, 1, {false, true, false}));
-        const bool same = at::equal(gw, reference);
-        g_chainVerdicts.set(key, same);
-        gw = reference;
-      }
+    const at::Tensor gx = needInput ? std::get<0>(libtorch(true, false)) : at::Tensor();
+    const int64_t n = x.size(0), o = w.size(0), kh = w.size(2), kw = w.size(3);
+    const int64_t l = gy.size(2) * gy.size(3), j = w.size(1) * kh * kw, k = n * l;
+    // k = (image, output pixel) in order: A[k][o] = gy[n][o][l], B[k][j] = im2col(x)[n][j][l]
+    const at::Tensor a = gy.reshape({n, o, l}).permute({0, 2, 1}).contiguous();
+    const at::Tensor b = at::im2col(x, {kh, kw}, {1, 1}, padding, stride).permute({0, 2, 1}).contiguous();
+    at::Tensor gw = at::empty({o, w.size(1), kh, kw}, w.options());
+    const float* ad = a.data_ptr<float>();
+    const float* bd = b.data_ptr<float>();
+    float* cd = gw.data_ptr<float>();
+    at::parallel_for(0, j, 256, [&](int64_t begin, int64_t end) { kernels::ChainGemm(ad, bd, cd, k, o, j, begin, end); });
+    if (!verdict) {  // this problem's first backward: compare, keep libtorch's this time
+      at::Tensor reference = std::get<1>(libtorch(false, true));
+      g_chainVerdicts.set(key, at::equal(gw, reference));
+      gw = reference;
     }
     return {gx, gw};
   }

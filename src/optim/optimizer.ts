@@ -91,30 +91,30 @@ export abstract class Optimizer<H extends { lr: number }> {
    * that an update may modify in place; the others are the parameters' own .grad.
    */
   protected gradients(group: Group<H>): { names: string[]; params: Tensor[]; grads: Tensor[]; owned: boolean[] } {
+    const { names, params, grads, mults } = this.withGrads(group);
+    const multIdx = mults.flatMap((m, k) => (m ? [k] : []));
+    if (multIdx.length) {
+      const scaled = foreach.mul(multIdx.map((k) => grads[k]), multIdx.map((k) => mults[k]!));
+      multIdx.forEach((k, j) => (grads[k] = scaled[j]));
+    }
+    return { names, params, grads, owned: mults.map((m) => !!m) };
+  }
+
+  /** A group's parameters that have a gradient: their names, the raw .grad and the Grad Mult, if any. */
+  protected withGrads(group: Group<H>): { names: string[]; params: Tensor[]; grads: Tensor[]; mults: (Tensor | undefined)[] } {
     const names: string[] = [];
     const params: Tensor[] = [];
     const grads: Tensor[] = [];
-    const owned: boolean[] = [];
-    const multIdx: number[] = [];
-    const mults: Tensor[] = [];
+    const mults: (Tensor | undefined)[] = [];
     group.params.forEach((p, i) => {
       const g = p.grad;
       if (!g) return;
-      const m = this.#mults.get(group.names[i]);
-      if (m) {
-        multIdx.push(grads.length);
-        mults.push(m);
-      }
       names.push(group.names[i]);
       params.push(p);
       grads.push(g);
-      owned.push(!!m);
+      mults.push(this.#mults.get(group.names[i]));
     });
-    if (mults.length) {
-      const scaled = foreach.mul(multIdx.map((k) => grads[k]), mults);
-      multIdx.forEach((k, j) => (grads[k] = scaled[j]));
-    }
-    return { names, params, grads, owned };
+    return { names, params, grads, mults };
   }
 
   protected stateOf(name: string): ParamState {

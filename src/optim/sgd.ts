@@ -34,27 +34,13 @@ export class SGD extends Optimizer<SGDOptions> {
    */
   protected override stepGroup(group: Group<SGDOptions>): void {
     if (!getFusedKernels()) return super.stepGroup(group);
-    const names: string[] = [];
-    const params: Tensor[] = [];
-    const grads: Tensor[] = [];
-    const mults: (Handle | null)[] = [];
-    const bufs: (Handle | null)[] = [];
-    const { momentum } = group.hyper;
-    group.params.forEach((p, i) => {
-      const g = p.grad;
-      if (!g) return;
-      const name = group.names[i];
-      names.push(name);
-      params.push(p);
-      grads.push(g);
-      mults.push(this.gradMult(name)?.handle ?? null);
-      bufs.push(momentum !== 0 ? (this.state.get(name)?.get('momentum_buffer')?.handle ?? null) : null);
-    });
+    const { names, params, grads, mults } = this.withGrads(group);
     if (!params.length) return;
+    const bufs = names.map((n): Handle | null => (group.hyper.momentum !== 0 ? (this.state.get(n)?.get('momentum_buffer')?.handle ?? null) : null));
     const created = native.sgdStep(
       params.map((p) => p.handle),
       grads.map((g) => g.handle),
-      mults,
+      mults.map((m) => m?.handle ?? null),
       bufs,
       group.hyper,
     );

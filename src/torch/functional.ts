@@ -115,6 +115,10 @@ export function batchNorm(input: Tensor, runningMean: Tensor | null, runningVar:
     const fused = fusedBatchNormTrain(input, runningMean, runningVar, opts, false);
     if (fused) return fused;
   }
+  return atenBatchNorm(input, runningMean, runningVar, opts);
+}
+
+function atenBatchNorm(input: Tensor, runningMean: Tensor | null, runningVar: Tensor | null, opts: BatchNormOptions): Tensor {
   return wrapHandle(
     O.batchNorm(
       input.handle,
@@ -140,7 +144,7 @@ export function batchNormRelu(input: Tensor, runningMean: Tensor | null, running
     const fused = fusedBatchNormTrain(input, runningMean, runningVar, opts, true);
     if (fused) return fused;
   }
-  const y = batchNorm(input, runningMean, runningVar, opts);
+  const y = atenBatchNorm(input, runningMean, runningVar, opts);
   const r = relu(y);
   y.dispose();
   return r;
