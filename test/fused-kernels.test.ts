@@ -471,7 +471,9 @@ test('end to end: `repopt bench` trains the bench model to the same loss, bit fo
   const loss = (fused: boolean) => {
     const r = spawnSync(process.execPath, [cli, ...args], { env: { ...process.env, REPOPT_FUSED_KERNELS: fused ? '1' : '0' }, encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
-    return (JSON.parse(r.stdout.trim().split('\n').pop()!) as { finalLoss: number }).finalLoss;
+    const result = JSON.parse(r.stdout.trim().split('\n').pop()!) as { finalLoss: number; fusedKernels: boolean };
+    assert.equal(result.fusedKernels, fused, 'the result says whether the fused kernels were on');
+    return result.finalLoss;
   };
   const on = loss(true);
   assert.ok(Number.isFinite(on));
