@@ -8,7 +8,7 @@
         "<!@(node scripts/libtorch-paths.cjs include)"
       ],
       "libraries": ["<!@(node scripts/libtorch-paths.cjs libs)"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "<!@(node scripts/libtorch-paths.cjs defines)"],
+      "defines": ["NAPI_EXPERIMENTAL", "NAPI_CPP_EXCEPTIONS", "<!@(node scripts/libtorch-paths.cjs defines)"],
       "cflags!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-frtti", "-O2", "-fopenmp-simd", "-ffp-contract=off", "-Wno-unused-parameter", "-Wno-deprecated-declarations"]

@@ -44,26 +44,83 @@
 namespace repopt {
 namespace kernels {
 
-// One definition per instruction set, picked at load time (an ifunc): AVX-512 where the CPU has
-// it, AVX2 (with FMA for the FMA clones), else the x86-64 baseline.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define REPOPT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define REPOPT_FMA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define REPOPT_SIMD_CLONES
-#define REPOPT_FMA_CLONES
+// One definition per instruction set: AVX-512, AVX2 with FMA, and the x86-64 baseline, each compiled
+// from the same always-inline body (REPOPT_ISA_VARIANTS) and picked at run time by KernelIsa(): the
+// set libtorch itself runs here (ATEN_CPU_CAPABILITY lowers both), never more than the CPU has.
+// (Not GCC's target_clones: its "arch=haswell" clone is chosen by CPU model, not by feature, so an
+// AMD CPU with AVX2 and FMA got the baseline clone, whose fused multiply-adds are libm calls: the
+// fused kernels ran 1.4x slower than ATen there.)
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* IsaName(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "default"; }
+
+// The best of ours that this CPU runs: AVX-512 needs what libtorch's AVX512 kernels need (F, BW, VL, DQ).
+Isa HostIsa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
+  return Isa::kBaseline;
+}
+
+// libtorch's "CPU capability usage" (at::show_config(), which follows ATEN_CPU_CAPABILITY as libtorch
+// does), or "" where it does not say.
+std::string LibtorchCapability() {
+  const std::string config = at::show_config();
+  const std::string key = "CPU capability usage: ";
+  const auto at = config.find(key);
+  if (at == std::string::npos) return "";
+  return config.substr(at + key.size(), config.find_first_of("\n\r", at) - at - key.size());
+}
+
+// The variant our kernels run: libtorch's capability, capped by the CPU's (so forcing
+// ATEN_CPU_CAPABILITY=avx2 on an AVX-512 host runs, and tests, our AVX2 code too).
+Isa KernelIsa() {
+  static const Isa isa = []() {
+    const Isa host = HostIsa();
+    const std::string cap = LibtorchCapability();
+    const Isa wanted = cap == "AVX512" ? Isa::kAvx512 : cap == "AVX2" ? Isa::kAvx2 : cap == "DEFAULT" || cap == "NO AVX" ? Isa::kBaseline : host;
+    return std::min(host, wanted);
+  }();
+  return isa;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define REPOPT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define REPOPT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+// NAME(PARAMS) calling NAME##Body(ARGS): three compiled variants and the run-time choice between them.
+#define REPOPT_ISA_VARIANTS(RET, NAME, PARAMS, ARGS)                       \
+  REPOPT_TARGET_AVX512 RET NAME##Avx512 PARAMS { return NAME##Body ARGS; } \
+  REPOPT_TARGET_AVX2 RET NAME##Avx2 PARAMS { return NAME##Body ARGS; }     \
+  RET NAME##Baseline PARAMS { return NAME##Body ARGS; }                    \
+  RET NAME PARAMS {                                                        \
+    switch (KernelIsa()) {                                                 \
+      case Isa::kAvx512: return NAME##Avx512 ARGS;                         \
+      case Isa::kAvx2: return NAME##Avx2 ARGS;                             \
+      default: return NAME##Baseline ARGS;                                 \
+    }                                                                      \
+  }
+#else
+#define REPOPT_ISA_VARIANTS(RET, NAME, PARAMS, ARGS) \
+  RET NAME PARAMS { return NAME##Body ARGS; }
+#endif
+#define REPOPT_BODY inline __attribute__((always_inline))
 
 // ---- BatchNorm forward: statistics in double per lane, then normalise [+ ReLU] in one pass
 
-REPOPT_SIMD_CLONES double SumD(const float* x, int64_t len) {
+REPOPT_BODY double SumDBody(const float* x, int64_t len) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < len; i++) s += static_cast<double>(x[i]);
   return s;
 }
+REPOPT_ISA_VARIANTS(double, SumD, (const float* x, int64_t len), (x, len))
 
-REPOPT_SIMD_CLONES double SquaredDeviationSumD(const float* x, int64_t len, float mean) {
+REPOPT_BODY double SquaredDeviationSumDBody(const float* x, int64_t len, float mean) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < len; i++) {
@@ -72,6 +129,7 @@ REPOPT_SIMD_CLONES double SquaredDeviationSumD(const float* x, int64_t len, floa
   }
   return s;
 }
+REPOPT_ISA_VARIANTS(double, SquaredDeviationSumD, (const float* x, int64_t len, float mean), (x, len, mean))
 
 // a + alpha * b in one rounding (a fused multiply-add: libtorch's AVX2 and AVX-512 kernels, which
 // the compiler contracted, and its vec::fmadd) or in two (its baseline kernels). F is only true
@@ -91,13 +149,14 @@ inline __attribute__((always_inline)) void AffineLoop(float* y, const float* x, 
 }
 
 // y = x * alpha + beta [then ReLU], the normalisation of libtorch's BatchNorm kernel.
-REPOPT_FMA_CLONES void Affine(float* y, const float* x, int64_t len, float alpha, float beta, bool relu, bool fma) {
+REPOPT_BODY void AffineBody(float* y, const float* x, int64_t len, float alpha, float beta, bool relu, bool fma) {
   if (fma) {
     relu ? AffineLoop<true, true>(y, x, len, alpha, beta) : AffineLoop<true, false>(y, x, len, alpha, beta);
   } else {
     relu ? AffineLoop<false, true>(y, x, len, alpha, beta) : AffineLoop<false, false>(y, x, len, alpha, beta);
   }
 }
+REPOPT_ISA_VARIANTS(void, Affine, (float* y, const float* x, int64_t len, float alpha, float beta, bool relu, bool fma), (y, x, len, alpha, beta, relu, fma))
 
 // ---- backward, in libtorch's own order of float operations
 //
@@ -119,11 +178,7 @@ struct Lanes {
 std::optional<Lanes> CpuKernels() {
   static const std::optional<Lanes> lanes = []() -> std::optional<Lanes> {
     if (TORCH_VERSION_MAJOR != 1 || TORCH_VERSION_MINOR != 13) return std::nullopt;
-    const std::string config = at::show_config();
-    const std::string key = "CPU capability usage: ";
-    const auto at = config.find(key);
-    if (at == std::string::npos) return std::nullopt;
-    const std::string cap = config.substr(at + key.size(), config.find_first_of("\n\r", at) - at - key.size());
+    const std::string cap = LibtorchCapability();
     if (cap == "AVX512") return Lanes{16, true};
     if (cap == "AVX2") return Lanes{8, true};
     if (cap == "DEFAULT" || cap == "NO AVX") return Lanes{8, false};
@@ -255,13 +310,14 @@ void PlaneGradSums(const float* g, const float* x, int64_t len, float mean, Lane
 }
 
 // g = dy where y > 0, else 0: ReLU's backward (threshold_backward), materialised as libtorch does.
-REPOPT_SIMD_CLONES void ReluMask(float* g, const float* dy, const float* y, int64_t len) {
+REPOPT_BODY void ReluMaskBody(float* g, const float* dy, const float* y, int64_t len) {
 #pragma omp simd
   for (int64_t i = 0; i < len; i++) {
     const float d0 = dy[i];  // loaded unconditionally, so the select vectorises
     g[i] = y[i] > 0.f ? d0 : 0.f;
   }
 }
+REPOPT_ISA_VARIANTS(void, ReluMask, (float* g, const float* dy, const float* y, int64_t len), (g, dy, y, len))
 
 template <bool F, bool Relu>
 inline __attribute__((always_inline)) void GradInputLoop(float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k,
@@ -277,14 +333,18 @@ inline __attribute__((always_inline)) void GradInputLoop(float* dx, const float*
 // dx = (g - gradMean - (x - mean) * k) * invstd * w, libtorch's training-mode formula (its vector
 // kernels contract the inner product into one fused multiply-add), with g = dy masked by y > 0
 // (ReLU's backward) when y is given.
-REPOPT_FMA_CLONES void GradInput(float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k, float gradMean, float invstd,
-                                 float w, bool fma) {
+REPOPT_BODY void GradInputBody(float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k, float gradMean,
+                               float invstd, float w, bool fma) {
   if (fma) {
     y ? GradInputLoop<true, true>(dx, dy, y, x, len, mean, k, gradMean, invstd, w) : GradInputLoop<true, false>(dx, dy, y, x, len, mean, k, gradMean, invstd, w);
   } else {
     y ? GradInputLoop<false, true>(dx, dy, y, x, len, mean, k, gradMean, invstd, w) : GradInputLoop<false, false>(dx, dy, y, x, len, mean, k, gradMean, invstd, w);
   }
 }
+REPOPT_ISA_VARIANTS(void, GradInput,
+                    (float* dx, const float* dy, const float* y, const float* x, int64_t len, float mean, float k, float gradMean, float invstd, float w,
+                     bool fma),
+                    (dx, dy, y, x, len, mean, k, gradMean, invstd, w, fma))
 
 // ---- SGD (PyTorch's semantics) with Grad Mults, one pass per tensor
 //
@@ -340,13 +400,15 @@ inline __attribute__((always_inline)) void SgdAny(float* p, const float* grad, c
   return h.useWeightDecay ? SgdRange<F, false, true>(p, grad, mult, buf, fresh, n, h) : SgdRange<F, false, false>(p, grad, mult, buf, fresh, n, h);
 }
 
-REPOPT_FMA_CLONES void SgdUpdate(float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h, bool fma) {
+REPOPT_BODY void SgdUpdateBody(float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h, bool fma) {
   if (fma) {
     SgdAny<true>(p, grad, mult, buf, fresh, n, h);
   } else {
     SgdAny<false>(p, grad, mult, buf, fresh, n, h);
   }
 }
+REPOPT_ISA_VARIANTS(void, SgdUpdate, (float* p, const float* grad, const float* mult, float* buf, bool fresh, int64_t n, const SgdHyper& h, bool fma),
+                    (p, grad, mult, buf, fresh, n, h, fma))
 
 // ---- the weight gradient of a convolution with a tiny output, as one FMA chain per weight
 //
@@ -430,18 +492,12 @@ __attribute__((target("avx2,fma"))) void ChainGemmAvx2(const float* A, const flo
 #endif
 
 // Whether this CPU runs the chain in hardware FMA (the only case where it is oneDNN's).
-bool HasChainGemm() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
+bool HasChainGemm() { return HostIsa() >= Isa::kAvx2; }
 
+// The AVX-512 kernel where ours run AVX-512 (KernelIsa), else the AVX2 one: the same chain, the same bits.
 void ChainGemm(const float* A, const float* B, float* C, int64_t K, int64_t O, int64_t J, int64_t jBegin, int64_t jEnd) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("avx512f")) return ChainGemmAvx512(A, B, C, K, O, J, jBegin, jEnd);
+  if (KernelIsa() == Isa::kAvx512) return ChainGemmAvx512(A, B, C, K, O, J, jBegin, jEnd);
   return ChainGemmAvx2(A, B, C, K, O, J, jBegin, jEnd);
 #endif
 }
@@ -763,6 +819,8 @@ Napi::Value FusedKernelModel(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("lanes", Napi::Number::New(info.Env(), lanes->width));
   o.Set("fma", Napi::Boolean::New(info.Env(), lanes->fma));
+  o.Set("isa", Napi::String::New(info.Env(), kernels::IsaName(kernels::KernelIsa())));
+  o.Set("hostIsa", Napi::String::New(info.Env(), kernels::IsaName(kernels::HostIsa())));
   return o;
 }
 

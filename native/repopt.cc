@@ -43,8 +43,11 @@ int64_t LogicalBytes(const at::Tensor& t) {
   return t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
 }
 
-// Releases a box's tensor now (dispose) or at GC (finalizer); idempotent.
-void Release(Napi::Env env, TensorBox* box) {
+// Releases a box's tensor now (dispose) or at GC (finalizer); idempotent. Only "basic" Node-API calls
+// (no JS), so the finalizer runs synchronously inside V8's collection (NAPI_EXPERIMENTAL, binding.gyp):
+// a collection frees native tensors at once, in any loop a user writes, instead of queueing their
+// release for a later turn of the event loop that a loop with no await never gives.
+void Release(Napi::BasicEnv env, TensorBox* box) {
   if (box->tensor.defined()) {
     box->tensor.reset();
     g_liveTensors--;
@@ -65,7 +68,7 @@ Napi::Value WrapTensor(Napi::Env env, at::Tensor t) {
     int64_t ignored;
     napi_adjust_external_memory(env, box->reportedBytes, &ignored);
   }
-  return Napi::External<TensorBox>::New(env, box, [](Napi::Env e, TensorBox* b) {
+  return Napi::External<TensorBox>::New(env, box, [](Napi::BasicEnv e, TensorBox* b) {
     Release(e, b);
     delete b;
   });

@@ -12,6 +12,18 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
+# The tools' own output (apt, npm, node-gyp, tsc: hundreds of lines on a first run) goes to a log;
+# one line per stage here, and the log's path with its last lines when a stage fails.
+log=${REPOPT_SETUP_LOG:-${TMPDIR:-/tmp}/repopt-setup-$(id -u).log}
+: >"$log" 2>/dev/null || log=/dev/null
+quietly() {
+  if ! "$@" >>"$log" 2>&1; then
+    say "failed: $*"
+    [ "$log" = /dev/null ] || { tail -n 30 "$log" >&2; say "the whole output is in $log"; }
+    exit 1
+  fi
+}
+
 installed=0
 [ -d src ] || installed=1
 
@@ -40,8 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    quietly apt-get update -qq
+    quietly apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
     say "missing Debian packages: ${missing[*]}"
     say "install them with: sudo apt-get install ${missing[*]}"
@@ -53,13 +65,13 @@ fi
 if [ "$installed" = 0 ] && { [ ! -f node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ] ||
    { [ -f package-lock.json ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; }; then
   say "installing npm packages"
-  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
+  if [ -f package-lock.json ]; then quietly npm ci --no-audit --no-fund; else quietly npm install --no-audit --no-fund; fi
 fi
 
 addon=build/Release/repopt.node
 if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp scripts/libtorch-paths.cjs -newer "$addon" 2>/dev/null | head -n 1)" ]; then
   say "building the native addon (about 30 s)"
-  node scripts/build-native.mjs >&2
+  quietly node scripts/build-native.mjs
 fi
 
 if [ "$installed" = 1 ]; then
@@ -73,6 +85,6 @@ fi
 stamp=dist/.build-stamp
 if [ ! -f "$stamp" ] || [ -n "$(find src test bench tsconfig.json -newer "$stamp" -name '*.ts' -o -newer "$stamp" -name 'tsconfig.json' 2>/dev/null | head -n 1)" ]; then
   say "compiling TypeScript"
-  npx tsc -p tsconfig.json >&2
+  quietly npx tsc -p tsconfig.json
   touch "$stamp"
 fi

@@ -5,7 +5,7 @@
  * of libtorch's CPU kernel sets (ATEN_CPU_CAPABILITY), and against PyTorch itself; everything outside
  * what they cover must go to ATen's ops unchanged.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import * as nn from '../src/nn/index.js';
 import { SGD } from '../src/optim/index.js';
 import { RepSGD } from '../src/repopt/index.js';
 import { runPython, toJson, type JsonTensor } from './helpers/python.js';
+import { cpuCapabilities } from './helpers/cpu.js';
 
 type Tensor = torch.Tensor;
 
@@ -109,7 +110,9 @@ test('fused BatchNorm [+ ReLU] in training = ATen batch_norm [+ relu] bit for bi
 });
 
 // libtorch picks its kernels (and so its order of float operations) by CPU; ATEN_CPU_CAPABILITY
-// selects them, and the fused kernel must follow. A child process per setting.
+// selects them, and the fused kernels must follow: their instruction set (fusedKernelModel().isa)
+// is libtorch's, so forcing avx2 or default on a bigger CPU runs, and tests, those variants of ours
+// too. A child process per setting; settings the CPU lacks are skipped (libtorch would die there).
 const CHILD = `
 import * as torch from ${JSON.stringify(new URL('../src/torch/index.js', import.meta.url).href)};
 const { F } = torch;
@@ -134,27 +137,54 @@ for (const shape of [[6, 16, 28, 28], [8, 96, 2, 2], [5, 3, 7, 5]]) for (const r
   r[0].forEach((a, k) => a.forEach((v, i) => { if (!Object.is(v, r[1][k][i])) diff++; }));
   out.push(diff);
 }
-console.log(JSON.stringify(out));
+// the tiny-output convolution's weight gradient: its first backward checks the chain against
+// libtorch, the second takes the chain kernel where that check passed
+const convGrads = (fused, times) => {
+  torch.setFusedKernels(fused);
+  return torch.tidy(() => {
+    let gw;
+    for (let t = 0; t < times; t++) {
+      const g = new torch.Generator(5);
+      const x = torch.randn([8, 64, 4, 4], { generator: g });
+      const w = torch.randn([128, 64, 3, 3], { generator: g }).requiresGrad_(true);
+      F.conv2d(x, w, null, { stride: 2, padding: 1 }).backward(torch.randn([8, 128, 2, 2], { generator: g }));
+      gw = w.grad.toArray();
+    }
+    return gw;
+  });
+};
+const chained = convGrads(true, 2), reference = convGrads(false, 1);
+out.push(chained.filter((v, i) => !Object.is(v, reference[i])).length);
+console.log(JSON.stringify({ isa: torch.fusedKernelModel()?.isa ?? null, diffs: out, conv: torch.convSmallOutputProblems() }));
 `;
 
-/** Runs a module script in a child process under each of libtorch's CPU kernel sets; its last output line, parsed. */
-function underEachCapability(script: string): { cap: string; out: unknown }[] {
-  return ['default', 'avx2', 'avx512'].map((cap) => {
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
-      env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
-      encoding: 'utf8',
-      cwd: fileURLToPath(new URL('.', import.meta.url)),
+/**
+ * Runs a module script in a child process under each of libtorch's CPU kernel sets, as subtests of
+ * `t`; a set this CPU lacks is a skipped subtest that says so. `check` gets the child's last output line, parsed.
+ */
+async function underEachCapability(t: TestContext, script: string, check: (cap: string, out: unknown) => void): Promise<void> {
+  const caps = cpuCapabilities();
+  for (const cap of ['default', 'avx2', 'avx512']) {
+    const skip = caps.has(cap) ? false : `this CPU lacks ${cap === 'avx512' ? 'AVX-512 (F, BW, VL, DQ)' : 'AVX2 with FMA'}: ATEN_CPU_CAPABILITY=${cap} cannot run here`;
+    await t.test(`ATEN_CPU_CAPABILITY=${cap}`, { skip }, () => {
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+        env: { ...process.env, ATEN_CPU_CAPABILITY: cap },
+        encoding: 'utf8',
+        cwd: fileURLToPath(new URL('.', import.meta.url)),
+      });
+      assert.equal(r.status, 0, `child exit ${r.status} signal ${r.signal}: ${r.stderr}`);
+      check(cap, JSON.parse(r.stdout.trim().split('\n').pop()!));
     });
-    assert.equal(r.status, 0, r.stderr);
-    return { cap, out: JSON.parse(r.stdout.trim().split('\n').pop()!) };
-  });
+  }
 }
 
-test('bit for bit under every libtorch CPU kernel set: ATEN_CPU_CAPABILITY=default, avx2, avx512', () => {
-  for (const { cap, out } of underEachCapability(CHILD)) {
-    const diffs = out as number[];
-    assert.deepEqual(diffs, diffs.map(() => 0), `ATEN_CPU_CAPABILITY=${cap}: elements differing per case ${diffs}`);
-  }
+test('bit for bit under every libtorch CPU kernel set this CPU runs (default, avx2, avx512), each with our own variant of that instruction set', async (t) => {
+  await underEachCapability(t, CHILD, (cap, out) => {
+    const { isa, diffs, conv } = out as { isa: string | null; diffs: number[]; conv: { chain: number; libtorch: number } };
+    if (isa !== null) assert.equal(isa, cap, 'our kernels run the instruction set libtorch runs');
+    assert.deepEqual(diffs, diffs.map(() => 0), `ATEN_CPU_CAPABILITY=${cap}: elements differing per case (6 BatchNorm cases, then the conv) ${diffs}`);
+    t.diagnostic(`${cap}: conv problems checked ${JSON.stringify(conv)}`);
+  });
 });
 
 test('fused BatchNorm + ReLU = PyTorch relu(batch_norm(...)) bit for bit, forward and backward', () => {
@@ -352,8 +382,8 @@ const a = run(true), b = run(false);
 console.log(JSON.stringify(a.filter((v, i) => !Object.is(v, b[i])).length));
 `;
 
-test('fused SGD bit for bit under every libtorch CPU kernel set (fused multiply-adds or not)', () => {
-  for (const { cap, out } of underEachCapability(SGD_CHILD)) assert.equal(out, 0, `ATEN_CPU_CAPABILITY=${cap}: elements differing`);
+test('fused SGD bit for bit under every libtorch CPU kernel set this CPU runs (fused multiply-adds or not)', async (t) => {
+  await underEachCapability(t, SGD_CHILD, (cap, out) => assert.equal(out, 0, `ATEN_CPU_CAPABILITY=${cap}: elements differing`));
 });
 
 test('a parameter saved by a live graph: the fused step bumps its version, so a later backward is an error as in PyTorch', () => {

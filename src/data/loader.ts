@@ -176,6 +176,7 @@ export class DataLoader {
     if (this.workers === 0) {
       for (let b = start; b < end; b++) {
         if (this.#closed) throw new Error('DataLoader: closed during an epoch');
+        await torch.turnEventLoop(); // see below
         yield this.#wrap(this.#makeInline(job(b)), b);
       }
       return;
@@ -195,6 +196,10 @@ export class DataLoader {
       fill();
       const data = await pending.get(b)!;
       pending.delete(b);
+      // One turn of the event loop per batch, as the trainer takes: a consumer's \`for await\` over
+      // batches that are already made never lets it turn otherwise, so signal handlers, timers and
+      // whatever Node defers to the loop (deferred finalizers) would wait for the whole epoch.
+      await torch.turnEventLoop();
       fill(); // keep the workers busy while the consumer trains on this batch
       if (this.#closed) throw new Error('DataLoader: closed during an epoch');
       yield this.#wrap(data, b);
@@ -272,7 +277,7 @@ export class DataLoader {
     }
     const url = new URL('./loader-worker.js', import.meta.url);
     this.#slots = Array.from({ length: this.workers }, (_, i) => {
-      const worker = new Worker(url, { workerData: init, name: `repopt-loader-${i}`, execArgv: workerExecArgv() });
+      const worker = startWorker(url, { workerData: init, name: `repopt-loader-${i}` });
       const slot: Slot = { worker, pending: new Map(), dead: false };
       worker.unref();
       worker.on('message', (m: { id: number; x?: Float32Array; y?: BigInt64Array; error?: string }) => {
@@ -342,10 +347,33 @@ export class DataLoader {
   }
 }
 
-/** The parent's Node flags minus those that only make sense for the main script (-e, --input-type, ...). */
-function workerExecArgv(): string[] {
+/**
+ * A worker under the parent's Node flags (loaders, conditions, source maps), less those only for the
+ * main script (-e, --input-type, ...) and those Node refuses in a worker: the per-process V8 flags
+ * such as --expose-gc or --max-old-space-size (ERR_WORKER_INVALID_EXEC_ARGV), which already apply
+ * to the whole process.
+ */
+function startWorker(url: URL, options: { workerData: CoreInit; name: string }): Worker {
+  let execArgv = mainScriptFlagsRemoved(process.execArgv);
+  for (;;) {
+    try {
+      return new Worker(url, { ...options, execArgv });
+    } catch (e) {
+      const refused = (e as { code?: string }).code === 'ERR_WORKER_INVALID_EXEC_ARGV' ? refusedFlags(String((e as Error).message), execArgv) : [];
+      if (refused.length === 0) throw e;
+      execArgv = execArgv.filter((f) => !refused.includes(f));
+    }
+  }
+}
+
+/** The flags of `execArgv` that Node's "invalid execArgv flags: A, B" message names. */
+function refusedFlags(message: string, execArgv: string[]): string[] {
+  const listed = message.slice(message.lastIndexOf(':') + 1).split(',').map((f) => f.trim());
+  return execArgv.filter((f) => listed.some((l) => l !== '' && (f === l || f.startsWith(`${l}=`))));
+}
+
+function mainScriptFlagsRemoved(a: readonly string[]): string[] {
   const out: string[] = [];
-  const a = process.execArgv;
   for (let i = 0; i < a.length; i++) {
     const f = a[i];
     if (f === '-e' || f === '--eval' || f === '-p' || f === '--print' || f === '--input-type') {

@@ -6,6 +6,7 @@ import { defOp } from './ops.js';
 import { native } from './native.js';
 import { getFusedKernels } from './fused.js';
 import { Tensor, wrapHandle, type Scalar } from './tensor.js';
+import { tidy } from './scope.js';
 
 const O = {
   conv2d: defOp('aten::conv2d'),
@@ -52,6 +53,7 @@ export interface Conv2dOptions {
  * libtorch's oneDNN, ~3x faster there); same values, same gradients. Off with setFusedKernels(false).
  */
 export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null, opts: Conv2dOptions = {}): Tensor {
+  if (oneDnnChannelsLastHazard(input, weight, opts)) return conv2dContiguous(input, weight, bias, opts);
   if (bias === null && (opts.groups ?? 1) === 1 && pair(opts.dilation, 1).every((d) => d === 1) && getFusedKernels()) {
     const h = native.convSmallOutput(input.handle, weight.handle, pair(opts.stride, 1), pair(opts.padding, 0), SMALL_OUTPUT_MAX_PIXELS);
     if (h !== null) return wrapHandle(h);
@@ -59,6 +61,45 @@ export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null
   return wrapHandle(
     O.conv2d(input.handle, weight.handle, bias?.handle ?? null, opts.stride ?? 1, opts.padding ?? 0, opts.dilation ?? 1, opts.groups ?? 1),
   );
+}
+
+/**
+ * libtorch 1.13's oneDNN corrupts the heap (glibc aborts "corrupted size vs. prev_size", or a
+ * segfault, sometimes a hang) on the forward + backward of a channels-last 1x1 convolution with
+ * stride 2 and fewer than 8 input channels on CPUs without AVX-512 (or with oneDNN capped at AVX2):
+ * Debian's PyTorch alone does it, e.g. Conv2d(3, 16, 1, 2) on a 4x3x16x16 channels-last input or
+ * weight. A sweep in child processes (bench/onednn-1x1-sweep.sh, bench/README.md) found every stride-2
+ * 1x1 case with 1..7 input channels failing and none with 8..32, nor stride 1 or 3, nor 3x3 kernels.
+ * Such a layer (here: any stride above 1 and under 16 input channels, a margin for other ISAs) whose
+ * input or weight is not plainly NCHW runs on NCHW copies of both, which is the contiguous path's
+ * own computation, and its output goes back to channels-last, as libtorch's would be.
+ */
+function oneDnnChannelsLastHazard(input: Tensor, weight: Tensor, opts: Conv2dOptions): boolean {
+  if (weight.ndim !== 4 || input.ndim !== 4 || weight.shape[2] !== 1 || weight.shape[3] !== 1 || weight.shape[1] >= 16) return false;
+  if (pair(opts.stride, 1).every((s) => s === 1)) return false;
+  return !rowMajor(input) || !rowMajor(weight);
+}
+
+/** Strides exactly those of a plain (NCHW) contiguous tensor of its shape. */
+function rowMajor(t: Tensor): boolean {
+  const shape = t.shape, strides = t.strides();
+  for (let d = shape.length - 1, expected = 1; d >= 0; d--) {
+    // a size-1 dim's stride is free, except H and W: a 1x1 weight's channels-last strides show only there
+    if (strides[d] !== expected && (shape[d] !== 1 || d >= 2)) return false;
+    expected *= shape[d];
+  }
+  return true;
+}
+
+function conv2dContiguous(input: Tensor, weight: Tensor, bias: Tensor | null, opts: Conv2dOptions): Tensor {
+  return tidy(() => {
+    // through 2-d, the 1x1 weight gets plain strides (contiguous() keeps a 1x1 weight's channels-last ones)
+    const [o, i] = weight.shape;
+    const w = weight.contiguous().reshape([o, i]).reshape([o, i, 1, 1]);
+    const x = input.contiguous();
+    const y = wrapHandle(O.conv2d(x.handle, w.handle, bias?.handle ?? null, opts.stride ?? 1, opts.padding ?? 0, opts.dilation ?? 1, opts.groups ?? 1));
+    return y.contiguous('channelsLast'); // as libtorch's own output would be laid out
+  });
 }
 
 const pair = (p: Pair | undefined, d: number): [number, number] => (p === undefined ? [d, d] : typeof p === 'number' ? [p, p] : p);

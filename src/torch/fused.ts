@@ -22,6 +22,14 @@ export function getFusedKernels(): boolean {
  * compute their weight gradient in the addon's kernel (checked equal to libtorch's, bit for bit,
  * on their first backward) and how many stay with libtorch's, where oneDNN sums in another order.
  */
+export type KernelIsa = 'avx512' | 'avx2' | 'default';
+export interface FusedKernelModel {
+  lanes: number;
+  fma: boolean;
+  isa: KernelIsa;
+  hostIsa: KernelIsa;
+}
+
 export function convSmallOutputProblems(): { chain: number; libtorch: number } {
   return native.convSmallOutputProblems();
 }
@@ -30,8 +38,9 @@ export function convSmallOutputProblems(): { chain: number; libtorch: number } {
  * The libtorch CPU kernels the BatchNorm and SGD kernels reproduce in this process (floats per
  * vector and whether libtorch fuses multiply-adds: 16 / true for its AVX-512 build, 8 / true for
  * AVX2, 8 / false for its baseline), or null where they stand down and ATen runs (a libtorch other
- * than 1.13).
+ * than 1.13). `isa` is the instruction set our kernels run ('avx512', 'avx2' or 'default': libtorch's
+ * capability, ATEN_CPU_CAPABILITY included, capped by the CPU's), `hostIsa` the best this CPU has.
  */
-export function fusedKernelModel(): { lanes: number; fma: boolean } | null {
+export function fusedKernelModel(): FusedKernelModel | null {
   return native.fusedKernelModel();
 }

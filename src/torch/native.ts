@@ -108,7 +108,7 @@ export interface NativeBinding {
   /** conv2d with native/kernels.cc's weight gradient for tiny outputs; null where it does not apply. */
   convSmallOutput(input: Handle, weight: Handle, stride: [number, number], padding: [number, number], maxPixels: number): Handle | null;
   convSmallOutputProblems(): { chain: number; libtorch: number };
-  fusedKernelModel(): { lanes: number; fma: boolean } | null;
+  fusedKernelModel(): { lanes: number; fma: boolean; isa: 'avx512' | 'avx2' | 'default'; hostIsa: 'avx512' | 'avx2' | 'default' } | null;
   distFailed(g: GroupHandle): boolean;
   distReducerNew(g: GroupHandle, params: Handle[], bucketBytes: number, firstBucketBytes: number, divisor: number): ReducerHandle;
   distReducerInfo(r: ReducerHandle): { buckets: number[][]; launchSeconds: number; launched: number; missing: number[] };

@@ -93,11 +93,4 @@ export function catchStopSignals(o: { notice?: string } = {}): StopScope {
   };
 }
 
-/**
- * Lets the event loop run one full turn (signal handlers, timers, I/O, N-API
- * finalizers) and resumes in its check phase. Costs microseconds: call it once
- * per training step.
- */
-export function turnEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
+export { turnEventLoop } from '../torch/gc.js';
