@@ -27,6 +27,7 @@ export * from './deploy/index.js';
 export { loadPth, savePth, loadPthAsync, savePthAsync, extractStateDict } from './io/pth.js';
 export { saveStateDict, loadStateDictFile, saveTrainingCheckpoint, loadTrainingCheckpoint } from './train/checkpoint.js';
 export { openDataset, type Dataset } from './data/dataset.js';
+export { defaultTransforms, NORMALIZATION, type TransformSpec, type Normalization } from './data/transforms.js';
 export { DataLoader, type LoaderOptions, type Batch } from './data/loader.js';
 export { SyntheticImages, type SyntheticOptions } from './data/synthetic.js';
 export { train, type TrainerOptions, type TrainResult } from './train/trainer.js';

@@ -68,8 +68,9 @@ export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null
  * segfault, sometimes a hang) on the forward + backward of a channels-last 1x1 convolution with
  * stride 2 and fewer than 8 input channels on CPUs without AVX-512 (or with oneDNN capped at AVX2):
  * Debian's PyTorch alone does it, e.g. Conv2d(3, 16, 1, 2) on a 4x3x16x16 channels-last input or
- * weight. A sweep in child processes (bench/onednn-1x1-sweep.sh, bench/README.md) found every stride-2
- * 1x1 case with 1..7 input channels failing and none with 8..32, nor stride 1 or 3, nor 3x3 kernels.
+ * weight. A sweep in child processes (bench/onednn_1x1_sweep.py, bench/README.md) found stride-2 1x1
+ * convolutions with 1 to 7 input channels failing (7: one shape of four), and none with 8 to 32, nor
+ * stride 1 or 3, nor 3x3 kernels.
  * Such a layer (here: any stride above 1 and under 16 input channels, a margin for other ISAs) whose
  * input or weight is not plainly NCHW runs on NCHW copies of both, which is the contiguous path's
  * own computation, and its output goes back to channels-last, as libtorch's would be.
