@@ -34,6 +34,15 @@ const MODELS = {
   bench: ['--blocks', '1,2,4,1', '--widths', '0.75,0.75,0.75,2.5', '--strides', '2,2,2,2,2', '--classes', '100', '--in-channels', '3', '--image-size', '64'],
   demo: ['--blocks', '2,2,2,1', '--widths', '0.25,0.25,0.25,0.25', '--strides', '1,1,2,2,2', '--classes', '10', '--in-channels', '1', '--image-size', '28'],
 };
+/** The CPU the numbers come from: model, whether it has AVX-512, and a forced libtorch kernel set. */
+export function cpuLabel() {
+  const info = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /^model name\s*:\s*(.*)$/m.exec(info)?.[1] ?? 'unknown CPU';
+  const flags = /^flags\s*:(.*)$/m.exec(info)?.[1] ?? '';
+  const isa = /\bavx512f\b/.test(flags) ? 'AVX-512' : /\bavx2\b/.test(flags) ? 'AVX2, no AVX-512' : 'no AVX2';
+  const forced = ['ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA'].filter((k) => process.env[k]).map((k) => `${k}=${process.env[k]}`);
+  return `${model} (${isa}${forced.length ? `; forced ${forced.join(', ')}` : ''})`;
+}
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -63,7 +72,7 @@ for (const [model, batch] of cases) {
     rows.push({ model, batch, mode, res, ratio });
   }
 }
-console.log(`${sw.title}; ${rounds} alternating rounds, 3 warm-up + ${steps} steps, ${threads} thread(s); ${new Date().toISOString()}`);
+console.log(`${sw.title}; ${rounds} alternating rounds, 3 warm-up + ${steps} steps, ${threads} thread(s); ${cpuLabel()}; ${new Date().toISOString()}`);
 const [a, b] = [sw.on, sw.off];
 console.log(`| model | batch | mode | CPU ms/step ${a} | CPU ms/step ${b} | ${a} / ${b} (per round) | faults/step ${a} | faults/step ${b} | peak RSS ${a} | peak RSS ${b} | same final loss | loadavg |`);
 console.log('|---|---:|---|---:|---:|---|---:|---:|---:|---:|---|---|');

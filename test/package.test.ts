@@ -4,7 +4,8 @@
  * package (imports from 'repopt' only) and run. Also: the tarball holds no tests or benches, the
  * documented subpaths resolve, and the optional ONNX Runtime fails with a clear message when absent.
  *
- * The native addon is copied from this checkout into the installed package (building it again
+ * The tarball is packed from a clean copy of the tree (no dist/: npm's prepack builds it). The native
+ * addon is copied from this checkout into the installed package (building it again
  * takes minutes on a loaded machine); `repopt setup` then only checks the Debian libraries and that
  * the addon loads from the installed location.
  */
@@ -45,8 +46,21 @@ test('README: the first ts block is a complete program of under ~70 lines that i
 test('npm pack -> install in a fresh project -> repopt setup -> the README program compiles strictly and runs', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-pack-'));
   try {
+    // packed as a maintainer would from a clean clone: the tracked files (and new ones not ignored),
+    // no dist/ and no build/, with the checkout's node_modules (the same lockfile); npm's prepack
+    // must build the JavaScript that the package ships
+    const clean = path.join(tmp, 'clean');
+    const tracked = execFileSync('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: REPO_ROOT, encoding: 'utf8' })
+      .split('\0')
+      .filter((f) => f !== '' && fs.existsSync(path.join(REPO_ROOT, f)));
+    for (const f of tracked) {
+      fs.mkdirSync(path.dirname(path.join(clean, f)), { recursive: true });
+      fs.copyFileSync(path.join(REPO_ROOT, f), path.join(clean, f));
+    }
+    fs.symlinkSync(path.join(REPO_ROOT, 'node_modules'), path.join(clean, 'node_modules'));
+    assert.ok(!fs.existsSync(path.join(clean, 'dist')), 'the clean copy has no build output');
     // the tarball: built files, native sources, setup scripts; no tests, benches or TypeScript sources
-    const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', tmp], REPO_ROOT)) as { filename: string; files: { path: string }[] }[];
+    const packed = JSON.parse(run('npm', ['pack', '--json', '--pack-destination', tmp], clean).replace(/^[^[]*/, '')) as { filename: string; files: { path: string }[] }[];
     const files = packed[0].files.map((f) => f.path);
     for (const want of ['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'native/repopt.cc', 'binding.gyp', 'scripts/setup.sh', 'LICENSE', 'package.json']) {
       assert.ok(files.includes(want), `tarball has ${want}`);
