@@ -108,10 +108,10 @@ export const SEARCH_COMMAND = defineCommand({
 export const TRAIN_COMMAND = defineCommand({
   name: 'train',
   summary: 'RepOpt training (target model + Grad Mults from --scales) or a baseline',
-  usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|plain|repvgg|rep] [--scales FILE] [options]',
+  usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|plain|repvgg|qarepvgg|rep] [--scales FILE] [options]',
   description: 'Trains the plain target model with a RepOptimizer (Grad Mults rebuilt from --scales; a fresh model gets the Rule of Initialization), or a baseline: --mode repvgg (multi-branch training) or --mode plain (the target model with ordinary SGD/AdamW).',
   flags: {
-    mode: flag.choice(['target', 'plain', 'repvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or the multi-branch baseline: repvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: D.mode, group: 'RepOpt' }),
+    mode: flag.choice(['target', 'plain', 'repvgg', 'qarepvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or a multi-branch baseline: repvgg or qarepvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: D.mode, group: 'RepOpt' }),
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
     'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: D.identityInit, group: 'RepOpt' }),
     optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
@@ -130,7 +130,7 @@ export const EVAL_COMMAND = defineCommand({
   flags: {
     checkpoint: flag.string('the checkpoint or state dict', { arg: 'FILE', required: true }),
     data: flag.string('evaluation data (its test split)', { arg: 'SPEC', required: true }),
-    mode: flag.choice(['target', 'plain', 'hs', 'csla', 'repvgg', 'rep', 'deploy'] as const, 'the mode the checkpoint was saved in (default: read from its keys; csla files read as hs)', { group: 'model' }),
+    mode: flag.choice(['target', 'plain', 'hs', 'csla', 'repvgg', 'qarepvgg', 'rep', 'deploy'] as const, 'the mode the checkpoint was saved in (default: read from its keys; csla files read as hs)', { group: 'model' }),
     ...MODEL_FLAGS,
     'image-size': flag.int('resize folder images to N x N', { min: 1 }),
     'batch-size': flag.int('batch size', { default: 256, min: 1 }),

@@ -28,6 +28,7 @@ import {
   LinearAddBlock,
   RepOptVGG,
   RepVGGBlock,
+  QARepVGGBlock,
   SEBlock,
   TargetBlock,
   type VGGBlock,
@@ -148,6 +149,15 @@ export function fuseBlock(block: VGGBlock): { weight: Tensor; bias: Tensor } {
         }
         return { weight, bias };
       }
+      if (block instanceof QARepVGGBlock) {
+        // rbr_dense with its BN folded, the bare 1x1 at the centre, the identity; then the BN after the sum:
+        // bn(W x + b) = (W * mul) x + (b * mul + add)
+        const dense = foldBN(block.conv3x3.weight, block.bnDense);
+        let k = dense.weight.add(padTo3x3(block.conv1x1.weight.double()));
+        if (block.info.identity) k = k.add(identityKernel(block.info.outChannels));
+        const { mul, add } = bnAffine(block.bn);
+        return { weight: k.mul(mul.view([-1, 1, 1, 1])), bias: dense.bias.mul(mul).add(add) };
+      }
       if (block instanceof LinearAddBlock) {
         const col = (t: Tensor) => t.double().view([-1, 1, 1, 1]);
         let k = block.conv.weight.double().mul(col(block.scaleConv.weight));
@@ -212,9 +222,10 @@ export function deployVGG(model: RepOptVGG): DeployVGG {
 }
 
 /** The mode a RepOpt-VGG state dict was trained in, from its keys; 'deploy' for a deployed one. */
-export function modeOfStateDict(keys: Iterable<string>): 'target' | 'repvgg' | 'hs' | 'deploy' {
+export function modeOfStateDict(keys: Iterable<string>): 'target' | 'repvgg' | 'qarepvgg' | 'hs' | 'deploy' {
   const ks = new Set(keys);
   if (ks.has('stage0.conv_3x3.weight')) return 'repvgg';
+  if (ks.has('stage0.rbr_dense.conv.weight')) return 'qarepvgg';
   if (ks.has('stage0.scale_conv.weight')) return 'hs';
   if (ks.has('stage0.conv.weight') && ks.has('stage0.bn.weight')) return 'target';
   if (ks.has('stage0.conv.weight') && ks.has('stage0.conv.bias')) return 'deploy';

@@ -77,11 +77,13 @@ export const repOptVggFamily: ModelFamily = {
     const ks = new Set(sd.keys());
     let mode: string;
     if (ks.has('stage0.conv_3x3.weight')) mode = 'repvgg';
+    else if (ks.has('stage0.rbr_dense.conv.weight')) mode = 'qarepvgg';
     else if (ks.has('stage0.scale_conv.weight')) mode = 'hs';
     else if (ks.has('stage0.conv.weight') && ks.has('stage0.bn.weight')) mode = 'target';
     else if (ks.has('stage0.conv.weight') && ks.has('stage0.conv.bias')) mode = 'deploy';
     else throw new Error('not a RepOpt-VGG state dict (no stage0.conv.weight, stage0.conv_3x3.weight or stage0.scale_conv.weight)');
-    const stem = shapeOf(sd, mode === 'repvgg' ? 'stage0.conv_3x3.weight' : 'stage0.conv.weight', 'RepOpt-VGG');
+    const stemKey = mode === 'repvgg' ? 'stage0.conv_3x3.weight' : mode === 'qarepvgg' ? 'stage0.rbr_dense.conv.weight' : 'stage0.conv.weight';
+    const stem = shapeOf(sd, stemKey, 'RepOpt-VGG');
     return { mode, inChannels: stem[1], numClasses: shapeOf(sd, 'linear.weight', 'RepOpt-VGG')[0] };
   },
   loadScales(model, file) {

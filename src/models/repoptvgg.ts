@@ -25,6 +25,10 @@
  *             them); `scale_identity` stays trainable. For equivalence checks.
  * - `repvgg`  the RepVGG baseline, bn_3x3(conv_3x3 x) + bn_1x1(conv_1x1 x) [+ bn_identity(x)] -> ReLU [-> SE]:
  *             `conv_3x3.weight`, `bn_3x3.*`, `conv_1x1.weight`, `bn_1x1.*`, `bn_identity.*`.
+ * - `qarepvgg` the QARepVGG baseline (Chu et al., "Make RepVGG Greater Again", AAAI 2024; its block V2),
+ *             bn(rbr_dense(x) + rbr_1x1(x) [+ x]) -> ReLU [-> SE]: `rbr_dense.conv.weight`, `rbr_dense.bn.*`,
+ *             `rbr_1x1.weight` (a bare 1x1, no BN), `bn.*` (the BN after the sum), as the official release
+ *             (cxxgtxy/QARepVGG) names them. Its branches fuse as RepVGG's, then the post-BN folds in.
  * Post-SE (option `postSE`, off in every released model): after the ReLU, `post_se.down` (1x1 conv C -> C/4,
  * with bias), ReLU, `post_se.up` (C/4 -> C, with bias), sigmoid, times the input; the squeeze is a
  * global average pool (the release pools with a kernel of the input width: equal for square inputs).
@@ -39,8 +43,8 @@ import type { Reparameterizable } from '../repopt/reparam.js';
 // Cycle by design: fuse.ts knows the block classes; only the reparameterize() methods call into it.
 import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from '../deploy/fuse.js';
 
-export type RepOptVGGMode = 'target' | 'hs' | 'csla' | 'repvgg';
-export const REPOPT_VGG_MODES: readonly RepOptVGGMode[] = ['target', 'hs', 'csla', 'repvgg'];
+export type RepOptVGGMode = 'target' | 'hs' | 'csla' | 'repvgg' | 'qarepvgg';
+export const REPOPT_VGG_MODES: readonly RepOptVGGMode[] = ['target', 'hs', 'csla', 'repvgg', 'qarepvgg'];
 
 export interface RepOptVGGConfig {
   /** Blocks in stages 1..4. */
@@ -295,7 +299,53 @@ export class RepVGGBlock extends VGGBlockBase {
   }
 }
 
-export type VGGBlock = TargetBlock | LinearAddBlock | RepVGGBlock;
+/** A conv and the BN after it, keyed `conv.*` and `bn.*` (QARepVGG's `rbr_dense`). */
+export class ConvBN extends Module {
+  constructor(readonly conv: Conv2d, readonly bn: BatchNorm2d) {
+    super();
+    this.registerModule('conv', conv);
+    this.registerModule('bn', bn);
+  }
+  forward(x: Tensor): Tensor {
+    const c = this.conv.forward(x);
+    const y = this.bn.forward(c);
+    c.dispose();
+    return y;
+  }
+}
+
+/** `qarepvgg`: bn(bn_dense(conv3x3 x) + conv1x1 x [+ x]) -> ReLU, the quantization-friendly RepVGG block. */
+export class QARepVGGBlock extends VGGBlockBase {
+  readonly dense: ConvBN;
+  readonly conv3x3: Conv2d;
+  readonly bnDense: BatchNorm2d;
+  readonly conv1x1: Conv2d;
+  readonly bn: BatchNorm2d;
+  constructor(info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info);
+    const dtype = opts.dtype ?? 'float32';
+    const { inChannels: cin, outChannels: cout, stride } = info;
+    this.conv3x3 = new Conv2d(cin, cout, 3, { stride, padding: 1, bias: false, dtype });
+    this.bnDense = new BatchNorm2d(cout, { dtype });
+    this.dense = this.registerModule('rbr_dense', new ConvBN(this.conv3x3, this.bnDense));
+    this.conv1x1 = this.registerModule('rbr_1x1', new Conv2d(cin, cout, 1, { stride, padding: 0, bias: false, dtype }));
+    this.bn = this.registerModule('bn', new BatchNorm2d(cout, { dtype }));
+    this.addPostSE(opts.postSE ?? false, dtype);
+  }
+  forward(x: Tensor): Tensor {
+    let y = sum2(this.dense.forward(x), this.conv1x1.forward(x));
+    if (this.info.identity) {
+      const z = y.add(x);
+      y.dispose();
+      y = z;
+    }
+    const r = this.bn.forwardRelu(y);
+    y.dispose();
+    return this.finishActivated(r);
+  }
+}
+
+export type VGGBlock = TargetBlock | LinearAddBlock | RepVGGBlock | QARepVGGBlock;
 
 // ------------------------------------------------------------------ the net
 
@@ -323,6 +373,7 @@ export class RepOptVGG extends Module implements Reparameterizable {
       const o = { postSE: cfg.postSE ?? false, dtype };
       if (mode === 'target') return new TargetBlock(info, o);
       if (mode === 'repvgg') return new RepVGGBlock(info, o);
+      if (mode === 'qarepvgg') return new QARepVGGBlock(info, o);
       return new LinearAddBlock(info, { ...o, csla: mode === 'csla' });
     };
     this.blocks = this.layout.map(make);

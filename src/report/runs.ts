@@ -114,6 +114,7 @@ const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFi
 export function armName(config: RunConfig): string {
   if (config.command === 'search' || config.mode === 'hs') return 'Hyper-Search';
   if (config.mode === 'repvgg') return 'RepVGG';
+  if (config.mode === 'qarepvgg') return 'QARepVGG';
   if (config.mode === 'plain') return 'plain VGG';
   if (config.mode === 'target') return config.scales ? 'RepOpt-VGG' : 'target (no scales)';
   return config.mode ?? 'run';

@@ -13,10 +13,11 @@ export type ModelChoice = Omit<ModelSpec, 'inChannels' | 'numClasses'>;
 /**
  * What a run trains: `target` (RepOptimizer: the plain model with Grad Mults from `scales`), `plain` (the same
  * model, ordinary optimizer), `hs` (Hyper-Search: the model with trainable scales; the run writes scales.pth),
- * or the family's multi-branch baseline (`repvgg` for RepOpt-VGG, `rep` for RepOpt-GhostNet).
+ * or the family's multi-branch baseline (`repvgg` for RepOpt-VGG, `rep` for RepOpt-GhostNet); RepOpt-VGG
+ * also trains as QARepVGG (`qarepvgg`: BN after the branch sum, a bare 1x1, the quantization-friendly baseline).
  */
-export type TrainingMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'rep';
-export const TRAINING_MODES: readonly TrainingMode[] = ['target', 'plain', 'hs', 'repvgg', 'rep'];
+export type TrainingMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep';
+export const TRAINING_MODES: readonly TrainingMode[] = ['target', 'plain', 'hs', 'repvgg', 'qarepvgg', 'rep'];
 
 export interface TrainingRunOptions {
   // ---- data

@@ -23,7 +23,7 @@ export type ModelConfig = ModelSpec;
  * ordinary optimizer), `hs` (Hyper-Search), and the family's multi-branch baseline (`repvgg` for
  * RepOpt-VGG, `rep` for RepOpt-GhostNet). Evaluation also takes any model mode (`csla`).
  */
-export type RunMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'rep' | 'csla';
+export type RunMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep' | 'csla';
 
 /** The model mode a run mode trains (`plain` trains the target form). */
 export function modelMode(mode: RunMode, family?: ModelFamily): string {
