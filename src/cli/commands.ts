@@ -14,7 +14,7 @@ import { TRAINING_DEFAULTS as D } from '../train/run-options.js';
 /** The INT8 activation observers (src/deploy/quant.ts OBSERVERS). */
 export const OBSERVER_CHOICES = ['minmax', 'percentile', 'mse'] as const satisfies readonly ObserverKind[];
 /** The modes `repopt bench` times (src/train/bench.ts BENCH_MODES). */
-const BENCH_MODE_CHOICES = ['target', 'repvgg', 'hs'] as const satisfies readonly BenchMode[];
+const BENCH_MODE_CHOICES = ['target', 'repvgg', 'qarepvgg', 'hs'] as const satisfies readonly BenchMode[];
 /** The quant-demo's network (also its defaults). */
 export const QUANT_DEMO_ARCH = { blocks: [2, 2, 2, 1], widths: [0.25, 0.25, 0.25, 0.25], strides: [1, 1, 2, 2, 2] };
 
@@ -313,6 +313,27 @@ export const DEMO_COMMAND = defineCommand({
   },
 });
 
+export const STUDY_COMMAND = defineCommand({
+  name: 'study',
+  summary: 'where the structural prior pays: plain, RepVGG, QARepVGG, RepOpt-VGG at two depths, seeds, INT8 / low-bit, one report',
+  description: 'On Fashion-MNIST: plain VGG, RepVGG, QARepVGG and RepOpt-VGG (from searched scales and from the initial constant scales) at a shallow (blocks 2,2,2,1) and a deep (4,6,16,1) depth, --seeds runs per arm; then INT8 post-training quantization of every run (per-tensor and per-channel weights; 6- and 5-bit weights), the best INT8 model checked in ONNX Runtime, RepOpt-VGG against the Hyper-Search length, and the training speed and memory per arm side by side. Writes OUT/study.json, OUT/summary.md (tables and a verdict per comparison: Welch\'s t-test and the seed ranges) and OUT/report.html. Each run is its own process; an interrupted study continues where it stopped when run again. --quick runs the whole pipeline on tiny synthetic data.',
+  flags: {
+    data: flag.string('data set', { arg: 'SPEC', default: 'fashion-mnist' }),
+    out: flag.string('output folder', { arg: 'DIR', default: 'runs/study' }),
+    seeds: flag.int('runs per arm, seeds 0..N-1', { default: 3, min: 1 }),
+    epochs: flag.int('training epochs of every run', { default: 1, min: 1 }),
+    'search-epochs': flag.int('Hyper-Search epochs of the RepOpt-VGG arm', { default: 1, min: 1 }),
+    'budget-search-epochs': flag.ints('other Hyper-Search lengths for the search-budget curve (deep net); none: 0', { default: [2], min: 0 }),
+    depths: flag.choices(['shallow', 'deep'] as const, 'the depths: shallow = blocks 2,2,2,1 (8 conv layers), deep = 4,6,16,1 (28)', { default: ['shallow', 'deep'], item: 'depth' }),
+    arms: flag.choices(['repopt', 'repopt-init', 'plain', 'repvgg', 'qarepvgg'] as const, 'the arms to train', { default: ['repopt', 'repopt-init', 'plain', 'repvgg', 'qarepvgg'], item: 'arm' }),
+    'batch-size': flag.int('batch size', { default: 64, min: 1 }),
+    lr: flag.number('learning rate (cosine schedule, 0.2 epochs of warm-up)', { default: 0.1, above: 0 }),
+    'bench-rounds': flag.int('rounds of the side-by-side speed benchmark per arm (0: none)', { default: 3, min: 0 }),
+    quick: flag.boolean('the whole pipeline on tiny synthetic data (seconds; for tests and a first look)'),
+    ...THREADS_FLAG,
+  },
+});
+
 export const REPORT_COMMAND = defineCommand({
   name: 'report',
   summary: 'one self-contained HTML page of runs: curves, speed and memory, searched scales, deployed weights, quantization',
@@ -364,5 +385,5 @@ export const SCALES_COMMAND = defineCommand({
 /** Every command, in the order `repopt help` lists them. */
 export const COMMAND_SPECS: readonly CommandSpec<FlagSpec>[] = [
   MODELS_COMMAND, DEMO_COMMAND, SMOKE_COMMAND, CHECK_EQUIVALENCY_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND, EVAL_COMMAND,
-  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, BENCH_COMMAND, SETUP_COMMAND,
+  DEPLOY_COMMAND, EXPORT_COMMAND, QUANTIZE_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANT_DEMO_COMMAND, STUDY_COMMAND, REPORT_COMMAND, BENCH_COMMAND, SETUP_COMMAND,
 ];

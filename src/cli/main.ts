@@ -4,7 +4,7 @@ import { HelpRequest, UsageError, formatHelp, parseCommand, usageLine, type Comm
 import {
   BENCH_COMMAND, CHECK_EQUIVALENCY_COMMAND, DEMO_COMMAND, DEPLOY_COMMAND, DTYPES, EVAL_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND,
   COMMAND_SPECS, MODELS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, REPORT_COMMAND, SCALES_COMMAND, SEARCH_COMMAND, SETUP_COMMAND, SMOKE_COMMAND,
-  TRAIN_COMMAND,
+  STUDY_COMMAND, TRAIN_COMMAND,
 } from './commands.js';
 import { InterruptedError, exitCodeFor } from '../train/interrupt.js';
 import { runSetup } from './setup.js';
@@ -101,6 +101,7 @@ const COMMANDS: Command[] = [
   { spec: QUANTIZE_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runQuantize(argv, log) },
   { spec: INSPECT_WEIGHTS_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runInspectWeights(argv, log) },
   { spec: QUANT_DEMO_COMMAND, run: async (argv, log) => (await import('./deploy.js')).runQuantDemo(argv, log) },
+  { spec: STUDY_COMMAND, run: async (argv, log) => (await import('./study.js')).runStudyCommand(argv, log) },
   { spec: REPORT_COMMAND, run: async (argv, log) => (await import('./report.js')).runReport(argv, log) },
   { spec: BENCH_COMMAND, run: async (argv, log) => (await import('./bench.js')).runBench(argv, log) },
   { spec: SETUP_COMMAND, run: async () => runSetup() },

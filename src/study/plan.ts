@@ -62,6 +62,14 @@ export const ARM_LABELS: Record<StudyArm, string> = {
   qarepvgg: 'QARepVGG',
 };
 
+/** A run's label: an arm's, or the search-budget runs'. */
+export function armLabel(arm: string): string {
+  const budget = /^repopt-search-(\d+)$/.exec(arm);
+  if (budget) return `RepOpt-VGG (${budget[1]}-epoch search)`;
+  if (arm === 'search') return 'Hyper-Search (hs)';
+  return (ARM_LABELS as Record<string, string>)[arm] ?? arm;
+}
+
 /** The training mode of each arm's run. */
 export const ARM_MODES: Record<StudyArm, string> = { repopt: 'target', 'repopt-init': 'target', plain: 'plain', repvgg: 'repvgg', qarepvgg: 'qarepvgg' };
 

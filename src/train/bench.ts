@@ -46,7 +46,7 @@ import { vggBlockLayout, type RepOptVGG, type RepOptVGGMode } from '../models/re
 import { repOptVggHandler } from '../models/repoptvgg-handler.js';
 import { buildVgg, buildOptimizer, type ModelConfig } from './setup.js';
 
-export const BENCH_MODES = ['target', 'repvgg', 'hs'] as const;
+export const BENCH_MODES = ['target', 'repvgg', 'qarepvgg', 'hs'] as const;
 export type BenchMode = (typeof BENCH_MODES)[number];
 
 export interface BenchOptions {
