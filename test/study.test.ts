@@ -90,7 +90,9 @@ test('repopt study --quick: the whole pipeline on tiny data, study.json with eve
     }
     assert.ok(study.runs.some((r) => r.quant?.onnx && r.quant.onnx.images > 0), 'the best INT8 model was checked in ONNX Runtime');
     assert.ok(study.verdicts.length >= 2 * 5, 'a verdict per comparison and depth');
-    assert.deepEqual(study.budget.map((b) => b.searchEpochs), [0, 1, 2]);
+    assert.deepEqual(study.budget.filter((b) => b.depth === 'deep').map((b) => b.searchEpochs), [0, 1, 2]);
+    assert.deepEqual(study.budget.filter((b) => b.depth === 'shallow').map((b) => b.searchEpochs), [0, 1]);
+    assert.deepEqual(study.missing, []);
     assert.equal(study.bench.length, 2 * 5);
     const summary = fs.readFileSync(path.join(out, 'summary.md'), 'utf8');
     assert.match(summary, /Welch/);

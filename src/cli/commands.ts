@@ -329,6 +329,8 @@ export const STUDY_COMMAND = defineCommand({
     'batch-size': flag.int('batch size', { default: 64, min: 1 }),
     lr: flag.number('learning rate (cosine schedule, 0.2 epochs of warm-up)', { default: 0.1, above: 0 }),
     'bench-rounds': flag.int('rounds of the side-by-side speed benchmark per arm (0: none)', { default: 3, min: 0 }),
+    'quant-test-images': flag.int('test images for the quantization rows (the drop is paired: FP32 and quantized on the same images)', { default: 2000, min: 1 }),
+    'report-only': flag.boolean('train nothing: quantize and report the finished runs (a study under way); the summary lists the missing ones'),
     quick: flag.boolean('the whole pipeline on tiny synthetic data (seconds; for tests and a first look)'),
     ...THREADS_FLAG,
   },

@@ -35,6 +35,8 @@ export async function runStudyCommand(argv: string[], log: (l: string) => void):
     batchSize: f['batch-size'],
     lr: f.lr,
     benchRounds: f['bench-rounds'],
+    quantTestImages: f['quant-test-images'],
+    reportOnly: f['report-only'],
     threads: f.threads,
     command: ['repopt', 'study', ...argv].join(' '),
     log,

@@ -35,8 +35,10 @@ export interface StudyOptions {
   budgetDepth?: string;
   batchSize: number;
   lr: number;
-  /** Test images for the quantization rows (default: all). */
+  /** Test images for the quantization rows (default: all). The drop is paired (FP32 and quantized on the same images). */
   quantTestImages?: number;
+  /** Train nothing: report the runs that are finished (the summary lists the missing ones). */
+  reportOnly?: boolean;
   /** Training images that calibrate INT8 activations. */
   calibImages: number;
   /** Images checked in ONNX Runtime for the best INT8 model. */
@@ -91,6 +93,7 @@ export const STUDY_DEFAULTS = {
   calibImages: 2048,
   onnxImages: 1000,
   benchRounds: 3,
+  quantTestImages: 2000,
 } as const;
 
 /** The demo's recipe (SGD, Nesterov momentum, the release's weight decay rule, label smoothing, a short warm-up). */

@@ -26,6 +26,10 @@ export function studySummary(r: StudyResult): string {
   lines.push(`${m.seeds} seeds per arm, ${m.epochs} epoch(s) per training run, Hyper-Search ${m.searchEpochs} epoch(s); batch ${m.batchSize}, lr ${m.lr}, SGD with Nesterov momentum 0.9, wd 1e-4, label smoothing 0.1, warm-up 0.2 epochs, cosine schedule. Top-1 on the test set after the last epoch (no selection on the test set; no hyper-parameter was tuned).`);
   lines.push(`Machine: ${m.cpu} (${m.cpuFlags.filter((f) => f.startsWith('avx512') || f === 'avx2' || f === 'fma').join(' ') || 'no AVX'}), ${m.threads} threads, Node ${m.node}. ${m.date}. Training time summed over runs: ${m.trainMinutes.toFixed(0)} min.`);
   lines.push(`Command: \`${m.command}\``);
+  if (r.missing.length) {
+    lines.push('');
+    lines.push(`**Not finished when this report was made (${r.missing.length} runs):** ${r.missing.join(', ')}. The tables below cover the finished runs only.`);
+  }
   for (const d of m.depths) {
     const arms = r.arms.filter((a) => a.depth === d.name);
     if (!arms.length) continue;
@@ -53,6 +57,8 @@ export function studySummary(r: StudyResult): string {
   if (r.budget.length) {
     lines.push('');
     lines.push('## Hyper-Search budget: RepOpt-VGG top-1 against the search length');
+    lines.push('');
+    lines.push('0 epochs: the initial constant scales (no search); the main arm searched for the study\'s --search-epochs; longer searches where --budget-search-epochs ran.');
     lines.push('');
     lines.push('| depth | search epochs | top-1 % (mean ± sd) | seeds |');
     lines.push('|---|---:|---:|---|');

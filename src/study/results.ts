@@ -143,7 +143,7 @@ export interface BudgetPoint {
 /** RepOpt-VGG's top-1 against the Hyper-Search's length: 0 (initial scales), the main search, and the budget runs. */
 export function budgetCurve(runs: RunResult[], mainSearchEpochs: number): BudgetPoint[] {
   const out: BudgetPoint[] = [];
-  const depths = [...new Set(runs.filter((r) => r.arm.startsWith('repopt-search-')).map((r) => r.depth))];
+  const depths = [...new Set(runs.filter((r) => r.arm.startsWith('repopt')).map((r) => r.depth))];
   for (const depth of depths) {
     const arms: [string, number][] = [['repopt-init', 0], ['repopt', mainSearchEpochs]];
     for (const r of runs) if (r.depth === depth && r.arm.startsWith('repopt-search-')) arms.push([r.arm, Number(r.arm.slice('repopt-search-'.length))]);

@@ -232,6 +232,8 @@ export interface StudyResult {
     /** Wall minutes of this invocation (training that was still to do, quantization, benchmark, report). */
     invocationMinutes: number;
   };
+  /** Planned runs that were not finished when this report was made (a --report-only report of a study under way). */
+  missing: string[];
   runs: RunResult[];
   arms: ArmSummary[];
   verdicts: Verdict[];
@@ -257,8 +259,10 @@ function cpuInfo(): { cpu: string; flags: string[] } {
 export async function runStudy(o: StudyOptions): Promise<StudyResult> {
   const log = o.log ?? console.log;
   const t0 = performance.now();
-  const training = await trainStudyRuns(o);
-  const arms = training.runs.filter((r) => !r.arm.startsWith('search'));
+  const training = o.reportOnly ? { runs: planRuns(o), trained: 0, skipped: 0, minutes: 0 } : await trainStudyRuns(o);
+  const missing = training.runs.filter((r) => !runDone(r)).map((r) => r.key);
+  if (missing.length) log(`report only: ${missing.length} of ${training.runs.length} runs are not finished (${missing.slice(0, 6).join(', ')}${missing.length > 6 ? ', ...' : ''})`);
+  const arms = training.runs.filter((r) => !r.arm.startsWith('search') && runDone(r));
   log(`quantization: ${arms.length} runs (INT8 per-tensor and per-channel, 6- and 5-bit weights)`);
   const results: RunResult[] = [];
   for (const [i, r] of arms.entries()) {
@@ -287,6 +291,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResult> {
       trainMinutes: training.runs.reduce((s, r) => s + (runDone(r) ? readRunResult(r).trainMinutes : 0), 0),
       invocationMinutes: (performance.now() - t0) / 60000,
     },
+    missing,
     runs: results,
     arms: summarizeArms(results),
     verdicts: verdicts(results),
