@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -46,12 +46,19 @@ function collect(child: ChildProcess): { text: () => string } {
   return { text: () => s };
 }
 
-/** The launcher's worker processes and their RANK (Linux: /proc). */
+/** The launcher's worker processes and their RANK (Linux: /proc; no `ps`, which hangs with libasan preloaded). */
 function workersOf(pid: number): { pid: number; rank: number }[] {
-  const out = execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' });
-  return out
-    .split('\n')
-    .map((l) => Number(l.trim()))
+  const children = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+    try {
+      // the parent pid is the 2nd field after the parenthesised command name
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid;
+    } catch {
+      return false; // exited meanwhile
+    }
+  });
+  return children
+    .map((l) => Number(l))
     .filter((p) => p > 0)
     .map((p) => {
       const env = fs.readFileSync(`/proc/${p}/environ`, 'utf8').split('\0');
