@@ -93,4 +93,4 @@ export function catchStopSignals(o: { notice?: string } = {}): StopScope {
   };
 }
 
-export { turnEventLoop } from '../torch/gc.js';
+export { turnEventLoop } from '../torch/event-loop.js';
