@@ -32,6 +32,12 @@ export interface DemoOptions {
 }
 
 const ARCH = { blocks: [2, 2, 2, 1], widths: [0.25, 0.25, 0.25, 0.25], strides: [1, 1, 2, 2, 2] };
+
+/**
+ * What `repopt study` found (docs/study.md), printed after the demo's table: the demo's 8-layer budget
+ * is too small to show the method's accuracy effect, so it says where the study saw one, and where not.
+ */
+export const STUDY_FINDING = 'STUDY_FINDING_PENDING';
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 
 function archFlags(): string[] {
@@ -160,6 +166,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       compare(rows[0].name, rows[0].top1, b.name, b.top1, 'Top-1', '%', 2, ' points').sentence,
       compare(rows[0].name, rows[0].imgPerSec, b.name, b.imgPerSec, 'Training throughput', ' img/s', 0).sentence,
     ]),
+    `What the study found (repopt study, docs/study.md): ${STUDY_FINDING}`,
     `Inference: all three deploy to the same plain net (${deploy.toLocaleString('en-US')} params): BN folds into the convs, RepVGG's branches fuse into one 3x3.`,
     `Total time ${((performance.now() - t0) / 60000).toFixed(1)} min. Outputs: ${o.out}/${seeds > 1 ? 'seed-K/' : ''}{search,repopt,repvgg,plain}/ (log.jsonl, latest.pth, best.pth, final.pth; search/scales.pth + scales.json).`,
   ].filter((l, i) => l !== '' || i === 0);
