@@ -93,7 +93,7 @@ test('repopt study --quick: the whole pipeline on tiny data, study.json with eve
     assert.deepEqual(study.budget.filter((b) => b.depth === 'deep').map((b) => b.searchEpochs), [0, 1, 2]);
     assert.deepEqual(study.budget.filter((b) => b.depth === 'shallow').map((b) => b.searchEpochs), [0, 1]);
     assert.deepEqual(study.missing, []);
-    assert.equal(study.bench.length, 2 * 5);
+    assert.equal(study.bench.length, 2 * 4);
     const summary = fs.readFileSync(path.join(out, 'summary.md'), 'utf8');
     assert.match(summary, /Welch/);
 
@@ -126,7 +126,7 @@ test('repopt study --quick: the whole pipeline on tiny data, study.json with eve
       for (const c of ['chart seeds', 'chart drops', 'chart depth', 'chart budget', 'chart bench']) assert.ok(figures.includes(c), `a ${c} figure`);
       // bars start at zero: every bench bar's bottom edge sits on the same baseline
       const bottoms = (await page.$$eval('figure.bench rect.bench-bar', (rs) => rs.map((r) => Number(r.getAttribute('y')) + Number(r.getAttribute('height'))))) as number[];
-      assert.equal(bottoms.length, 10);
+      assert.equal(bottoms.length, 8);
       assert.ok(bottoms.every((b) => Math.abs(b - bottoms[0]) < 1e-6));
       const box = await page.$eval('figure.seeds svg', (s) => s.getBoundingClientRect().width);
       assert.ok(box > 300);

@@ -187,7 +187,7 @@ function benchArms(o: StudyOptions, log: (l: string) => void): StudyBenchRow[] {
   const file = path.join(o.out, 'bench.json');
   if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8')) as StudyBenchRow[];
   const ds = openDataset(o.data, 'test');
-  const arms: [string, BenchMode, 'repsgd' | 'sgd'][] = [['repopt', 'target', 'repsgd'], ['plain', 'target', 'sgd'], ['repvgg', 'repvgg', 'sgd'], ['qarepvgg', 'qarepvgg', 'sgd'], ['search', 'hs', 'sgd']];
+  const arms: [string, BenchMode, 'repsgd' | 'sgd'][] = [['repopt', 'target', 'repsgd'], ['plain', 'target', 'sgd'], ['repvgg', 'repvgg', 'sgd'], ['qarepvgg', 'qarepvgg', 'sgd']];
   const rows: StudyBenchRow[] = [];
   for (const d of o.depths) {
     const byArm = new Map(arms.map(([arm, mode, optimizer]) => [arm, { depth: d.name, arm, mode, optimizer, imgPerSec: [] as number[], peakRssMiB: [] as number[] }]));
