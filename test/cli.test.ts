@@ -21,7 +21,7 @@ test('`repopt models --json` lists every architecture with the table\'s paramete
   const by = new Map(archs.map((a) => [a.name, a]));
   assert.equal(by.get('RepOpt-VGG-B1')?.params, 51_841_832);
   assert.equal(Math.round(by.get('RepOpt-VGG-A0')!.params / 1e4) / 100, 8.31);
-  assert.deepEqual(by.get('RepOpt-VGG-B1')?.modes, ['target', 'hs', 'csla', 'repvgg']);
+  assert.deepEqual(by.get('RepOpt-VGG-B1')?.modes, ['target', 'hs', 'csla', 'repvgg', 'qarepvgg']);
   assert.ok(by.has('RepOpt-GhostNet-0.5x'));
   assert.equal(archs.length, 17);
 });
@@ -36,7 +36,7 @@ function commandNames(): string[] {
 
 test('help and usage errors', () => {
   const names = commandNames();
-  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'report', 'scales', 'search', 'setup', 'smoke', 'train']);
+  assert.deepEqual([...names].sort(), ['bench', 'check-equivalency', 'demo', 'deploy', 'eval', 'export', 'inspect-weights', 'models', 'quant-demo', 'quantize', 'report', 'scales', 'search', 'setup', 'smoke', 'study', 'train']);
   const none = cli([]);
   assert.equal(none.status, 2);
   assert.match(none.stderr, /usage: repopt/);
@@ -107,7 +107,7 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['train', '--data', 'synthetic', '--batch-size', '0'], /--batch-size must be a positive integer, got 0/],
     [['train', '--data', 'synthetic', '--lr', '-1'], /--lr must be a positive number, got -1/],
     [['train', '--data', 'synthetic', '--momentum', '1.5'], /--momentum must be in \[0, 1\], got 1\.5/],
-    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, rep, got 'fast'/],
+    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, qarepvgg, rep, got 'fast'/],
     [['train', '--data', 'synthetic', '--nesterov=yes'], /flag --nesterov takes no value/],
     [['train', '--data', 'synthetic', '--seed', '1', '--seed', '2'], /--seed given twice/],
     [['train', '--data', 'synthetic', 'extra'], /unexpected argument 'extra'/],

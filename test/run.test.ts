@@ -119,7 +119,7 @@ test('runTraining: bad options are OptionErrors naming the option in the library
   await refused({ ...base, model: { blocks: BLOCKS }, out: `${d}/x` }, 'model', /needs both blocks and widths/);
   await refused({ ...base, model: { arch: 'RepOpt-GhostNet-0.5x' }, mode: 'repvgg', out: `${d}/x` }, 'mode', /no 'repvgg' baseline; its multi-branch baseline is 'rep'/);
   // A JavaScript caller can pass anything: an evaluation-only mode is refused too.
-  await refused({ ...base, mode: 'csla' as TrainingMode, out: `${d}/x` }, 'mode', /mode must be one of target, plain, hs, repvgg, rep, got 'csla'/);
+  await refused({ ...base, mode: 'csla' as TrainingMode, out: `${d}/x` }, 'mode', /mode must be one of target, plain, hs, repvgg, qarepvgg, rep, got 'csla'/);
   await refused({ ...base, momentum: 1.5, out: `${d}/x` }, 'momentum', /momentum must be in \[0, 1\], got 1\.5/);
   assert.ok(!fs.existsSync(`${d}/x`), 'a refused run writes nothing');
 
