@@ -12,13 +12,12 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
+import { CHROMIUM, openWatchedPage } from './helpers/browser.js';
 import { REPO_ROOT } from './helpers/paths.js';
 import { runPython } from './helpers/python.js';
 import { compare, seriesOf, spreadOf } from '../src/report/index.js';
 
 const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const OUTPUT = path.join(REPO_ROOT, 'test-output');
 
 function cli(args: string[]): string {
@@ -123,17 +122,8 @@ test('report.html in chromium: every chart drawn from the runs\' data, nothing f
   assert.doesNotMatch(html, /<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!github\.com\/leeoniya)/, 'the page references nothing outside itself');
 
   fs.mkdirSync(OUTPUT, { recursive: true });
-  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+  const { browser, page, problems, requests } = await openWatchedPage();
   try {
-    const page = await browser.newPage();
-    const problems: string[] = [];
-    const requests: string[] = [];
-    page.on('console', (m) => {
-      if (m.type() === 'error' || m.type() === 'warn') problems.push(`console ${m.type()}: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${(e as Error).message}`));
-    page.on('requestfailed', (r) => problems.push(`failed request: ${r.url()}`));
-    page.on('request', (r) => requests.push(r.url()));
     await page.setViewport({ width: 1366, height: 900 });
     await page.goto(`file://${file}`, { waitUntil: 'load' });
     await page.waitForFunction('window.repoptReport && window.repoptReport.ready === true', { timeout: 20_000 });

@@ -11,14 +11,13 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
 import { planRuns, STUDY_DEFAULTS, STUDY_ARMS, convLayers, DEEP, SHALLOW } from '../src/study/plan.js';
 import { welch, twoSidedP, incompleteBeta } from '../src/study/stats.js';
 import { verdict } from '../src/study/results.js';
 import type { StudyResult } from '../src/study/run.js';
 import { REPO_ROOT } from './helpers/paths.js';
+import { CHROMIUM, openWatchedPage } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const MAIN = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 
 test('Student t and Welch: two-sided p-values from the incomplete beta function match tables and a hand computation', () => {
@@ -107,16 +106,8 @@ test('repopt study --quick: the whole pipeline on tiny data, study.json with eve
     const file = path.join(out, 'report.html');
     const html = fs.readFileSync(file, 'utf8');
     assert.doesNotMatch(html, /<script|<link[^>]+href=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/, 'nothing outside the page');
-    const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+    const { browser, page, problems, requests } = await openWatchedPage();
     try {
-      const page = await browser.newPage();
-      const problems: string[] = [];
-      const requests: string[] = [];
-      page.on('console', (m) => {
-        if (m.type() === 'error' || m.type() === 'warn') problems.push(`console ${m.type()}: ${m.text()}`);
-      });
-      page.on('pageerror', (e) => problems.push(`page error: ${(e as Error).message}`));
-      page.on('request', (r) => requests.push(r.url()));
       await page.goto(`file://${file}`, { waitUntil: 'load' });
       assert.deepEqual(problems, []);
       assert.deepEqual(requests, [`file://${file}`]);
