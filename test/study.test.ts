@@ -39,6 +39,10 @@ test('Student t and Welch: two-sided p-values from the incomplete beta function 
   const same = verdict('deep', 'top-1 (%)', 'A', [90.1, 90.6, 90.4], 'B', [90.0, 90.7, 90.3], ' points');
   assert.equal(same.ahead, 'none');
   assert.match(same.sentence, /no measured difference/);
+  // a drop under quantization: lower is better
+  const drop = verdict('deep', 'INT8 drop', 'A', [0.1, 0.2, 0.15], 'B', [3.1, 2.9, 3.4], ' points', false);
+  assert.equal(drop.ahead, 'a');
+  assert.match(drop.sentence, /A loses less \(p < 0\.05\)/);
 });
 
 test('the plan: every arm x depth x seed, each search before the runs that need its scales, QARepVGG and the search budget last', () => {

@@ -59,7 +59,7 @@ export interface Verdict {
   difference: number;
   welch: Welch;
   rangesOverlap: boolean;
-  /** 'a' or 'b' ahead (p < 0.05), or 'none' (no measured difference). */
+  /** The better arm at p < 0.05 ('a' or 'b': higher for accuracy, lower for a drop), or 'none' (no measured difference). */
   ahead: 'a' | 'b' | 'none';
   sentence: string;
 }
@@ -95,18 +95,21 @@ export function summarizeArms(runs: RunResult[]): ArmSummary[] {
   return out;
 }
 
-/** Welch's t-test and the seed ranges of one metric between two arms; the sentence says which is ahead, if any. */
-export function verdict(depth: string, metric: string, a: string, av: number[], b: string, bv: number[], unit: string): Verdict {
+/**
+ * Welch's t-test and the seed ranges of one metric between two arms; the sentence says which is better, if
+ * either (`higherIsBetter`: accuracy; not: a drop under quantization).
+ */
+export function verdict(depth: string, metric: string, a: string, av: number[], b: string, bv: number[], unit: string, higherIsBetter = true): Verdict {
   const w = welch(av, bv);
   const difference = mean(av) - mean(bv);
   const rangesOverlap = !(Math.min(...av) > Math.max(...bv) || Math.min(...bv) > Math.max(...av));
-  const ahead: Verdict['ahead'] = Number.isFinite(w.p) && w.p < 0.05 ? (difference > 0 ? 'a' : 'b') : 'none';
+  const ahead: Verdict['ahead'] = Number.isFinite(w.p) && w.p < 0.05 ? ((difference > 0) === higherIsBetter ? 'a' : 'b') : 'none';
   const f = (x: number) => x.toFixed(2);
   const head = `${depth}: ${metric} ${a} ${f(mean(av))} vs ${b} ${f(mean(bv))} (${difference >= 0 ? '+' : '−'}${f(Math.abs(difference))}${unit}; Welch t ${Number.isFinite(w.t) ? w.t.toFixed(2) : 'n/a'}, df ${Number.isFinite(w.df) ? w.df.toFixed(1) : 'n/a'}, p ${Number.isFinite(w.p) ? w.p.toFixed(3) : 'n/a'}; seed ranges ${rangesOverlap ? 'overlap' : 'do not overlap'})`;
   const sentence =
     ahead === 'none'
       ? `${head}: no measured difference at p < 0.05 over ${av.length} and ${bv.length} seeds.`
-      : `${head}: ${ahead === 'a' ? a : b} is ahead (p < 0.05).`;
+      : `${head}: ${ahead === 'a' ? a : b} ${higherIsBetter ? 'is ahead' : 'loses less'} (p < 0.05).`;
   return { depth, metric, a, b, difference, welch: w, rangesOverlap, ahead, sentence };
 }
 
@@ -123,11 +126,13 @@ export function verdicts(runs: RunResult[]): Verdict[] {
       const bv = pick(depth, b, (r) => r.top1 * 100);
       if (av.length && bv.length) out.push(verdict(depth, 'top-1 (%)', ARM_LABELS[a], av, ARM_LABELS[b], bv, ' points'));
     }
-    const tensor = QUANT_SETTINGS[0];
-    for (const b of ['repvgg', 'qarepvgg', 'plain'] as StudyArm[]) {
-      const av = pick(depth, 'repopt', (r) => dropOf(r, tensor));
-      const bv = pick(depth, b, (r) => dropOf(r, tensor));
-      if (av.length && bv.length) out.push(verdict(depth, 'INT8 per-tensor drop (points)', ARM_LABELS.repopt, av, ARM_LABELS[b], bv, ' points'));
+    // the paper's INT8 setting (per-tensor weights), and the narrowest grid (5-bit weights), where outliers show most
+    for (const setting of [QUANT_SETTINGS[0], QUANT_SETTINGS[3]]) {
+      for (const b of ['repvgg', 'qarepvgg', 'plain'] as StudyArm[]) {
+        const av = pick(depth, 'repopt', (r) => dropOf(r, setting));
+        const bv = pick(depth, b, (r) => dropOf(r, setting));
+        if (av.length && bv.length) out.push(verdict(depth, `drop (points) with ${setting.label}`, ARM_LABELS.repopt, av, ARM_LABELS[b], bv, ' points', false));
+      }
     }
   }
   return out;
