@@ -46,7 +46,7 @@ test('Student t and Welch: two-sided p-values from the incomplete beta function 
 });
 
 test('the plan: every arm x depth x seed, each search before the runs that need its scales, QARepVGG and the search budget last', () => {
-  const o = { ...STUDY_DEFAULTS, depths: [SHALLOW, DEEP], budgetSearchEpochs: [2], out: 'OUT' };
+  const o = { ...STUDY_DEFAULTS, depths: [SHALLOW, DEEP], budgetSearchEpochs: [2], out: 'OUT' }; // the default has no budget runs
   const runs = planRuns(o);
   assert.equal(convLayers(SHALLOW), 8);
   assert.equal(convLayers(DEEP), 28);

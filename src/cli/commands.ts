@@ -323,7 +323,7 @@ export const STUDY_COMMAND = defineCommand({
     seeds: flag.int('runs per arm, seeds 0..N-1', { default: 3, min: 1 }),
     epochs: flag.int('training epochs of every run', { default: 1, min: 1 }),
     'search-epochs': flag.int('Hyper-Search epochs of the RepOpt-VGG arm', { default: 1, min: 1 }),
-    'budget-search-epochs': flag.ints('other Hyper-Search lengths for the search-budget curve (deep net); none: 0', { default: [2], min: 0 }),
+    'budget-search-epochs': flag.ints('longer Hyper-Searches for the search-budget curve (deep net), each followed by a RepOpt-VGG run; 0: none (the curve then has 0 and --search-epochs)', { default: [0], min: 0 }),
     depths: flag.choices(['shallow', 'deep'] as const, 'the depths: shallow = blocks 2,2,2,1 (8 conv layers), deep = 4,6,16,1 (28)', { default: ['shallow', 'deep'], item: 'depth' }),
     arms: flag.choices(['repopt', 'repopt-init', 'plain', 'repvgg', 'qarepvgg'] as const, 'the arms to train', { default: ['repopt', 'repopt-init', 'plain', 'repvgg', 'qarepvgg'], item: 'arm' }),
     'batch-size': flag.int('batch size', { default: 64, min: 1 }),

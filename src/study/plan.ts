@@ -87,7 +87,7 @@ export const STUDY_DEFAULTS = {
   seeds: 3,
   epochs: 1,
   searchEpochs: 1,
-  budgetSearchEpochs: [2],
+  budgetSearchEpochs: [],
   batchSize: 64,
   lr: 0.1,
   calibImages: 2048,
