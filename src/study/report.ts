@@ -28,7 +28,7 @@ export function studySummary(r: StudyResult): string {
   lines.push(`Command: \`${m.command}\``);
   if (r.missing.length) {
     lines.push('');
-    lines.push(`**Not finished when this report was made (${r.missing.length} runs):** ${r.missing.join(', ')}. The tables below cover the finished runs only.`);
+    lines.push(`Not finished when this report was made (${r.missing.length} runs): ${r.missing.join(', ')}. The tables below cover the finished runs only.`);
   }
   for (const d of m.depths) {
     const arms = r.arms.filter((a) => a.depth === d.name);
