@@ -37,7 +37,9 @@ const ARCH = { blocks: [2, 2, 2, 1], widths: [0.25, 0.25, 0.25, 0.25], strides: 
  * What `repopt study` found (docs/study.md), printed after the demo's table: the demo's 8-layer budget
  * is too small to show the method's accuracy effect, so it says where the study saw one, and where not.
  */
-export const STUDY_FINDING = 'STUDY_FINDING_PENDING';
+export const STUDY_FINDING =
+  'at this depth (8 conv layers) all five arms are within 0.5 point over 3 seeds; at 28 layers plain VGG falls to 82.6% while RepOpt-VGG keeps 88.5% ' +
+  '(+5.9 points, Welch p = 0.002), ahead of RepVGG (87.2%) and QARepVGG (87.4%) by 1.0-1.3 points (p = 0.07, not measured); INT8 costs every arm under 0.4 point.';
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 
 function archFlags(): string[] {

@@ -66,11 +66,13 @@ export function studySummary(r: StudyResult): string {
   }
   if (r.bench.length) {
     lines.push('');
-    lines.push('## Training speed and memory per arm (side by side, one process per run, alternating order)');
+    lines.push('## Training speed per arm (side by side, one process per run, alternating order)');
     lines.push('');
-    lines.push('| depth | arm | mode | img/s (median over rounds) | peak RSS |');
-    lines.push('|---|---|---|---:|---:|');
-    for (const b of r.bench) lines.push(`| ${b.depth} | ${labelOf(b.arm)} | ${b.mode} (${b.optimizer}) | ${median(b.imgPerSec).toFixed(0)} | ${Math.max(...b.peakRssMiB).toFixed(0)} MiB |`);
+    lines.push('Batch 64 at the study\'s threads; memory is not reported here: a child\'s peak RSS on Linux includes its parent\'s at fork time (ru_maxrss survives exec), so `repopt bench --modes` from a shell measures it.');
+    lines.push('');
+    lines.push('| depth | arm | mode | img/s (median over rounds) |');
+    lines.push('|---|---|---|---:|');
+    for (const b of r.bench) lines.push(`| ${b.depth} | ${labelOf(b.arm)} | ${b.mode} (${b.optimizer}) | ${median(b.imgPerSec).toFixed(0)} |`);
   }
   const onnx = r.runs.find((x) => x.quant?.onnx);
   if (onnx?.quant?.onnx) {
@@ -220,7 +222,7 @@ function benchBars(r: StudyResult): string {
       if (!b) return;
       const v = median(b.imgPerSec);
       const bx = f.left + group * i + group * 0.1 + bw * j;
-      body += `<rect class="bench-bar" x="${bx}" y="${yAt(f, v)}" width="${bw - 2}" height="${yAt(f, 0) - yAt(f, v)}" fill="${colorOf(a)}"><title>${esc(d)} ${esc(labelOf(a))}: ${v.toFixed(0)} img/s, peak RSS ${Math.max(...b.peakRssMiB).toFixed(0)} MiB</title></rect>`;
+      body += `<rect class="bench-bar" x="${bx}" y="${yAt(f, v)}" width="${bw - 2}" height="${yAt(f, 0) - yAt(f, v)}" fill="${colorOf(a)}"><title>${esc(d)} ${esc(labelOf(a))}: ${v.toFixed(0)} img/s</title></rect>`;
       body += `<text x="${bx + bw / 2}" y="${yAt(f, v) - 3}" text-anchor="middle" font-size="9">${v.toFixed(0)}</text>`;
     });
     body += `<text x="${f.left + group * (i + 0.5)}" y="${f.h - f.bottom + 16}" text-anchor="middle" font-size="11">${esc(d)}</text>`;
