@@ -6,14 +6,13 @@
  * peak memory and parameters at training and inference time. Each run is its
  * own process (as a rank will be), so peak memory is per run.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readJsonl } from '../train/log.js';
 import { vggBlockLayout } from '../models/repoptvgg.js';
 import { DeployVGG } from '../deploy/fuse.js';
-import { InterruptedError, STOP_SIGNALS, exitCodeFor, type StopSignal } from '../train/interrupt.js';
+import { runChildStage } from '../train/interrupt.js';
 import { compare, spreadOf, writeReport, type Spread } from '../report/index.js';
 import { UsageError } from './flags.js';
 
@@ -55,32 +54,12 @@ export function deployedParams(inChannels: number, numClasses: number): number {
   return n;
 }
 
-/**
- * Runs one stage as a child process. The child gets its own process group, so
- * a terminal's Ctrl-C reaches only the demo, which passes each SIGINT/SIGTERM on
- * exactly once: the child saves at its next step and exits 130/143 (a second
- * signal makes it quit at once), then the demo stops with the same code.
- */
+/** Runs one stage as a child process (runChildStage: Ctrl-C is passed on once, the child saves). */
 function run(args: string[], log: (l: string) => void): Promise<void> {
   log(`$ repopt ${args.join(' ')}`);
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'inherit', 'inherit'], detached: true });
-    let received: StopSignal | null = null;
-    const forward = (signal: StopSignal) => {
-      received ??= signal;
-      child.kill(signal);
-    };
-    const orphanGuard = () => child.kill('SIGTERM'); // the demo exiting abnormally must not leave a run behind
-    for (const s of STOP_SIGNALS) process.on(s, forward);
-    process.on('exit', orphanGuard);
-    child.on('exit', (code, signal) => {
-      for (const s of STOP_SIGNALS) process.off(s, forward);
-      process.off('exit', orphanGuard);
-      const stoppedBy = received ?? STOP_SIGNALS.find((s) => code === exitCodeFor(s) || signal === s);
-      if (code === 0 && !received) resolve();
-      else if (stoppedBy) reject(new InterruptedError(stoppedBy, `repopt ${args[0]} interrupted by ${stoppedBy} (exit code ${code ?? signal}); its checkpoint is saved, rerun the demo to continue`));
-      else reject(new Error(`repopt ${args[0]} exited with code ${code ?? signal}`));
-    });
+  return runChildStage([CLI, ...args], {
+    interrupted: (signal, code) => `repopt ${args[0]} interrupted by ${signal} (exit code ${code}); its checkpoint is saved, rerun the demo to continue`,
+    failed: (code) => `repopt ${args[0]} exited with code ${code}`,
   });
 }
 

@@ -7,6 +7,7 @@
 import { armLabel } from './plan.js';
 import { QUANT_SETTINGS, type ArmSummary, type RunResult } from './results.js';
 import type { StudyResult } from './run.js';
+import { median } from '../train/bench.js';
 
 const ARM_COLORS: Record<string, string> = {
   repopt: '#d62728', 'repopt-init': '#ff9896', plain: '#7f7f7f', repvgg: '#1f77b4', qarepvgg: '#2ca02c', search: '#9467bd',
@@ -80,12 +81,6 @@ export function studySummary(r: StudyResult): string {
     lines.push(`ONNX Runtime (WebAssembly) on the best per-tensor INT8 model (${onnx.depth} ${labelOf(onnx.arm)} seed ${onnx.seed}): top-1 agreement with our simulation ${(onnx.quant.onnx.agreement * 100).toFixed(2)}% on ${onnx.quant.onnx.images} test images, max |logit diff| ${onnx.quant.onnx.maxDiff.toFixed(4)}.`);
   }
   return lines.join('\n') + '\n';
-}
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const k = s.length >> 1;
-  return s.length % 2 ? s[k] : (s[k - 1] + s[k]) / 2;
 }
 
 // ------------------------------------------------------------------ SVG

@@ -5,13 +5,12 @@
  * a side-by-side speed benchmark per arm, and a verdict per comparison (study.json, summary.md,
  * report.html). Resumable: a finished run is never trained again, an interrupted one continues.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openDataset } from '../data/dataset.js';
 import { repOptVggFamily } from '../models/families.js';
-import { InterruptedError, STOP_SIGNALS, exitCodeFor, type StopSignal } from '../train/interrupt.js';
+import { runChildStage } from '../train/interrupt.js';
 import * as torch from '../torch/index.js';
 import { readJsonl } from '../train/log.js';
 import { benchChild, type BenchMode } from '../train/bench.js';
@@ -47,45 +46,13 @@ function writeInitialScales(o: StudyOptions, r: PlannedRun, file: string): void 
   }
 }
 
-/**
- * Runs one training run in a child process, passing SIGINT / SIGTERM on once (the child saves at its
- * next step); its output lines go to `log` with the run's key in front.
- */
+/** Runs one training run in a child process (runChildStage); its output lines go to `log` with the run's key in front. */
 function trainInChild(r: PlannedRun, resume: boolean, log: (l: string) => void): Promise<void> {
   const options = { ...r.options, out: r.dir, resume, quiet: true };
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [ARM_PROCESS, JSON.stringify(options)], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let received: StopSignal | null = null;
-    const forward = (signal: StopSignal) => {
-      received ??= signal;
-      child.kill(signal);
-    };
-    const orphanGuard = () => child.kill('SIGTERM');
-    for (const s of STOP_SIGNALS) process.on(s, forward);
-    process.on('exit', orphanGuard);
-    let err = '';
-    const lines = (stream: NodeJS.ReadableStream, onLine: (l: string) => void) => {
-      let buf = '';
-      stream.on('data', (d: Buffer) => {
-        buf += d.toString();
-        const parts = buf.split('\n');
-        buf = parts.pop()!;
-        for (const l of parts) if (l.trim()) onLine(l);
-      });
-    };
-    lines(child.stdout!, (l) => log(`  [${r.key}] ${l}`));
-    lines(child.stderr!, (l) => {
-      err += `${l}\n`;
-      log(`  [${r.key}] ${l}`);
-    });
-    child.on('exit', (code, signal) => {
-      for (const s of STOP_SIGNALS) process.off(s, forward);
-      process.off('exit', orphanGuard);
-      const stoppedBy = received ?? STOP_SIGNALS.find((s) => code === exitCodeFor(s) || signal === s);
-      if (code === 0 && !received) resolve();
-      else if (stoppedBy) reject(new InterruptedError(stoppedBy, `study interrupted by ${stoppedBy} during ${r.key}; its checkpoint is saved, run the study again to continue`));
-      else reject(new Error(`${r.key} failed (exit ${code ?? signal}): ${err.trim().split('\n').pop() ?? ''}`));
-    });
+  return runChildStage([ARM_PROCESS, JSON.stringify(options)], {
+    onLine: (l) => log(`  [${r.key}] ${l}`),
+    interrupted: (signal) => `study interrupted by ${signal} during ${r.key}; its checkpoint is saved, run the study again to continue`,
+    failed: (code, stderr) => `${r.key} failed (exit ${code}): ${stderr.trim().split('\n').pop() ?? ''}`,
   });
 }
 
@@ -263,6 +230,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResult> {
   const missing = training.runs.filter((r) => !runDone(r)).map((r) => r.key);
   if (missing.length) log(`report only: ${missing.length} of ${training.runs.length} runs are not finished (${missing.slice(0, 6).join(', ')}${missing.length > 6 ? ', ...' : ''})`);
   const arms = training.runs.filter((r) => !r.arm.startsWith('search') && runDone(r));
+  const searches = training.runs.filter((r) => r.arm.startsWith('search') && runDone(r));
   log(`quantization: ${arms.length} runs (INT8 per-tensor and per-channel, 6- and 5-bit weights)`);
   const results: RunResult[] = [];
   for (const [i, r] of arms.entries()) {
@@ -288,7 +256,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyResult> {
       command: o.command ?? 'repopt study', date: new Date().toISOString(), cpu, cpuFlags: flags, threads: o.threads ?? torch.getNumThreads(), node: process.version,
       data: o.data, depths: o.depths.map((d) => ({ ...d, convLayers: convLayers(d) })), seeds: o.seeds, epochs: o.epochs, searchEpochs: o.searchEpochs,
       budgetSearchEpochs: o.budgetSearchEpochs, batchSize: o.batchSize, lr: o.lr, recipe: recipeArgs(o),
-      trainMinutes: training.runs.reduce((s, r) => s + (runDone(r) ? readRunResult(r).trainMinutes : 0), 0),
+      trainMinutes: results.reduce((s, r) => s + r.trainMinutes, 0) + searches.reduce((s, r) => s + readRunResult(r).trainMinutes, 0),
       invocationMinutes: (performance.now() - t0) / 60000,
     },
     missing,

@@ -76,8 +76,10 @@ export function conv2d(input: Tensor, weight: Tensor, bias: Tensor | null = null
  * own computation, and its output goes back to channels-last, as libtorch's would be.
  */
 function oneDnnChannelsLastHazard(input: Tensor, weight: Tensor, opts: Conv2dOptions): boolean {
-  if (weight.ndim !== 4 || input.ndim !== 4 || weight.shape[2] !== 1 || weight.shape[3] !== 1 || weight.shape[1] >= 16) return false;
+  // the stride first (no native call): most convolutions leave here, off the hot path
   if (pair(opts.stride, 1).every((s) => s === 1)) return false;
+  const w = weight.shape;
+  if (w.length !== 4 || w[2] !== 1 || w[3] !== 1 || w[1] >= 16 || input.ndim !== 4) return false;
   return !rowMajor(input) || !rowMajor(weight);
 }
 

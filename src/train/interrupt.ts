@@ -20,6 +20,7 @@
  * our microtasks, hence whole training steps, in between), never let it turn.
  * So every training or evaluation loop calls turnEventLoop() once per step.
  */
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 
 export type StopSignal = 'SIGINT' | 'SIGTERM';
@@ -94,3 +95,58 @@ export function catchStopSignals(o: { notice?: string } = {}): StopScope {
 }
 
 export { turnEventLoop } from '../torch/event-loop.js';
+
+export interface ChildRunOptions {
+  /** Each line of the child's stdout and stderr; without it the child writes to this process's stdout / stderr. */
+  onLine?: (line: string, stream: 'stdout' | 'stderr') => void;
+  /** The message of the InterruptedError when a stop signal ends the child. */
+  interrupted: (signal: StopSignal, code: number | string | null) => string;
+  /** The message of the Error when it fails otherwise (`stderr`: what it wrote there, when piped). */
+  failed: (code: number | string | null, stderr: string) => string;
+}
+
+/**
+ * Runs a long stage (a training run) as a child process in its own process group, so a terminal's
+ * Ctrl-C reaches only this process, which passes each SIGINT / SIGTERM on exactly once: the child
+ * saves at its next step and exits 130 / 143 (a second signal makes it quit at once), and the promise
+ * rejects with an InterruptedError. This process exiting abnormally never leaves the child behind.
+ */
+export function runChildStage(argv: string[], o: ChildRunOptions): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const piped = o.onLine !== undefined;
+    const child = spawn(process.execPath, argv, { stdio: ['ignore', piped ? 'pipe' : 'inherit', piped ? 'pipe' : 'inherit'], detached: true });
+    let received: StopSignal | null = null;
+    const forward = (signal: StopSignal) => {
+      received ??= signal;
+      child.kill(signal);
+    };
+    const orphanGuard = () => child.kill('SIGTERM');
+    for (const s of STOP_SIGNALS) process.on(s, forward);
+    process.on('exit', orphanGuard);
+    let stderr = '';
+    const lines = (stream: NodeJS.ReadableStream | null, name: 'stdout' | 'stderr') => {
+      let buf = '';
+      stream?.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const parts = buf.split('\n');
+        buf = parts.pop()!;
+        for (const l of parts) {
+          if (name === 'stderr') stderr += `${l}\n`;
+          if (l.trim()) o.onLine!(l, name);
+        }
+      });
+    };
+    if (piped) {
+      lines(child.stdout, 'stdout');
+      lines(child.stderr, 'stderr');
+    }
+    child.on('exit', (code, signal) => {
+      for (const s of STOP_SIGNALS) process.off(s, forward);
+      process.off('exit', orphanGuard);
+      const stoppedBy = received ?? STOP_SIGNALS.find((s) => code === exitCodeFor(s) || signal === s);
+      if (code === 0 && !received) resolve();
+      else if (stoppedBy) reject(new InterruptedError(stoppedBy, o.interrupted(stoppedBy, code ?? signal)));
+      else reject(new Error(o.failed(code ?? signal, stderr)));
+    });
+  });
+}
