@@ -32,6 +32,11 @@ const MODEL_FLAGS = {
   strides: flag.ints('RepOpt-VGG stage strides, stage0..stage4 (1 for small images)', { arg: 'S,S,S,S,S', count: 5, min: 1, max: 2, group: 'model' }),
 };
 
+/** A user's network (src/models/csla-family.ts), for the commands that train or load checkpoints. */
+const MODEL_FILE_FLAG = {
+  model: flag.string('your network instead: a .js file whose default export is (mode, { inChannels, numClasses }) => Module, built from CslaBlocks', { arg: 'FILE.js', group: 'model' }),
+};
+
 const THREADS_FLAG = {
   threads: flag.int('intra-op threads (default: libtorch\'s, one per core)', { min: 1 }),
 };
@@ -62,6 +67,7 @@ const TRAINING_FLAGS = {
   'no-eval': flag.boolean('skip the evaluation after each epoch', { group: 'data' }),
   workers: flag.int('loader worker threads preparing batches (0: in the main thread)', { default: D.workers, min: 0, group: 'data' }),
   ...MODEL_FLAGS,
+  ...MODEL_FILE_FLAG,
   init: flag.string('load this state dict as it is (no Rule of Initialization)', { arg: 'FILE.pth', group: 'model' }),
   epochs: flag.int('epochs', { default: D.epochs, min: 1, group: 'optimization' }),
   'batch-size': flag.int('batch size', { default: D.batchSize, min: 1, group: 'optimization' }),
@@ -98,7 +104,7 @@ const TRAINING_OPTION_FLAGS = {
 export const SEARCH_COMMAND = defineCommand({
   name: 'search',
   summary: 'Hyper-Search: train the hs model (trainable scales) with plain SGD, write OUT/scales.pth',
-  usage: '--data SPEC (--arch A | --blocks B --widths W) [options]',
+  usage: '--data SPEC (--arch A | --blocks B --widths W | --model FILE.js) [options]',
   description: 'Hyper-Search: trains the hs model (every branch with a trainable per-channel scale) with plain SGD and writes the searched scales to OUT/scales.pth (+ scales.json), the input of `repopt train --scales`.',
   flags: TRAINING_FLAGS,
   notes: `${DATA_SPEC_NOTE}\n${SIGNALS_NOTE}`,
@@ -108,10 +114,10 @@ export const SEARCH_COMMAND = defineCommand({
 export const TRAIN_COMMAND = defineCommand({
   name: 'train',
   summary: 'RepOpt training (target model + Grad Mults from --scales) or a baseline',
-  usage: '--data SPEC (--arch A | --blocks B --widths W) [--mode target|plain|repvgg|qarepvgg|rep] [--scales FILE] [options]',
+  usage: '--data SPEC (--arch A | --blocks B --widths W | --model FILE.js) [--mode target|plain|repvgg|qarepvgg|rep|mobileone|csla] [--scales FILE] [options]',
   description: 'Trains the plain target model with a RepOptimizer (Grad Mults rebuilt from --scales; a fresh model gets the Rule of Initialization), or a baseline: --mode repvgg (multi-branch training) or --mode plain (the target model with ordinary SGD/AdamW).',
   flags: {
-    mode: flag.choice(['target', 'plain', 'repvgg', 'qarepvgg', 'rep'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or a multi-branch baseline: repvgg or qarepvgg (RepOpt-VGG), rep (RepOpt-GhostNet)', { default: D.mode, group: 'RepOpt' }),
+    mode: flag.choice(['target', 'plain', 'repvgg', 'qarepvgg', 'rep', 'mobileone', 'csla'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or a multi-branch baseline: repvgg or qarepvgg (RepOpt-VGG), rep (RepOpt-GhostNet), mobileone (RepOpt-MobileOne), csla (any: the multi-branch twin with constant scales)', { default: D.mode, group: 'RepOpt' }),
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
     'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: D.identityInit, group: 'RepOpt' }),
     optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
@@ -125,13 +131,14 @@ export const TRAIN_COMMAND = defineCommand({
 export const EVAL_COMMAND = defineCommand({
   name: 'eval',
   summary: 'top-1 / top-5 / loss of a checkpoint on a data set\'s test split',
-  usage: '--checkpoint FILE --data SPEC [--arch A | --blocks B --widths W] [--mode M] [options]',
+  usage: '--checkpoint FILE --data SPEC [--arch A | --blocks B --widths W | --model FILE.js] [--mode M] [options]',
   description: 'Evaluates a checkpoint (a repopt run\'s checkpoint, a plain state dict such as the release\'s, or a deployed one) on the test split. The model comes from the run\'s config.json beside the checkpoint, or from --arch / --blocks --widths; the mode from the state dict (or --mode); input channels and classes from the data.',
   flags: {
     checkpoint: flag.string('the checkpoint or state dict', { arg: 'FILE', required: true }),
     data: flag.string('evaluation data (its test split)', { arg: 'SPEC', required: true }),
-    mode: flag.choice(['target', 'plain', 'hs', 'csla', 'repvgg', 'qarepvgg', 'rep', 'deploy'] as const, 'the mode the checkpoint was saved in (default: read from its keys; csla files read as hs)', { group: 'model' }),
+    mode: flag.choice(['target', 'plain', 'hs', 'csla', 'repvgg', 'qarepvgg', 'rep', 'mobileone', 'deploy'] as const, 'the mode the checkpoint was saved in (default: read from its keys; csla files read as hs)', { group: 'model' }),
     ...MODEL_FLAGS,
+    ...MODEL_FILE_FLAG,
     'image-size': flag.int('resize folder images to N x N', { min: 1 }),
     'batch-size': flag.int('batch size', { default: 256, min: 1 }),
     workers: flag.int('loader worker threads', { default: 1, min: 0 }),
@@ -147,9 +154,10 @@ export const EVAL_COMMAND = defineCommand({
 const CHECKPOINT_FLAGS = {
   checkpoint: flag.string('a repopt checkpoint, a plain or deployed state dict', { arg: 'FILE', required: true }),
   ...MODEL_FLAGS,
+  ...MODEL_FILE_FLAG,
   ...THREADS_FLAG,
 };
-const CHECKPOINT_NOTE = 'The model comes from config.json beside the checkpoint, or from --arch A | --blocks B --widths W [--strides S]; the mode, input channels and classes from the state dict.';
+const CHECKPOINT_NOTE = 'The model comes from config.json beside the checkpoint, or from --arch A | --blocks B --widths W [--strides S] | --model FILE.js; the mode, input channels and classes from the state dict.';
 
 export const DEPLOY_COMMAND = defineCommand({
   name: 'deploy',

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { saveStateDict } from '../train/checkpoint.js';
 import { OBSERVERS, type LayerWeightStats, type QuantPolicy } from '../deploy/quant.js';
-import { exportCheckpoint, int8Label as label, loadForDeploy, quantizeStudy, weightReport, type CheckpointSource, type QuantReport } from '../deploy/study.js';
+import { exportCheckpoint, int8Label as label, loadForDeploy, prepareCheckpointModel, quantizeStudy, weightReport, type CheckpointSource, type QuantReport } from '../deploy/study.js';
 import { runTraining, type TrainingRunOptions } from '../train/run.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
@@ -23,8 +23,8 @@ type Log = (line: string) => void;
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
 
 /** The checkpoint flags as the library's source. */
-function source(f: { checkpoint: string; arch?: string; blocks?: number[]; widths?: number[]; strides?: number[] }): CheckpointSource {
-  return { checkpoint: f.checkpoint, model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides } };
+function source(f: { checkpoint: string; arch?: string; blocks?: number[]; widths?: number[]; strides?: number[]; model?: string }): CheckpointSource {
+  return { checkpoint: f.checkpoint, model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, file: f.model } };
 }
 
 // ------------------------------------------------------------------ deploy
@@ -32,6 +32,7 @@ function source(f: { checkpoint: string; arch?: string; blocks?: number[]; width
 export async function runDeploy(argv: string[], log: Log): Promise<number> {
   const { flags: f } = parseCommand(DEPLOY_COMMAND, argv);
   applyThreads(f.threads);
+  await prepareCheckpointModel(source(f));
   const m = loadForDeploy(source(f));
   try {
     saveStateDict(f.out, m.deployed.stateDict());
@@ -141,6 +142,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
 export async function runInspectWeights(argv: string[], log: Log): Promise<number> {
   const { flags: f } = parseCommand(INSPECT_WEIGHTS_COMMAND, argv);
   applyThreads(f.threads);
+  await prepareCheckpointModel(source(f));
   const m = loadForDeploy(source(f));
   try {
     const w = weightReport(m);

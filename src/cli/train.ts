@@ -23,7 +23,7 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
     shuffle: !f['no-shuffle'],
     evaluate: !f['no-eval'],
     workers: f.workers,
-    model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides },
+    model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, file: f.model },
     init: f.init,
     epochs: f.epochs,
     batchSize: f['batch-size'],
@@ -82,7 +82,7 @@ export async function runEval(argv: string[], log: Log): Promise<number> {
   const r = await evaluateCheckpoint({
     checkpoint: f.checkpoint,
     data: f.data,
-    model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides },
+    model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, file: f.model },
     mode: f.mode,
     imageSize: f['image-size'],
     batchSize: f['batch-size'],

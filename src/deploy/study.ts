@@ -14,6 +14,8 @@ import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
 import { loadStateDictFile } from '../train/checkpoint.js';
+import { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource } from '../train/checkpoint-model.js';
+export { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource };
 import { top1 } from '../train/evaluate.js';
 import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
 import '../models/families.js';
@@ -24,21 +26,6 @@ import {
   type LayerWeightStats, type ObserverKind, type QuantPolicy,
 } from './quant.js';
 import { OnnxRunner, exportOnnx } from './onnx.js';
-
-/** The model of a checkpoint, when no config.json is beside it: an architecture or a custom RepOpt-VGG. */
-export interface CheckpointModel {
-  arch?: string;
-  blocks?: number[];
-  widths?: number[];
-  strides?: number[];
-}
-
-export interface CheckpointSource {
-  /** A repopt training checkpoint, `{"model": ...}`, a plain state dict (e.g. the release's), or a deployed state dict. */
-  checkpoint: string;
-  /** The model; without arch/blocks/widths, the run's config.json beside the checkpoint (strides alone override its strides). */
-  model?: CheckpointModel;
-}
 
 export interface LoadedModel {
   family: ModelFamily;
@@ -52,22 +39,6 @@ export interface LoadedModel {
   config: ModelSpec;
   /** max |trained - deployed| / max |trained| over random inputs (0 for deployed checkpoints). */
   fuseError: number;
-}
-
-/** The model of a checkpoint: given, or the run's config.json beside it. */
-function checkpointModel(src: CheckpointSource): CheckpointModel {
-  const m = src.model ?? {};
-  if (m.arch !== undefined && (m.blocks !== undefined || m.widths !== undefined)) throw new OptionError('model', 'give either an architecture or custom blocks and widths, not both');
-  if (m.arch !== undefined || m.blocks !== undefined || m.widths !== undefined) {
-    if (m.arch === undefined && !(m.blocks && m.widths)) throw new OptionError('model', 'a custom RepOpt-VGG needs both blocks and widths');
-    return m;
-  }
-  const cfgFile = path.join(path.dirname(src.checkpoint), 'config.json');
-  if (!fs.existsSync(cfgFile)) throw new OptionError('model', `no config.json beside ${src.checkpoint}: give the model (an architecture, or custom blocks and widths [and strides])`);
-  const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model?: ModelSpec };
-  if (!saved.model) throw new Error(`${cfgFile}: no model configuration`);
-  const { arch, blocks, widths, strides } = saved.model;
-  return { arch, blocks, widths, strides: m.strides ?? strides };
 }
 
 /**
@@ -104,45 +75,6 @@ export function loadForDeploy(src: CheckpointSource, opts: { imageSize?: number 
       trained.dispose();
       throw e;
     }
-  } finally {
-    for (const t of sd.values()) t.dispose();
-  }
-}
-
-export interface CheckpointModelOptions {
-  /** The mode the state dict was saved in (default: read from its keys; `hs` and `csla` look alike). */
-  mode?: string;
-  /** Input channels and classes the model must have (default: the state dict's); a mismatch is an error. */
-  inChannels?: number;
-  numClasses?: number;
-}
-
-/**
- * A checkpoint as the model it was saved from (trained form in its mode, or the deploy form), weights
- * loaded strictly, in eval mode. The architecture as in {@link loadForDeploy}.
- */
-export function loadCheckpointModel(src: CheckpointSource, opts: CheckpointModelOptions = {}): { model: Module; family: ModelFamily; mode: string; config: ModelSpec } {
-  const file = src.checkpoint;
-  if (!fs.existsSync(file)) throw new Error(`${file}: no such checkpoint`);
-  const spec = checkpointModel(src);
-  const sd = loadStateDictFile(file);
-  try {
-    const family = familyOf({ ...spec, inChannels: 3, numClasses: 1 });
-    const info = family.inspectStateDict(sd);
-    for (const k of ['inChannels', 'numClasses'] as const) {
-      const want = opts[k];
-      if (want !== undefined && want !== info[k]) throw new Error(`${file}: the model has ${info[k]} ${k === 'numClasses' ? 'classes' : 'input channels'}, the data ${want}`);
-    }
-    const mode = opts.mode ?? info.mode;
-    const config: ModelSpec = { ...spec, inChannels: info.inChannels, numClasses: info.numClasses };
-    const model = mode === 'deploy' ? family.createDeployed(config) : family.create(config, mode);
-    try {
-      model.loadStateDict(sd);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-    return { model: model.eval(), family, mode, config };
   } finally {
     for (const t of sd.values()) t.dispose();
   }
@@ -248,6 +180,7 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportReport> 
   const seed = o.seed ?? 0;
   torch.manualSeed(seed);
   const calibSet = o.int8 ? openDataset(o.int8.calib, 'train', { imageSize: o.imageSize }) : null;
+  await prepareCheckpointModel(o);
   const m = loadForDeploy(o, { imageSize: calibSet?.height });
   let calib: Batch[] = [];
   try {
@@ -345,6 +278,7 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
   torch.manualSeed(o.seed);
   const trainSet = openDataset(o.data, 'train');
   const testSet = openDataset(o.data, 'test');
+  await prepareCheckpointModel({ checkpoint: o.checkpoint, model: o.model });
   const m = loadForDeploy({ checkpoint: o.checkpoint, model: o.model }, { imageSize: testSet.height });
   if (testSet.channels !== m.config.inChannels) {
     m.trained?.dispose();

@@ -59,7 +59,7 @@ export const repOptVggFamily: ModelFamily = {
   targetMode: 'target',
   hsMode: 'hs',
   baselineMode: 'repvgg',
-  covers: (spec) => (spec.arch !== undefined ? repOptVggConfig(spec.arch) !== undefined && spec.blocks === undefined && spec.widths === undefined : spec.blocks !== undefined || spec.widths !== undefined),
+  covers: (spec) => spec.file === undefined && (spec.arch !== undefined ? repOptVggConfig(spec.arch) !== undefined && spec.blocks === undefined && spec.widths === undefined : spec.blocks !== undefined || spec.widths !== undefined),
   label: (spec) => spec.arch ?? `RepOpt-VGG(blocks ${spec.blocks?.join(',')}, widths ${spec.widths?.join(',')})`,
   create(spec, mode) {
     if (!isMode<RepOptVGGMode>(REPOPT_VGG_MODES, mode)) throw new Error(`RepOpt-VGG has no mode '${mode}' (modes: ${REPOPT_VGG_MODES.join(', ')})`);
@@ -99,6 +99,7 @@ export const repOptVggFamily: ModelFamily = {
   decays: releaseDecays,
   deploy: (model) => reparameterizeModel(asVgg(model)),
   createDeployed: (spec) => emptyDeployed(repOptVggFamily, spec),
+  armNames: { target: 'RepOpt-VGG', plain: 'plain VGG', repvgg: 'RepVGG', qarepvgg: 'QARepVGG', csla: 'RepOpt-VGG (csla twin)' },
 };
 
 // ------------------------------------------------------------------ RepOpt-GhostNet
@@ -118,7 +119,7 @@ export const repOptGhostNetFamily: ModelFamily = {
   targetMode: 'target',
   hsMode: 'hs',
   baselineMode: 'rep',
-  covers: (spec) => ghostWidth(spec.arch) !== undefined && spec.blocks === undefined && spec.widths === undefined && spec.strides === undefined,
+  covers: (spec) => ghostWidth(spec.arch) !== undefined && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined && spec.strides === undefined,
   label: (spec) => spec.arch ?? 'RepOpt-GhostNet',
   create(spec, mode) {
     if (!isMode<GhostNetMode>(GHOSTNET_MODES, mode)) throw new Error(`RepOpt-GhostNet has no mode '${mode}' (modes: ${GHOSTNET_MODES.join(', ')})`);
@@ -141,6 +142,7 @@ export const repOptGhostNetFamily: ModelFamily = {
   decays: releaseDecays,
   deploy: (model) => reparameterizeModel(asGhostNet(model)),
   createDeployed: (spec) => emptyDeployed(repOptGhostNetFamily, spec),
+  armNames: { rep: 'RepGhostNet' },
 };
 
 registerFamily(repOptVggFamily);

@@ -27,6 +27,8 @@ export interface ModelSpec {
   widths?: number[];
   /** RepOpt-VGG: the five stage strides (default 2,2,2,2,2). */
   strides?: number[];
+  /** A network file (`--model FILE`): its default export builds the network in a mode (src/models/csla-family.ts). */
+  file?: string;
   inChannels: number;
   numClasses: number;
 }
@@ -71,6 +73,22 @@ export interface ModelFamily {
   deploy(model: Module): Module;
   /** An empty deploy-form model, to load a deployed state dict into. */
   createDeployed(spec: ModelSpec): Module;
+  /** Names of the arms of a comparison by run mode (`target`, `plain`, the baseline), where not {@link armName}'s default. */
+  readonly armNames?: Readonly<Record<string, string>>;
+}
+
+/**
+ * The name of a run of a family in a mode, as reports and studies show it: `hs` is the Hyper-Search;
+ * otherwise the family's own name for the mode, or `RepOpt-X` (target), `plain X`, `X (mode)`.
+ */
+export function armName(family: ModelFamily, mode: string): string {
+  if (mode === 'hs') return 'Hyper-Search';
+  const own = family.armNames?.[mode];
+  if (own) return own;
+  const base = family.name.replace(/^RepOpt-/, '');
+  if (mode === 'target') return family.name.startsWith('RepOpt-') ? family.name : `RepOpt ${family.name}`;
+  if (mode === 'plain') return `plain ${base}`;
+  return `${base} (${mode})`;
 }
 
 const families: ModelFamily[] = [];
@@ -99,12 +117,13 @@ export function familyOf(spec: ModelSpec): ModelFamily {
     return f;
   }
   const f = families.find((x) => x.covers(spec));
+  if (!f && spec.file !== undefined) throw new OptionError('model', `model file ${spec.file} is not loaded: await loadModelFile('${spec.file}') first`);
   if (!f) throw new OptionError('model', `no model: give an architecture (${listArchs().map((a) => a.name).slice(0, 3).join(', ')}, ...) or a custom RepOpt-VGG (blocks and widths)`);
   return f;
 }
 
 function customOptions(spec: ModelSpec): string[] {
-  return (['blocks', 'widths', 'strides'] as const).filter((k) => spec[k] !== undefined);
+  return (['blocks', 'widths', 'strides', 'file'] as const).filter((k) => spec[k] !== undefined);
 }
 
 /** The family whose state dicts look like this one (tries each family's `inspectStateDict`). */

@@ -9,5 +9,6 @@ export * as ghostnet from './ghostnet.js';
 export { DeployGhostNet, DeployGhostModule, deployGhostNet, deployGhostModule } from './ghostnet-deploy.js';
 import './ghostnet-handler.js';
 export { loadScaleFile, saveScaleFile, checkScales, type ScaleMap } from './scales.js';
-export { familyOf, familyOfStateDict, listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
+export { armName, familyOf, familyOfStateDict, listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
 export { repOptVggFamily, repOptGhostNetFamily, releaseDecays } from './families.js';
+export { cslaFamily, defineModel, loadModelFile, modelFileFamily, blockScaleShapes, blockScaleScheme, type ModelBuilder, type BuildOptions, type CslaFamilyDefinition } from './csla-family.js';

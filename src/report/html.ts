@@ -83,6 +83,7 @@ export function reproduceCommand(c: RunConfig, dir: string): string {
   };
   add('--data', c.data);
   if (c.model?.arch) add('--arch', c.model.arch);
+  else if (c.model?.file) add('--model', relPath(c.model.file));
   else {
     add('--blocks', c.model?.blocks);
     add('--widths', c.model?.widths);
@@ -119,7 +120,7 @@ const RECIPE_KEYS: [keyof RunConfig, string][] = [
 function modelText(c: RunConfig): string {
   const m = c.model;
   if (!m) return 'unknown';
-  const shape = m.arch ?? `blocks ${m.blocks?.join(',')}, widths ${m.widths?.join(',')}`;
+  const shape = m.arch ?? (m.file ? `${typeof c.label === 'string' ? `${c.label}, ` : ''}network file ${relPath(m.file)}` : `blocks ${m.blocks?.join(',')}, widths ${m.widths?.join(',')}`);
   return `${shape}${m.strides ? `, strides ${m.strides.join(',')}` : ''}; ${m.inChannels} input channels, ${m.numClasses} classes`;
 }
 
@@ -348,9 +349,9 @@ export function renderReport(d: ReportData): string {
   const speed = section('speed-');
   if (speed.length) sections.push(['speed', 'Speed and memory', `<p class="note">Throughput of the training steps (forward, backward, optimizer; data loading excluded) and the peak resident memory of each run's process; bars are means over seeds, dots single runs. Parameters at training and inference time are in the summary table.</p>${grid(speed)}`]);
   const scales = section('scales-');
-  if (scales.length) sections.push(['scales', 'Hyper-Search: the searched scales', `<p class="note">Per layer, the distribution over output channels of each branch's trainable scale after the search: median (line), 25th–75th percentiles (dark band), min–max (light band). These become the Grad Mults of RepOpt-VGG.</p>${grid(scales, scales.length >= 3 ? 'three' : '')}`]);
+  if (scales.length) sections.push(['scales', 'Hyper-Search: the searched scales', `<p class="note">Per layer, the distribution over output channels of each branch's trainable scale after the search: median (line), 25th–75th percentiles (dark band), min–max (light band). These become the Grad Mults of the RepOpt target model.</p>${grid(scales, scales.length >= 3 ? 'three' : '')}`]);
   const weights = section('weights-');
-  if (weights.length) sections.push(['weights', 'Deployed weights (Table 11 of the paper)', `<p class="note">Kernels of the deployed plain network (BN folded, branches fused) from each run's final.pth. RepVGG's identity and 1x1 branches are added onto the centre tap when it is fused; RepOpt-VGG's Grad Mults act on the same tap during training. The paper's point (its Table 11) is the size of the difference: where RepVGG's centre std and max|w|/std are larger, its weights carry the outliers that cost it at low bit widths (see Quantization).</p>${grid(weights)}${weightsTable(d)}`]);
+  if (weights.length) sections.push(['weights', 'Deployed weights (Table 11 of the paper)', `<p class="note">Kernels of the deployed plain network (BN folded, branches fused) from each run's final.pth. A multi-branch baseline's identity and 1x1 branches are added onto the centre tap when it is fused (RepVGG); the RepOpt target's Grad Mults act on the same tap during training. The paper's point (its Table 11) is the size of the difference: where RepVGG's centre std and max|w|/std are larger, its weights carry the outliers that cost it at low bit widths (see Quantization).</p>${grid(weights)}${weightsTable(d)}`]);
   if (d.quant.length) sections.push(['quant', 'Quantization', `${grid(section('quant-'))}${d.quant.map(quantTable).join('')}`]);
   const h = d.header;
   const swatchCss = d.arms.map((a) => `.swatch[data-arm="${esc(a.name)}"] { background: ${colors.get(a.name)}; }`).join('\n');

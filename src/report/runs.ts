@@ -11,6 +11,7 @@ import type { ModelConfig, RunMode } from '../train/setup.js';
 import { loadStateDictFile } from '../train/checkpoint.js';
 import type { LayerWeightStats } from '../deploy/quant.js';
 import { loadForDeploy, weightReport, type QuantReport } from '../deploy/study.js';
+import { isModelFileLoaded, loadModelFile } from '../models/csla-family.js';
 
 /** The subset of a run's config.json the report reads (train.ts writes more). */
 export interface RunConfig {
@@ -113,6 +114,7 @@ const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFi
 /** The arm's display name from the run's configuration. */
 export function armName(config: RunConfig): string {
   if (config.command === 'search' || config.mode === 'hs') return 'Hyper-Search';
+  if (typeof config.arm === 'string' && config.arm) return config.arm;
   if (config.mode === 'repvgg') return 'RepVGG';
   if (config.mode === 'qarepvgg') return 'QARepVGG';
   if (config.mode === 'plain') return 'plain VGG';
@@ -226,8 +228,10 @@ function readScales(dir: string): ScaleStats[] | null {
 function readWeights(dir: string, config: RunConfig): { weights: LayerWeightStats[]; deployedParams: number } | null {
   const file = path.join(dir, 'final.pth');
   if (!fs.existsSync(file) || !config.model) return null;
-  const { arch, blocks, widths, strides } = config.model;
-  const m = loadForDeploy({ checkpoint: file, model: { arch, blocks, widths, strides } });
+  const { arch, blocks, widths, strides, file: netFile } = config.model;
+  // A network file is imported by loadRunModels first; a run whose file is gone has no weight statistics.
+  if (netFile !== undefined && !isModelFileLoaded(netFile)) return null;
+  const m = loadForDeploy({ checkpoint: file, model: { arch, blocks, widths, strides, file: netFile } });
   try {
     return { weights: weightReport(m).deployed, deployedParams: m.deployed.numParameters() };
   } finally {
@@ -286,6 +290,24 @@ export function seriesOf(records: Record<string, unknown>[]): { steps: StepSerie
     }
   }
   return { steps, epochs, end, resumes, threads, started: startRecord ? String(startRecord.time) : null };
+}
+
+/**
+ * Imports the network files (`--model FILE`) of the runs under `paths`, so that their final.pth can be
+ * deployed for the weight statistics; a file that no longer loads is reported and its runs go without.
+ */
+export async function loadRunModels(paths: string[], log: (line: string) => void = () => {}): Promise<void> {
+  for (const dir of findRunDirs(paths)) {
+    const cfgFile = path.join(dir, 'config.json');
+    if (!fs.existsSync(cfgFile)) continue;
+    const file = (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig).model?.file;
+    if (file === undefined) continue;
+    try {
+      await loadModelFile(file);
+    } catch (e) {
+      log(`${dir}: its network file does not load, no weight statistics (${(e as Error).message})`);
+    }
+  }
 }
 
 export interface LoadRunOptions {

@@ -7,17 +7,19 @@ import type { ModelSpec } from '../models/family.js';
 import type { DistEnv } from '../distributed/env.js';
 import type { ScheduleKind } from './schedule.js';
 
-/** The model to train: a registered architecture (`repopt models`) or a custom RepOpt-VGG (blocks and widths). */
+/** The model to train: a registered architecture (`repopt models`), a custom RepOpt-VGG (blocks and widths) or a network file (`file`). */
 export type ModelChoice = Omit<ModelSpec, 'inChannels' | 'numClasses'>;
 
 /**
  * What a run trains: `target` (RepOptimizer: the plain model with Grad Mults from `scales`), `plain` (the same
  * model, ordinary optimizer), `hs` (Hyper-Search: the model with trainable scales; the run writes scales.pth),
  * or the family's multi-branch baseline (`repvgg` for RepOpt-VGG, `rep` for RepOpt-GhostNet); RepOpt-VGG
- * also trains as QARepVGG (`qarepvgg`: BN after the branch sum, a bare 1x1, the quantization-friendly baseline).
+ * also trains as QARepVGG (`qarepvgg`: BN after the branch sum, a bare 1x1, the quantization-friendly baseline);
+ * RepOpt-MobileOne's baseline is MobileOne's own form (`mobileone`); `csla` trains the multi-branch twin (constant
+ * scales) with a plain optimizer, the baseline of a user's network (`model: { file }`).
  */
-export type TrainingMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep';
-export const TRAINING_MODES: readonly TrainingMode[] = ['target', 'plain', 'hs', 'repvgg', 'qarepvgg', 'rep'];
+export type TrainingMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep' | 'mobileone' | 'csla';
+export const TRAINING_MODES: readonly TrainingMode[] = ['target', 'plain', 'hs', 'repvgg', 'qarepvgg', 'rep', 'mobileone', 'csla'];
 
 export interface TrainingRunOptions {
   // ---- data

@@ -21,6 +21,9 @@ import { threadsPerWorker, watchLauncher } from '../distributed/launch.js';
 import { scaledLr } from './schedule.js';
 import { train, type TrainResult } from './trainer.js';
 import { evaluate, type EvalResult } from './evaluate.js';
+import { loadCheckpointModel, prepareCheckpointModel } from './checkpoint-model.js';
+import { loadModelFile, modelFilePath } from '../models/csla-family.js';
+import { armName, familyOf } from '../models/family.js';
 import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
 
@@ -53,6 +56,9 @@ export interface TrainingRunConfig {
   shuffle: boolean;
   worldSize: number;
   syncBatchNorm: boolean;
+  /** The model's readable name and the run's arm name (reports group and label runs by it); not compared on resume. */
+  label?: string;
+  arm?: string;
 }
 
 /** The settings a resumed run must share with the saved one (another number of processes changes every rank's data). */
@@ -133,11 +139,12 @@ function resolveOptions(o: TrainingRunOptions): Resolved {
 }
 
 function checkModel(m: ModelChoice | undefined): void {
-  if (!m || (m.arch === undefined && m.blocks === undefined && m.widths === undefined)) {
-    throw new OptionError('model', 'give a model: an architecture (e.g. RepOpt-VGG-A0, see listArchs()) or custom RepOpt-VGG blocks and widths');
+  if (!m || (m.arch === undefined && m.blocks === undefined && m.widths === undefined && m.file === undefined)) {
+    throw new OptionError('model', 'give a model: an architecture (e.g. RepOpt-VGG-A0, see listArchs()), custom RepOpt-VGG blocks and widths, or a network file');
   }
-  if (m.arch !== undefined && (m.blocks !== undefined || m.widths !== undefined)) throw new OptionError('model', 'give either an architecture or custom blocks and widths, not both');
-  if (m.arch === undefined && !(m.blocks && m.widths)) throw new OptionError('model', 'a custom RepOpt-VGG needs both blocks and widths (4 values each, stages 1-4)');
+  const given = [m.arch !== undefined, m.blocks !== undefined || m.widths !== undefined, m.file !== undefined].filter(Boolean).length;
+  if (given > 1) throw new OptionError('model', 'give one model: an architecture, custom blocks and widths, or a network file');
+  if (m.file === undefined && m.arch === undefined && !(m.blocks && m.widths)) throw new OptionError('model', 'a custom RepOpt-VGG needs both blocks and widths (4 values each, stages 1-4)');
 }
 
 // ------------------------------------------------------------------ the run
@@ -184,7 +191,8 @@ function loaders(o: Resolved, denv: DistEnv | null) {
 }
 
 function modelConfig(m: ModelChoice, ds: Dataset): ModelConfig {
-  return { arch: m.arch, blocks: m.blocks, widths: m.widths, strides: m.strides, inChannels: ds.channels, numClasses: ds.numClasses };
+  const file = m.file === undefined ? undefined : modelFilePath(m.file);
+  return { arch: m.arch, blocks: m.blocks, widths: m.widths, strides: m.strides, file, inChannels: ds.channels, numClasses: ds.numClasses };
 }
 
 /** Refuses to resume a run whose saved settings differ (the run would not be the one that was started). */
@@ -208,6 +216,7 @@ function checkResumable(configPath: string, config: TrainingRunConfig): void {
  */
 export async function runTraining(options: TrainingRunOptions): Promise<TrainingRunResult> {
   const o = resolveOptions(options);
+  if (o.model.file !== undefined) await loadModelFile(o.model.file);
   const { mode, seed, epochs, batchSize, optimizer, schedule, log } = o;
   const search = mode === 'hs';
   const command = search ? 'search' : 'train';
@@ -253,6 +262,8 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       shuffle: o.shuffle ?? true,
       worldSize: denv?.worldSize ?? 1,
       syncBatchNorm: o.syncBatchNorm ?? false,
+      label: archLabel(model),
+      arm: armName(familyOf(model), mode),
     };
     if (resume) checkResumable(configPath, config);
     const run = setupRun({
@@ -356,7 +367,7 @@ export interface CheckpointEvaluation extends EvalResult {
 /** Top-1, top-5 and mean cross-entropy of a checkpoint on a data set's test split (input channels and classes must match). */
 export async function evaluateCheckpoint(o: CheckpointEvalOptions): Promise<CheckpointEvaluation> {
   const testSet = openDataset(o.data, 'test', { imageSize: o.imageSize });
-  const { loadCheckpointModel } = await import('../deploy/study.js');
+  await prepareCheckpointModel({ checkpoint: o.checkpoint, model: o.model });
   const loaded = loadCheckpointModel(
     { checkpoint: o.checkpoint, model: o.model },
     { mode: o.mode === undefined || o.mode === 'deploy' ? o.mode : modelMode(o.mode), inChannels: testSet.channels, numClasses: testSet.numClasses },

@@ -23,14 +23,15 @@ export type ModelConfig = ModelSpec;
  * ordinary optimizer), `hs` (Hyper-Search), and the family's multi-branch baseline (`repvgg` for
  * RepOpt-VGG, `rep` for RepOpt-GhostNet). Evaluation also takes any model mode (`csla`).
  */
-export type RunMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep' | 'csla';
+export type RunMode = 'target' | 'plain' | 'hs' | 'repvgg' | 'qarepvgg' | 'rep' | 'mobileone' | 'csla';
 
 /** The model mode a run mode trains (`plain` trains the target form). */
 export function modelMode(mode: RunMode, family?: ModelFamily): string {
-  if (family && (mode === 'repvgg' || mode === 'rep') && mode !== family.baselineMode) {
-    throw new OptionError('mode', `${family.name} has no '${mode}' baseline; its multi-branch baseline is '${family.baselineMode}'`);
+  const m = mode === 'plain' ? (family?.targetMode ?? 'target') : mode;
+  if (family && !family.modes.includes(m)) {
+    throw new OptionError('mode', `${family.name} has no '${mode}' mode; its multi-branch baseline is '${family.baselineMode}' (modes: ${family.modes.join(', ')}, plain)`);
   }
-  return mode === 'plain' ? (family?.targetMode ?? 'target') : mode;
+  return m;
 }
 
 export function archLabel(m: ModelConfig): string {

@@ -1,0 +1,222 @@
+/**
+ * A model family from any network built of `CslaBlock`s (src/repopt/block.ts) and ordinary layers: the
+ * pipeline (search, train, eval, deploy, export, quantize, report, data-parallel, resume) needs nothing
+ * else than a function that builds the network in a mode.
+ *
+ *   // my-net.js
+ *   export default (mode, { inChannels, numClasses }) => new MyNet(mode, inChannels, numClasses);
+ *   export const baselineMode = 'mobileone';   // optional: a structural baseline mode the builder also takes
+ *
+ *   repopt search --model ./my-net.js --data fashion-mnist        (or runTraining({ model: { file } }))
+ *
+ * Everything generic is by block name (module path): scales `<block>.branches.<i>.scale.weight`, read and
+ * written as scale files and checked key by key; the Grad Mults and the Rule of Initialization from
+ * `repOptHandler`; deploy fusion with `reparameterizeModel`; a state dict's mode, input channels and
+ * classes by building each mode and comparing keys and shapes.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Tensor } from '../torch/index.js';
+import { Module } from '../nn/index.js';
+import { CSLA_MODES, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
+import { reparameterizeModel } from '../repopt/reparam.js';
+import { OptionError } from '../errors.js';
+import { listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
+import { registerArch } from './registry.js';
+import { checkScales, readScaleEntries, saveScaleFile, type ScaleScheme } from './scales.js';
+
+/** What a builder gets besides the mode: the data's channels and classes. */
+export interface BuildOptions {
+  inChannels: number;
+  numClasses: number;
+}
+
+/** Builds a network in a mode: 'target' | 'hs' | 'csla' (passed on to its CslaBlocks) or the family's baseline mode. */
+export type ModelBuilder = (mode: string, opts: BuildOptions) => Module;
+
+export interface CslaFamilyDefinition {
+  /** The family's name (messages, labels). */
+  name: string;
+  build: ModelBuilder;
+  /** A structural baseline the builder also takes (e.g. MobileOne's own multi-branch form); default 'csla'. */
+  baselineMode?: string;
+  /** Whether the family builds a spec (default: none; `defineModel` and `loadModelFile` set it). */
+  covers?(spec: ModelSpec): boolean;
+  /** A readable name of a spec's model (default: the family's name). */
+  label?(spec: ModelSpec): string;
+  /** Whether a parameter decays (default: kernels and the classifier weight, ndim > 1). */
+  decays?(name: string, p: Tensor): boolean;
+}
+
+const BLOCK_SCALE_KEY = /(^|\.)branches\.\d+\.scale\.weight$/;
+
+/** The scale keys and shapes a model's CslaBlocks take (any form), in model order. */
+export function blockScaleShapes(model: Module): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const [name, b] of cslaBlocks(model)) {
+    b.spec.branches.forEach((_, i) => out.set(`${name ? `${name}.` : ''}branches.${i}.scale.weight`, [b.spec.cout]));
+  }
+  return out;
+}
+
+/** A scale scheme over one model's blocks, by name (what the scale-file layer checks against). */
+export function blockScaleScheme(model: Module, family: string): ScaleScheme {
+  const shapes = blockScaleShapes(model);
+  if (shapes.size === 0) throw new Error(`${family}: ${model.constructor.name} has no CslaBlock, so it has no scales`);
+  return {
+    family,
+    covers: () => true,
+    archs: () => [],
+    expected: () => shapes,
+    isScaleKey: (key) => BLOCK_SCALE_KEY.test(key),
+    sites: () => {
+      throw new Error(`${family}: sites come from the model's blocks (repOptSites)`);
+    },
+  };
+}
+
+/** The spec and mode a family built each model with (deploy copies a model without changing it). */
+const built = new WeakMap<Module, { spec: ModelSpec; mode: string }>();
+
+/** The model family of a network builder (see the file comment). */
+export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
+  const baselineMode = d.baselineMode ?? 'csla';
+  const modes: readonly string[] = [...CSLA_MODES, ...((CSLA_MODES as readonly string[]).includes(baselineMode) ? [] : [baselineMode])];
+  const create = (spec: ModelSpec, mode: string): Module => {
+    if (!modes.includes(mode)) throw new Error(`${d.name} has no mode '${mode}' (modes: ${modes.join(', ')})`);
+    const model: unknown = d.build(mode, { inChannels: spec.inChannels, numClasses: spec.numClasses });
+    if (!(model instanceof Module)) throw new Error(`${d.name}: the builder returned ${model === null ? 'null' : typeof model} for mode '${mode}', not a Module`);
+    if ((CSLA_MODES as readonly string[]).includes(mode) && cslaBlocks(model).length === 0) {
+      model.dispose();
+      throw new Error(`${d.name}: the model built in mode '${mode}' has no CslaBlock (pass the mode on to its blocks: new CslaBlock(spec, { mode }))`);
+    }
+    built.set(model, { spec, mode });
+    return model;
+  };
+  const origin = (model: Module): { spec: ModelSpec; mode: string } => {
+    const o = built.get(model);
+    if (!o) throw new Error(`${d.name}: this ${model.constructor.name} was not built by the family (build it with family.create)`);
+    return o;
+  };
+  const family: ModelFamily = {
+    name: d.name,
+    modes,
+    targetMode: 'target',
+    hsMode: 'hs',
+    baselineMode,
+    covers: (spec) => d.covers?.(spec) ?? false,
+    label: (spec) => d.label?.(spec) ?? d.name,
+    create,
+    inspectStateDict(sd): StateDictInfo {
+      const shapes = [...sd.values()].map((t) => t.shape);
+      const firstConv = shapes.find((s) => s.length === 4);
+      const lastLinear = shapes.filter((s) => s.length === 2).at(-1);
+      if (!firstConv || !lastLinear) throw new Error(`not a ${d.name} state dict (no conv kernel or no classifier weight)`);
+      const info = { inChannels: firstConv[1], numClasses: lastLinear[0] };
+      const want = [...sd].map(([k, t]) => `${k}:${t.shape.join('x')}`).sort().join();
+      for (const mode of [...modes, 'deploy']) {
+        const model = mode === 'deploy' ? family.createDeployed({ ...info }) : create({ ...info }, mode);
+        try {
+          const sd2 = model.stateDict();
+          const have = [...sd2].map(([k, t]) => `${k}:${t.shape.join('x')}`).sort().join();
+          if (have === want) return { mode, ...info };
+        } finally {
+          model.dispose();
+        }
+      }
+      throw new Error(`not a ${d.name} state dict: its keys and shapes match none of its modes (${[...modes, 'deploy'].join(', ')}) with ${info.inChannels} input channels and ${info.numClasses} classes`);
+    },
+    loadScales(model, file) {
+      const scheme = blockScaleScheme(model, d.name);
+      return checkScales(readScaleEntries(file, scheme), d.name, { label: `${file}: scales`, scheme });
+    },
+    extractScales: (model) => extractScales(model),
+    saveScales: (file, scales, model, label) => saveScaleFile(file, scales, label, { scheme: blockScaleScheme(model, d.name) }),
+    handler: (model, scales, opts = {}) => repOptHandler(model, scales, opts),
+    decays: d.decays ?? ((_name, p) => p.ndim > 1),
+    deploy(model) {
+      // reparameterizeModel fuses a user's network in place; deploy leaves the trained model as it is.
+      const { spec, mode } = origin(model);
+      const copy = create(spec, mode);
+      try {
+        const sd = model.stateDict();
+        copy.loadStateDict(sd);
+        return reparameterizeModel(copy.eval());
+      } catch (e) {
+        copy.dispose();
+        throw e;
+      }
+    },
+    createDeployed(spec) {
+      return reparameterizeModel(create(spec, 'target').eval());
+    },
+  };
+  return family;
+}
+
+/**
+ * Registers a network builder as a family and an architecture of that name, so that
+ * `runTraining({ model: { arch: name } })`, `familyOf` and `createModel(name, { mode })` take it.
+ */
+export function defineModel(d: CslaFamilyDefinition): ModelFamily {
+  const family = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch === d.name) });
+  registerFamily(family);
+  registerArch({
+    name: d.name,
+    family: d.name,
+    modes: [...family.modes],
+    create: (o = {}) => family.create({ arch: d.name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
+  });
+  return family;
+}
+
+const files = new Map<string, ModelFamily>();
+
+/** The absolute path a model file is known by. */
+export const modelFilePath = (file: string): string => path.resolve(file);
+
+/** Whether a model file has been loaded (`loadModelFile`). */
+export const isModelFileLoaded = (file: string): boolean => files.has(modelFilePath(file));
+
+/** The family of a model file loaded with `loadModelFile` (an OptionError when it was not loaded). */
+export function modelFileFamily(file: string): ModelFamily {
+  const f = files.get(modelFilePath(file));
+  if (!f) throw new OptionError('model', `model file ${file} is not loaded: await loadModelFile('${file}') first`);
+  return f;
+}
+
+/**
+ * Imports a network file (`--model FILE`): its default export builds the network,
+ * `(mode, { inChannels, numClasses }) => Module`; optional exports `name` (the label) and `baselineMode`.
+ * Registers it as a family covering `{ file }` specs; loading the same file again returns the same family.
+ */
+export async function loadModelFile(file: string): Promise<ModelFamily> {
+  const abs = modelFilePath(file);
+  const known = files.get(abs);
+  if (known) return known;
+  if (!fs.existsSync(abs)) throw new OptionError('model', `${file}: no such model file`);
+  if (fs.statSync(abs).isDirectory()) throw new OptionError('model', `${file} is a folder; give the network's .js file`);
+  let mod: { default?: unknown; name?: unknown; baselineMode?: unknown };
+  try {
+    mod = (await import(pathToFileURL(abs).href)) as typeof mod;
+  } catch (e) {
+    throw new OptionError('model', `${file}: cannot import it (${(e as Error).message})`);
+  }
+  if (typeof mod.default !== 'function') {
+    throw new OptionError('model', `${file}: its default export must be a function (mode, { inChannels, numClasses }) => Module; it is ${typeof mod.default}`);
+  }
+  if (mod.baselineMode !== undefined && typeof mod.baselineMode !== 'string') throw new OptionError('model', `${file}: export baselineMode must be a string`);
+  const label = typeof mod.name === 'string' && mod.name ? mod.name : path.basename(abs).replace(/\.[cm]?js$/, '');
+  const taken = listFamilies().some((f) => f.name === label);
+  const family = cslaFamily({
+    name: taken ? abs : label,
+    build: mod.default as ModelBuilder,
+    baselineMode: mod.baselineMode as string | undefined,
+    covers: (spec) => spec.file !== undefined && modelFilePath(spec.file) === abs,
+    label: () => label,
+  });
+  registerFamily(family);
+  files.set(abs, family);
+  return family;
+}
