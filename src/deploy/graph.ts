@@ -25,8 +25,9 @@ import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear, Module, ReLU, Sequential } from '../nn/index.js';
 
-/** The name of a value in the graph (`input`, `stage0`, `blocks.0.0.ghost1.relu`, ...). */
-export type GraphValue = string;
+import type { GraphExportable, GraphOps, GraphValue } from '../nn/graph-types.js';
+
+export type { GraphExportable, GraphOps, GraphValue };
 
 type Pair = [number, number];
 
@@ -43,10 +44,6 @@ export interface GraphNode {
   output: GraphValue;
 }
 
-/** A module that describes its inference forward as graph operations (see the file comment). */
-export interface GraphExportable {
-  exportGraph(g: GraphBuilder, x: GraphValue): GraphValue;
-}
 
 export function isGraphExportable(m: unknown): m is Module & GraphExportable {
   return m instanceof Module && typeof (m as Partial<GraphExportable>).exportGraph === 'function';
@@ -67,7 +64,7 @@ interface BuildState {
  * operation takes an optional value name relative to the scope ('' names the value after the scope
  * itself); names are made unique.
  */
-export class GraphBuilder {
+export class GraphBuilder implements GraphOps {
   constructor(
     readonly scope: string,
     private readonly state: BuildState,

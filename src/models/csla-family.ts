@@ -30,6 +30,8 @@ import { checkScales, readScaleEntries, saveScaleFile, type ScaleScheme } from '
 export interface BuildOptions {
   inChannels: number;
   numClasses: number;
+  /** The architecture asked for, when the family has several (`defineModel`'s `archs`). */
+  arch?: string;
 }
 
 /** Builds a network in a mode: 'target' | 'hs' | 'csla' (passed on to its CslaBlocks) or the family's baseline mode. */
@@ -47,6 +49,12 @@ export interface CslaFamilyDefinition {
   label?(spec: ModelSpec): string;
   /** Whether a parameter decays (default: kernels and the classifier weight, ndim > 1). */
   decays?(name: string, p: Tensor): boolean;
+  /** Names of the arms by run mode where not `armName`'s default. */
+  armNames?: Readonly<Record<string, string>>;
+  /** `defineModel`: the architecture names it registers (default: the family's name). */
+  archs?: readonly string[];
+  /** `defineModel`: an architecture's parameters and MACs (target, 1000 classes, 224x224) for listings. */
+  stats?(arch: string): { params: number; macs: number };
 }
 
 const BLOCK_SCALE_KEY = /(^|\.)branches\.\d+\.scale\.weight$/;
@@ -82,10 +90,10 @@ const built = new WeakMap<Module, { spec: ModelSpec; mode: string }>();
 /** The model family of a network builder (see the file comment). */
 export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
   const baselineMode = d.baselineMode ?? 'csla';
-  const modes: readonly string[] = [...CSLA_MODES, ...((CSLA_MODES as readonly string[]).includes(baselineMode) ? [] : [baselineMode])];
+  const modes: readonly string[] = ['target', 'hs', 'csla', ...((CSLA_MODES as readonly string[]).includes(baselineMode) ? [] : [baselineMode])];
   const create = (spec: ModelSpec, mode: string): Module => {
     if (!modes.includes(mode)) throw new Error(`${d.name} has no mode '${mode}' (modes: ${modes.join(', ')})`);
-    const model: unknown = d.build(mode, { inChannels: spec.inChannels, numClasses: spec.numClasses });
+    const model: unknown = d.build(mode, { inChannels: spec.inChannels, numClasses: spec.numClasses, arch: spec.arch });
     if (!(model instanceof Module)) throw new Error(`${d.name}: the builder returned ${model === null ? 'null' : typeof model} for mode '${mode}', not a Module`);
     if ((CSLA_MODES as readonly string[]).includes(mode) && cslaBlocks(model).length === 0) {
       model.dispose();
@@ -151,23 +159,28 @@ export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
     createDeployed(spec) {
       return reparameterizeModel(create(spec, 'target').eval());
     },
+    armNames: d.armNames,
   };
   return family;
 }
 
 /**
- * Registers a network builder as a family and an architecture of that name, so that
+ * Registers a network builder as a family and its architectures (default: one, of the family's name), so that
  * `runTraining({ model: { arch: name } })`, `familyOf` and `createModel(name, { mode })` take it.
  */
 export function defineModel(d: CslaFamilyDefinition): ModelFamily {
-  const family = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch === d.name) });
+  const archs = d.archs ?? [d.name];
+  const family = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
   registerFamily(family);
-  registerArch({
-    name: d.name,
-    family: d.name,
-    modes: [...family.modes],
-    create: (o = {}) => family.create({ arch: d.name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
-  });
+  for (const name of archs) {
+    registerArch({
+      name,
+      family: d.name,
+      modes: [...family.modes],
+      create: (o = {}) => family.create({ arch: name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
+      ...d.stats?.(name),
+    });
+  }
   return family;
 }
 

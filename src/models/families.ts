@@ -147,3 +147,6 @@ export const repOptGhostNetFamily: ModelFamily = {
 
 registerFamily(repOptVggFamily);
 registerFamily(repOptGhostNetFamily);
+
+// RepOpt-MobileOne registers itself through the generic CSLA family (one file: mobileone.ts).
+import './mobileone.js';

@@ -15,8 +15,8 @@
 import * as torch from '../torch/index.js';
 import { F, type DType, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Linear, Module, ReLU, Sequential } from '../nn/index.js';
-import { foldBN } from '../deploy/fuse.js';
-import type { GraphBuilder, GraphExportable, GraphValue } from '../deploy/graph.js';
+import { foldBN } from '../repopt/fold.js';
+import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import { ConvBnAct, GHOSTNET_CFG, GhostBottleneck, GhostModule, SqueezeExcite, makeDivisible, type GhostNet } from './ghostnet.js';
 import type { ScaleLayer } from './repoptvgg.js';
 

@@ -54,7 +54,7 @@ import { loadPth, extractStateDict, type PyValue } from '../io/pth.js';
 import { fuseKernel, type CslaSpec } from '../repopt/csla.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
 import { registerArch } from './registry.js';
-import type { GraphBuilder, GraphExportable, GraphValue } from '../deploy/graph.js';
+import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
 // A cycle by design, as RepOpt-VGG's: the deploy forms read these classes; only reparameterize() calls them.
 import { deployGhostModule, deployGhostNet, type DeployGhostModule, type DeployGhostNet } from './ghostnet-deploy.js';

@@ -12,3 +12,4 @@ export { loadScaleFile, saveScaleFile, checkScales, type ScaleMap } from './scal
 export { armName, familyOf, familyOfStateDict, listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
 export { repOptVggFamily, repOptGhostNetFamily, releaseDecays } from './families.js';
 export { cslaFamily, defineModel, loadModelFile, modelFileFamily, blockScaleShapes, blockScaleScheme, type ModelBuilder, type BuildOptions, type CslaFamilyDefinition } from './csla-family.js';
+export { MobileOne, MobileOneBlock, MobileOneSE, MobileOneStage, MOBILEONE_CONFIGS, MOBILEONE_MODES, mobileOneLayout, mobileOneSpec, repOptMobileOneFamily, type MobileOneConfig, type MobileOneMode, type MobileOneVariant } from './mobileone.js';

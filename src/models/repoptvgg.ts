@@ -41,7 +41,10 @@ import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js'
 import { registerArch, type CreateModelOptions } from './registry.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
 // Cycle by design: fuse.ts knows the block classes; only the reparameterize() methods call into it.
-import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from '../deploy/fuse.js';
+import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from './repoptvgg-deploy.js';
+import { ScaleLayer } from '../repopt/scale-layer.js';
+
+export { ScaleLayer };
 
 export type RepOptVGGMode = 'target' | 'hs' | 'csla' | 'repvgg' | 'qarepvgg';
 export const REPOPT_VGG_MODES: readonly RepOptVGGMode[] = ['target', 'hs', 'csla', 'repvgg', 'qarepvgg'];
@@ -139,24 +142,6 @@ export function vggTargetStats(cfg: RepOptVGGConfig, opts: { numClasses?: number
 }
 
 // ------------------------------------------------------------------ layers
-
-/**
- * A trainable (or frozen) per-channel scale: y = x * weight[c] (`weight` [C]). Frozen, it stays a
- * parameter with `requiresGrad` off, or with `frozenAsBuffer` becomes a buffer (the key stays `weight`).
- */
-export class ScaleLayer extends Module {
-  readonly weight: Tensor;
-  constructor(readonly numFeatures: number, init: number, opts: { trainable?: boolean; frozenAsBuffer?: boolean; dtype?: torch.DType } = {}) {
-    super();
-    const w = torch.full([numFeatures], init, { dtype: opts.dtype ?? 'float32' });
-    if (opts.trainable !== false) this.weight = this.registerParameter('weight', w);
-    else if (opts.frozenAsBuffer) this.weight = this.registerBuffer('weight', w);
-    else this.weight = this.registerParameter('weight', w).requiresGrad_(false);
-  }
-  forward(x: Tensor): Tensor {
-    return x.mul(this.weight.view([1, this.numFeatures, 1, 1]));
-  }
-}
 
 /** Squeeze-excitation with 1x1 convs `down` and `up` (with bias), as RepVGG's SE block. */
 export class SEBlock extends Module {

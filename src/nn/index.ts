@@ -4,3 +4,4 @@ export * from './layers.js';
 export * as init from './init.js';
 export { toChannelsLast_ } from './memory-format.js';
 export { syncBatchNorm, type BatchStatsReducer, type SyncBatchNormOptions } from './sync-batch-norm.js';
+export type { GraphExportable, GraphOps, GraphValue } from './graph-types.js';

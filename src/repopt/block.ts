@@ -26,8 +26,8 @@
 import * as torch from '../torch/index.js';
 import { F, type DType, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Module } from '../nn/index.js';
-import { ScaleLayer } from '../models/repoptvgg.js';
-import { foldBN } from '../deploy/fuse.js';
+import { ScaleLayer } from './scale-layer.js';
+import { foldBN } from './fold.js';
 import { fuseKernel, normalizeSpec, type CslaSpec, type NormalSpec } from './csla.js';
 import { RepOptHandler, assertFresh, type ReparamSite } from './handler.js';
 import type { Reparameterizable } from './reparam.js';
