@@ -281,7 +281,7 @@ interface OrtNode {
 let ortNodePromise: Promise<OrtNode | null> | null = null;
 
 /** onnxruntime-node when installed (null when not): its CPU binaries ship in the package. */
-export function loadOrtNode(): Promise<OrtNode | null> {
+function loadOrtNode(): Promise<OrtNode | null> {
   const name = 'onnxruntime-node'; // a variable, so TypeScript does not look for the optional module's types
   ortNodePromise ??= (import(name) as Promise<OrtNode & { default?: OrtNode }>).then(
     (m) => {
