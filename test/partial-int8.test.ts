@@ -21,7 +21,9 @@ import { loadForDeploy, onnxAgreement, type QuantReport } from '../src/deploy/st
 import { floatLayersOf, layerSensitivity, parseKeepFloat, partialInt8Curve, partialInt8Net } from '../src/deploy/sensitivity.js';
 import { runExport, runQuantize } from '../src/cli/deploy.js';
 import { UsageError } from '../src/cli/flags.js';
+import { writeReport } from '../src/report/index.js';
 import { REPO_ROOT } from './helpers/paths.js';
+import { openWatchedPage } from './helpers/browser.js';
 
 torch.setNumThreads(1);
 const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
@@ -133,6 +135,24 @@ test('partial INT8: sensitivity ranking, kept layers float in the ONNX graph, si
   assert.equal(rep.sensitivity!.layers.length, LAYERS.length);
   assert.equal(rep.sensitivity!.curve!.length, LAYERS.length + 1);
   assert.deepEqual(rep.floatLayers, [rep.sensitivity!.layers[0].layer]);
+
+  // The report's section: the ranking, the curve table and its two charts, drawn without errors.
+  fs.writeFileSync(path.join(dir, 'quant-demo.json'), JSON.stringify({ RepVGG: rep }));
+  const report = writeReport([path.join(dir, 'run')], path.join(dir, 'report.html'));
+  const html = fs.readFileSync(report.file, 'utf8');
+  assert.match(html, /Per-layer sensitivity and partial INT8/);
+  for (const l of LAYERS) assert.ok(html.includes(`<td>${l}</td>`), l);
+  assert.match(html, /kept in float \(K\)/);
+  const { browser, page, problems } = await openWatchedPage();
+  try {
+    await page.goto(`file://${report.file}`, { waitUntil: 'load' });
+    await page.waitForFunction('window.repoptReport && window.repoptReport.ready === true', { timeout: 20_000 });
+    const charts = (await page.evaluate('Object.keys(window.repoptReport.charts)')) as string[];
+    assert.ok(charts.includes('sensitivity-acc-0') && charts.includes('sensitivity-lat-0'), charts.join(', '));
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+  }
 
   const onnx = path.join(dir, 'partial.onnx');
   r = await run(runExport, ['--checkpoint', ckpt, '--out', onnx, '--int8', '--calib', 'fashion-mnist', '--calib-images', '256', '--keep-float', 'stage0.conv,linear', '--threads', '1']);

@@ -252,6 +252,7 @@ export const QUANT_DEMO_COMMAND = defineCommand({
     'weight-bits': flag.ints('weight bit widths (8: every observer; fewer: MSE activations)', { default: [8, 6, 5], min: 2, max: 8, group: 'INT8' }),
     'qat-epochs': flag.int('QAT epochs (0: none)', { default: 0, min: 0, group: 'INT8' }),
     'onnx-images': flag.int('test images run in ONNX Runtime (0: skip)', { default: 2000, min: 0, group: 'INT8' }),
+    sensitivity: flag.boolean('also per-layer sensitivity and the partial-INT8 curve over K (in the report)', { group: 'INT8' }),
     ...THREADS_FLAG,
   },
   notes: DATA_SPEC_NOTE,

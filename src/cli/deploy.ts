@@ -283,6 +283,7 @@ async function quantDemoOnce(f: QuantDemoFlags, out: string, seed: number, log: 
       onnxImages: f['onnx-images'],
       batchSize: 256,
       seed,
+      sensitivity: f.sensitivity ? { curve: f['onnx-images'] > 0 } : undefined,
       log,
     });
   }
