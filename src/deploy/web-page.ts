@@ -151,6 +151,8 @@ async function main() {
     fp32: await ort.InferenceSession.create(data.models.fp32, opts),
     int8: await ort.InferenceSession.create(data.models.int8, opts),
   };
+  // One untimed run each: the first run of a session allocates and tunes, and would skew the latency column.
+  if (data.samples.length) for (const k of ['fp32', 'int8']) await run(sessions[k], b64(data.samples[0].pixels));
   const strip = document.getElementById('strip');
   const body = document.querySelector('#summary tbody');
   const cells = [];
