@@ -23,19 +23,19 @@ import { type Tensor } from '../src/torch/index.js';
 import { RepOptVGG, type RepOptVGGConfig } from '../src/models/repoptvgg.js';
 import { deployVGG, calibrate, quantizeModel, exportOnnx, OnnxRunner } from '../src/deploy/index.js';
 
-interface InferModel { label: string; cfg: RepOptVGGConfig; strides: number[]; inChannels: number; classes: number; size: number }
-const MODELS: Record<string, InferModel> = {
+export interface InferModel { label: string; cfg: RepOptVGGConfig; strides: number[]; inChannels: number; classes: number; size: number }
+export const MODELS: Record<string, InferModel> = {
   bench: { label: 'bench model (1,2,4,1; 0.75,0.75,0.75,2.5; 3x64x64)', cfg: { numBlocks: [1, 2, 4, 1], widthMultiplier: [0.75, 0.75, 0.75, 2.5] }, strides: [2, 2, 2, 2, 2], inChannels: 3, classes: 100, size: 64 },
   demo: { label: "demo's model (2,2,2,1; 0.25 x4; 1x28x28)", cfg: { numBlocks: [2, 2, 2, 1], widthMultiplier: [0.25, 0.25, 0.25, 0.25] }, strides: [1, 1, 2, 2, 2], inChannels: 1, classes: 10, size: 28 },
 };
 
-function now(): number {
+export function now(): number {
   if (torch.getNumThreads() !== 1) return performance.now();
   const c = process.cpuUsage();
   return (c.user + c.system) / 1e3;
 }
 
-const median = (xs: number[]) => {
+export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;

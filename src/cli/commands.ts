@@ -174,16 +174,19 @@ const QUANT_POLICY_FLAGS = {
   'fp32-first': flag.boolean('keep the image input and the first conv in FP32', { group: 'INT8' }),
   'fp32-last': flag.boolean('keep the pooled features and the classifier in FP32', { group: 'INT8' }),
   percentile: flag.number('the percentile observer\'s percentile', { default: 99.99, above: 50, max: 100, group: 'INT8' }),
+  'keep-float': flag.string('partial INT8: keep the K most sensitive layers (one layer quantized at a time, top-1 drop on the test split) or the named ones (comma list) in float', { arg: 'K|LAYERS', group: 'INT8' }),
 };
 
 export const EXPORT_COMMAND = defineCommand({
   name: 'export',
   summary: 'ONNX (opset 13, dynamic batch) of the deployed network, FP32 or INT8 QDQ, checked in ONNX Runtime',
-  usage: '--checkpoint FILE --out FILE.onnx [--int8 --calib SPEC] [options]',
-  description: `Writes the deployed network as ONNX (opset 13; input [batch, C, height, width], output logits): FP32, or INT8 in QDQ form calibrated on --calib images. Then runs the file in ONNX Runtime and compares with our logits (exit 1 beyond tolerance). ${CHECKPOINT_NOTE}`,
+  usage: '--checkpoint FILE (--out FILE.onnx [--int8 --calib SPEC] | --web DIR --calib SPEC) [options]',
+  description: `Writes the deployed network as ONNX (opset 13; input [batch, C, height, width], output logits): FP32, or INT8 in QDQ form calibrated on --calib images. Then runs the file in ONNX Runtime (onnxruntime-node when installed, else onnxruntime-web) and compares with our logits (exit 1 beyond tolerance). With --web DIR: a static page in DIR that classifies images in the browser (onnxruntime-web, all files local), FP32 and INT8 side by side, on --web-images test images of --calib and on images drawn (grayscale) or picked (RGB); serve DIR with any static file server. ${CHECKPOINT_NOTE}`,
   flags: {
     ...CHECKPOINT_FLAGS,
-    out: flag.string('the ONNX file to write', { arg: 'FILE.onnx', required: true }),
+    out: flag.string('the ONNX file to write', { arg: 'FILE.onnx' }),
+    web: flag.string('write the browser demo page (FP32 + INT8) into this folder', { arg: 'DIR' }),
+    'web-images': flag.int('test images embedded in the page', { default: 16, min: 1, max: 256 }),
     format: flag.choice(['onnx'] as const, 'output format', { default: 'onnx' }),
     'image-size': flag.int('image size of the random check images (and of folder calibration images)', { min: 1 }),
     'no-verify': flag.boolean('skip the ONNX Runtime check'),
@@ -218,6 +221,7 @@ export const QUANTIZE_COMMAND = defineCommand({
     'weight-bits': flag.ints('weight bit widths to compare (int8 storage, narrower grid)', { default: [8], min: 2, max: 8, group: 'INT8' }),
     ...QUANT_POLICY_FLAGS,
     'onnx-images': flag.int('test images run in ONNX Runtime (0: skip)', { default: 1000, min: 0, group: 'INT8' }),
+    sensitivity: flag.boolean('per-layer sensitivity (INT8 and 6-bit weights, one layer at a time), and the partial-INT8 accuracy / latency curve over K in ONNX Runtime (on --onnx-images images)', { group: 'INT8' }),
     'qat-epochs': flag.int('QAT epochs on the training split (0: none)', { default: 0, min: 0, group: 'QAT' }),
     'qat-bits': flag.int('weight bits QAT trains for (default: the smallest of --weight-bits)', { min: 2, max: 8, group: 'QAT' }),
     'qat-lr': flag.number('QAT learning rate', { default: 1e-3, above: 0, group: 'QAT' }),
@@ -256,6 +260,7 @@ export const QUANT_DEMO_COMMAND = defineCommand({
     'weight-bits': flag.ints('weight bit widths (8: every observer; fewer: MSE activations)', { default: [8, 6, 5], min: 2, max: 8, group: 'INT8' }),
     'qat-epochs': flag.int('QAT epochs (0: none)', { default: 0, min: 0, group: 'INT8' }),
     'onnx-images': flag.int('test images run in ONNX Runtime (0: skip)', { default: 2000, min: 0, group: 'INT8' }),
+    sensitivity: flag.boolean('also per-layer sensitivity and the partial-INT8 curve over K (in the report)', { group: 'INT8' }),
     ...THREADS_FLAG,
   },
   notes: DATA_SPEC_NOTE,

@@ -12,6 +12,8 @@ import path from 'node:path';
 import { saveStateDict } from '../train/checkpoint.js';
 import { OBSERVERS, type LayerWeightStats, type QuantPolicy } from '../deploy/quant.js';
 import { exportCheckpoint, int8Label as label, loadForDeploy, prepareCheckpointModel, quantizeStudy, weightReport, type CheckpointSource, type QuantReport } from '../deploy/study.js';
+import { parseKeepFloat, type KeepFloat } from '../deploy/sensitivity.js';
+import { exportWeb } from '../deploy/web.js';
 import { runTraining, type TrainingRunOptions } from '../train/run.js';
 import { UsageError, parseCommand, type Flags } from './flags.js';
 import { DEPLOY_COMMAND, EXPORT_COMMAND, INSPECT_WEIGHTS_COMMAND, QUANTIZE_COMMAND, QUANT_DEMO_COMMAND, QUANT_DEMO_ARCH } from './commands.js';
@@ -47,35 +49,73 @@ export async function runDeploy(argv: string[], log: Log): Promise<number> {
 
 // ------------------------------------------------------------------ export
 
+function keepFloatFlag(text: string | undefined): KeepFloat | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return parseKeepFloat(text);
+  } catch (e) {
+    throw new UsageError(`--keep-float: ${(e as Error).message.replace(/^keep-float: /, '')}`);
+  }
+}
+
 export async function runExport(argv: string[], log: Log): Promise<number> {
   const { flags: f, given } = parseCommand(EXPORT_COMMAND, argv);
+  if (f.web !== undefined) return runExportWeb(f, given, log);
+  if (f.out === undefined) throw new UsageError('--out FILE.onnx is required (or --web DIR)');
   if (f.int8 && !f.calib) throw new UsageError('--int8 needs calibration data: --calib SPEC (e.g. fashion-mnist)');
-  const int8Only = (['calib', 'calib-images', 'observer', 'per-tensor', 'weight-bits', 'fp32-first', 'fp32-last', 'percentile'] as const).filter((k) => given.has(k));
+  const int8Only = (['calib', 'calib-images', 'observer', 'per-tensor', 'weight-bits', 'fp32-first', 'fp32-last', 'percentile', 'keep-float'] as const).filter((k) => given.has(k));
   if (!f.int8 && int8Only.length) throw new UsageError(`${int8Only.map((k) => `--${k}`).join(', ')} need --int8`);
+  if (given.has('web-images')) throw new UsageError('--web-images needs --web DIR');
   applyThreads(f.threads);
   const policy: QuantPolicy = { perChannel: !f['per-tensor'], quantizeFirst: !f['fp32-first'], quantizeLast: !f['fp32-last'], weightBits: f['weight-bits'] };
   const r = await exportCheckpoint({
     ...source(f),
     out: f.out,
-    int8: f.int8 && f.calib ? { calib: f.calib, calibImages: f['calib-images'], observer: f.observer, percentile: f.percentile, policy } : undefined,
+    int8: f.int8 && f.calib ? { calib: f.calib, calibImages: f['calib-images'], observer: f.observer, percentile: f.percentile, policy, keepFloat: keepFloatFlag(f['keep-float']) } : undefined,
     imageSize: f['image-size'],
     verify: !f['no-verify'],
     seed: f.seed,
   });
   const q = r.int8;
   const what = q
-    ? `INT8 QDQ (${q.observer} activations on ${q.calibImages} images of ${q.calibData}, ${q.perChannel ? 'per-channel' : 'per-tensor'}${q.weightBits < 8 ? ` ${q.weightBits}-bit` : ''} weights${q.quantizeFirst ? '' : ', first conv FP32'}${q.quantizeLast ? '' : ', last linear FP32'})`
+    ? `INT8 QDQ (${q.observer} activations on ${q.calibImages} images of ${q.calibData}, ${q.perChannel ? 'per-channel' : 'per-tensor'}${q.weightBits < 8 ? ` ${q.weightBits}-bit` : ''} weights${q.quantizeFirst ? '' : ', first conv FP32'}${q.quantizeLast ? '' : ', last linear FP32'}${q.floatLayers.length ? `, kept in float: ${q.floatLayers.join(', ')}` : ''})`
     : 'FP32';
   log(`${r.out}: ${what}, opset 13, input [batch, ${r.inChannels}, height, width], ${r.bytes.toLocaleString('en-US')} bytes` + (r.fuseError !== null ? `; fusion error ${r.fuseError.toExponential(2)}` : ''));
   if (r.check) {
     const a = r.check;
-    log(`ONNX Runtime check on ${a.images} ${a.on} images: top-1 agreement ${pct(a.agreement)}, max |logit diff| ${a.maxDiff.toExponential(2)} (${a.relMaxDiff.toExponential(2)} of the logits' scale)`);
+    log(`ONNX Runtime check on ${a.images} ${a.on} images: top-1 agreement ${pct(a.agreement)}, max |logit diff| ${a.maxDiff.toExponential(2)} (${a.relMaxDiff.toExponential(2)} of the logits' scale; ${a.runtime})`);
     if (!a.ok) {
       log('ONNX Runtime disagrees with the model beyond tolerance');
       return 1;
     }
   }
   return 0;
+}
+
+type ExportFlags = Flags<typeof EXPORT_COMMAND.flags>;
+
+async function runExportWeb(f: ExportFlags, given: ReadonlySet<string>, log: Log): Promise<number> {
+  if (!f.calib) throw new UsageError('--web needs a data set: --calib SPEC (INT8 calibration on its training split; the page shows its test images)');
+  const bad = (['out', 'format', 'no-verify'] as const).filter((k) => given.has(k));
+  if (bad.length) throw new UsageError(`${bad.map((k) => `--${k}`).join(', ')} cannot go with --web`);
+  applyThreads(f.threads);
+  const policy: QuantPolicy = { perChannel: !f['per-tensor'], quantizeFirst: !f['fp32-first'], quantizeLast: !f['fp32-last'], weightBits: f['weight-bits'] };
+  const r = await exportWeb({
+    ...source(f),
+    dir: f.web!,
+    int8: { calib: f.calib, calibImages: f['calib-images'], observer: f.observer, percentile: f.percentile, policy, keepFloat: keepFloatFlag(f['keep-float']) },
+    images: f['web-images'],
+    imageSize: f['image-size'],
+    seed: f.seed,
+  });
+  log(`${r.dir}: ${r.files.join(', ')}; ${r.ours.fp32.length} test images, ${r.channels}x${r.height}x${r.width}, ${r.channels === 1 ? 'a canvas to draw on' : 'a file picker'}`);
+  log(`INT8: ${r.int8.observer} activations on ${r.int8.calibImages} images of ${r.int8.calibData}${r.int8.floatLayers.length ? `, kept in float: ${r.int8.floatLayers.join(', ')}` : ''}`);
+  for (const k of ['fp32', 'int8'] as const) {
+    const a = r.check[k];
+    log(`ONNX Runtime (${a.runtime}) ${k.toUpperCase()} on the page's images: top-1 agreement ${pct(a.agreement)}, max |logit diff| ${a.relMaxDiff.toExponential(2)} of the logits' scale`);
+  }
+  log(`serve it with any static file server (browsers do not run pages from file://), e.g. python3 -m http.server -d ${r.dir} 8000, then open http://localhost:8000/`);
+  return r.check.fp32.relMaxDiff <= 1e-4 && r.check.int8.agreement >= 0.9 ? 0 : 1;
 }
 
 // ------------------------------------------------------------------ quantize
@@ -114,6 +154,8 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
     onnxImages: f['onnx-images'],
     batchSize: f['batch-size'],
     seed: f.seed,
+    sensitivity: f.sensitivity ? { curve: f['onnx-images'] > 0 } : undefined,
+    keepFloat: keepFloatFlag(f['keep-float']),
     log: f.json ? undefined : log,
   });
   if (f.json) {
@@ -121,6 +163,7 @@ export async function runQuantize(argv: string[], log: Log): Promise<number> {
     return 0;
   }
   log(`${r.checkpoint} (${r.mode}); fusion error ${r.fuseError.toExponential(2)}; calibration ${r.calibImages} training images, test ${r.testImages} images`);
+  if (r.floatLayers) log(`kept in float: ${r.floatLayers.join(', ')}`);
   log(`${'model'.padEnd(36)} ${'top-1'.padStart(8)} ${'drop'.padStart(8)}`);
   if (r.fp32Trained !== null) log(`${'FP32 trained (eval mode)'.padEnd(36)} ${pct(r.fp32Trained).padStart(8)}`);
   log(`${'FP32 deployed'.padEnd(36)} ${pct(r.fp32Deployed).padStart(8)}`);
@@ -242,6 +285,7 @@ async function quantDemoOnce(f: QuantDemoFlags, out: string, seed: number, log: 
       onnxImages: f['onnx-images'],
       batchSize: 256,
       seed,
+      sensitivity: f.sensitivity ? { curve: f['onnx-images'] > 0 } : undefined,
       log,
     });
   }

@@ -237,7 +237,17 @@ export function decodeOnnx(bytes: Uint8Array): onnxProto.onnx.ModelProto {
 }
 
 type Ort = typeof import('onnxruntime-web');
+type OrtSession = import('onnxruntime-web').InferenceSession;
 let ortPromise: Promise<Ort> | null = null;
+
+/** Which ONNX Runtime runs a model: the WebAssembly build (`web`), the native one (`node`), or node when installed (`auto`). */
+export type OnnxBackend = 'web' | 'node' | 'auto';
+export type OnnxRuntimeName = 'onnxruntime-web' | 'onnxruntime-node';
+
+const notFound = (e: unknown) => {
+  const code = (e as { code?: string }).code;
+  return code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND';
+};
 
 /**
  * onnxruntime-web, loaded on first use, single-threaded WebAssembly backend, errors only. It is an
@@ -247,10 +257,7 @@ let ortPromise: Promise<Ort> | null = null;
 function loadOrt(): Promise<Ort> {
   ortPromise ??= import('onnxruntime-web').catch((e: unknown) => {
     ortPromise = null;
-    const code = (e as { code?: string }).code;
-    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
-      throw new Error('running ONNX models needs ONNX Runtime, an optional dependency of repopt: npm install onnxruntime-web');
-    }
+    if (notFound(e)) throw new Error('running ONNX models needs ONNX Runtime, an optional dependency of repopt: npm install onnxruntime-web');
     throw e;
   }).then((ort) => {
     ort.env.wasm.numThreads = 1;
@@ -261,23 +268,74 @@ function loadOrt(): Promise<Ort> {
   return ortPromise;
 }
 
+/**
+ * The subset of onnxruntime-node's API used here (the same as onnxruntime-web's, both re-export
+ * onnxruntime-common). Declared by hand: onnxruntime-node is an optional peer that a build may lack,
+ * so its types cannot be imported.
+ */
+interface OrtNode {
+  InferenceSession: { create(bytes: Uint8Array, opts: { executionProviders: string[]; graphOptimizationLevel: 'disabled' | 'all'; intraOpNumThreads: number; interOpNumThreads: number }): Promise<OrtSession> };
+  Tensor: Ort['Tensor'];
+  env: { logLevel?: string };
+}
+let ortNodePromise: Promise<OrtNode | null> | null = null;
+
+/** onnxruntime-node when installed (null when not): its CPU binaries ship in the package. */
+function loadOrtNode(): Promise<OrtNode | null> {
+  const name = 'onnxruntime-node'; // a variable, so TypeScript does not look for the optional module's types
+  ortNodePromise ??= (import(name) as Promise<OrtNode & { default?: OrtNode }>).then(
+    (m) => {
+      const ort = m.InferenceSession ? m : m.default!;
+      ort.env.logLevel = 'error';
+      return ort;
+    },
+    (e: unknown) => {
+      if (notFound(e)) return null;
+      throw e;
+    },
+  );
+  return ortNodePromise;
+}
+
+/** Whether onnxruntime-node can be loaded here. */
+export async function hasOrtNode(): Promise<boolean> {
+  return (await loadOrtNode()) !== null;
+}
+
 /** An ONNX Runtime session over ONNX bytes: `run(x)` gives the logits as a tensor. */
 export class OnnxRunner {
-  private constructor(private readonly session: import('onnxruntime-web').InferenceSession, private readonly ort: Ort) {}
+  private constructor(
+    private readonly session: OrtSession,
+    private readonly TensorCtor: Ort['Tensor'],
+    /** The runtime that runs it. */
+    readonly runtime: OnnxRuntimeName,
+  ) {}
 
   /**
    * `optimize` (default true) lets ONNX Runtime fuse the QDQ patterns into its int8 kernels; false runs
    * every node as written (QuantizeLinear/DequantizeLinear in float: the fake-quant arithmetic).
+   * `backend` (default `web`): `node` needs onnxruntime-node, `auto` takes it when installed. Both run
+   * on one thread (as our libtorch checks do).
    */
-  static async create(bytes: Uint8Array, opts: { optimize?: boolean } = {}): Promise<OnnxRunner> {
+  static async create(bytes: Uint8Array, opts: { optimize?: boolean; backend?: OnnxBackend } = {}): Promise<OnnxRunner> {
+    const level = opts.optimize === false ? 'disabled' : 'all';
+    const backend = opts.backend ?? 'web';
+    if (backend !== 'web') {
+      const node = await loadOrtNode();
+      if (node) {
+        const session = await node.InferenceSession.create(bytes, { executionProviders: ['cpu'], graphOptimizationLevel: level, intraOpNumThreads: 1, interOpNumThreads: 1 });
+        return new OnnxRunner(session, node.Tensor, 'onnxruntime-node');
+      }
+      if (backend === 'node') throw new Error('the node backend needs onnxruntime-node, an optional dependency of repopt: npm install --ignore-scripts onnxruntime-node (see the README)');
+    }
     const ort = await loadOrt();
-    const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: opts.optimize === false ? 'disabled' : 'all' });
-    return new OnnxRunner(session, ort);
+    const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: level });
+    return new OnnxRunner(session, ort.Tensor, 'onnxruntime-web');
   }
 
   async run(x: Tensor): Promise<Tensor> {
     const data = x.detach().float().contiguous().toTypedArray() as Float32Array;
-    const out = await this.session.run({ input: new this.ort.Tensor('float32', data, x.shape) });
+    const out = await this.session.run({ input: new this.TensorCtor('float32', data, x.shape) });
     const y = out.logits;
     return torch.fromTypedArray(Float32Array.from(y.data as Float32Array), y.dims.map(Number));
   }

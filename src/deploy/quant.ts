@@ -307,6 +307,11 @@ export interface QuantPolicy {
   quantizeLast: boolean;
   /** Weight bits (default 8; fewer is stored as int8 codes in a narrower range, to probe outlier sensitivity). */
   weightBits?: number;
+  /**
+   * Layers kept in float (partial INT8, e.g. the most sensitive ones: see sensitivity.ts): their weights
+   * and their inputs are not quantized (an input another quantized layer also reads still is).
+   */
+  floatLayers?: readonly string[];
 }
 
 export const DEFAULT_POLICY: QuantPolicy = { perChannel: true, quantizeFirst: true, quantizeLast: true };
@@ -320,13 +325,23 @@ export const DEFAULT_POLICY: QuantPolicy = { perChannel: true, quantizeFirst: tr
 export function activationSites(model: Module, policy: QuantPolicy): string[] {
   const g = traceGraph(model);
   const layers = new Set(quantizedLayers(model, policy));
+  const keep = new Set(policy.floatLayers ?? []);
   const sites = new Set<GraphValue>();
+  const inputs = new Set<GraphValue>();
+  const floatInputs = new Set<GraphValue>();
   for (const n of g.nodes) {
-    if ((n.op.kind !== 'conv' && n.op.kind !== 'linear') || !layers.has(n.op.layer)) continue;
+    if (n.op.kind !== 'conv' && n.op.kind !== 'linear') continue;
+    if (!layers.has(n.op.layer)) {
+      if (keep.has(n.op.layer)) floatInputs.add(n.inputs[0]);
+      continue;
+    }
     sites.add(n.inputs[0]);
+    inputs.add(n.inputs[0]);
     const readers = g.consumers(n.output);
     sites.add(readers.length === 1 && readers[0].op.kind === 'relu' ? readers[0].output : n.output);
   }
+  // A kept layer reads float: no QDQ before it, unless a quantized layer needs that value quantized too.
+  for (const v of floatInputs) if (!inputs.has(v)) sites.delete(v);
   sites.delete(g.output);
   return [g.input, ...g.nodes.map((n) => n.output)].filter((v) => sites.has(v));
 }
@@ -336,10 +351,14 @@ export function quantizedLayers(model: Module, policy: QuantPolicy): string[] {
   const g = traceGraph(model);
   const first = new Set(g.consumers(g.input).map((n) => n.output));
   const last = g.producer(g.output)?.output;
+  const keep = new Set(policy.floatLayers ?? []);
+  const all = g.layers().map((l) => l.layer);
+  for (const k of keep) if (!all.includes(k)) throw new Error(`no layer '${k}' to keep in float (layers: ${all.join(', ')})`);
   return g.nodes
     .filter((n) => n.op.kind === 'conv' || n.op.kind === 'linear')
     .filter((n) => (policy.quantizeFirst || !first.has(n.output)) && (policy.quantizeLast || n.output !== last))
-    .map((n) => (n.op as { layer: string }).layer);
+    .map((n) => (n.op as { layer: string }).layer)
+    .filter((l) => !keep.has(l));
 }
 
 interface Hooks {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import * as torch from '../torch/index.js';
 import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
-import { openDataset } from '../data/dataset.js';
+import { openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
@@ -25,7 +25,8 @@ import {
   QuantizedNet, calibrate, deployedKernels, qatFineTune, quantizeModel, weightStats,
   type LayerWeightStats, type ObserverKind, type QuantPolicy,
 } from './quant.js';
-import { OnnxRunner, exportOnnx } from './onnx.js';
+import { OnnxRunner, exportOnnx, type OnnxBackend, type OnnxRuntimeName } from './onnx.js';
+import { floatLayersOf, layerSensitivity, partialInt8Curve, type KeepFloat, type PartialInt8Point, type SensitivityReport } from './sensitivity.js';
 
 export interface LoadedModel {
   family: ModelFamily;
@@ -102,11 +103,12 @@ export interface OnnxAgreement {
   maxDiff: number;
   onnxTop1: number;
   oursTop1: number;
+  runtime: OnnxRuntimeName;
 }
 
-/** Runs ONNX bytes in ONNX Runtime over batches and compares with our model's logits. */
-export async function onnxAgreement(bytes: Uint8Array, ours: Module, batches: Batch[]): Promise<OnnxAgreement> {
-  const runner = await OnnxRunner.create(bytes);
+/** Runs ONNX bytes in ONNX Runtime (default: onnxruntime-web) over batches and compares with our model's logits. */
+export async function onnxAgreement(bytes: Uint8Array, ours: Module, batches: Batch[], opts: { backend?: OnnxBackend } = {}): Promise<OnnxAgreement> {
+  const runner = await OnnxRunner.create(bytes, { backend: opts.backend });
   let agree = 0;
   let n = 0;
   let maxDiff = 0;
@@ -137,7 +139,7 @@ export async function onnxAgreement(bytes: Uint8Array, ours: Module, batches: Ba
     ours.train(wasTraining);
     await runner.release();
   }
-  return { images: n, agreement: agree / n, relMaxDiff: maxDiff / Math.max(scale, 1e-12), maxDiff, onnxTop1: hitsOnnx / n, oursTop1: hitsOurs / n };
+  return { images: n, agreement: agree / n, relMaxDiff: maxDiff / Math.max(scale, 1e-12), maxDiff, onnxTop1: hitsOnnx / n, oursTop1: hitsOurs / n, runtime: runner.runtime };
 }
 
 
@@ -151,11 +153,16 @@ export interface ExportOptions extends CheckpointSource {
     observer: ObserverKind;
     percentile: number;
     policy: QuantPolicy;
+    /** Layers kept in float: named, or the K most sensitive on `sensitivityImages` of the calibration data's test split. */
+    keepFloat?: KeepFloat;
+    sensitivityImages?: number;
   };
   /** Image size of folder calibration images and of the random check images. */
   imageSize?: number;
   /** Run the file in ONNX Runtime and compare with our logits (default true). */
   verify?: boolean;
+  /** ONNX Runtime for the check (default `auto`: onnxruntime-node when installed, else onnxruntime-web). */
+  backend?: OnnxBackend;
   seed?: number;
 }
 
@@ -166,9 +173,47 @@ export interface ExportReport {
   inChannels: number;
   fuseError: number | null;
   /** What was quantized (absent: FP32). */
-  int8?: { observer: ObserverKind; calibImages: number; calibData: string; perChannel: boolean; weightBits: number; quantizeFirst: boolean; quantizeLast: boolean };
+  int8?: { observer: ObserverKind; calibImages: number; calibData: string; perChannel: boolean; weightBits: number; quantizeFirst: boolean; quantizeLast: boolean; floatLayers: string[]; sensitivity?: SensitivityReport };
   /** The ONNX Runtime check: on calibration images (INT8) or random ones (FP32). */
   check?: OnnxAgreement & { on: 'calibration' | 'random'; ok: boolean };
+}
+
+/**
+ * The INT8 network of an export: calibrated on `calibImages` of the calibration set (shuffled with
+ * `seed`), with the layers `keepFloat` names (or the K most sensitive, measured on the same data set's
+ * test split) in float. The calibration batches are the caller's to dispose.
+ */
+export async function quantizeForExport(
+  deployed: Module,
+  calibSet: Dataset,
+  int8: NonNullable<ExportOptions['int8']>,
+  o: { imageSize?: number; seed: number },
+): Promise<{ q: QuantizedNet; calib: Batch[]; info: NonNullable<ExportReport['int8']> }> {
+  const calib = await collectBatches(calibSet, int8.calibImages, 128, true, o.seed);
+  try {
+    const obs = calibrate(deployed, calib.map((b) => b.x));
+    let sensitivity: SensitivityReport | undefined;
+    const keep = int8.keepFloat ?? [];
+    if (typeof keep === 'number' && keep > 0) {
+      const test = await collectBatches(openDataset(int8.calib, 'test', { imageSize: o.imageSize }), int8.sensitivityImages ?? 500, 250, false, 0);
+      try {
+        sensitivity = layerSensitivity(deployed, obs, test, { observer: int8.observer, percentile: int8.percentile, perChannel: int8.policy.perChannel });
+      } finally {
+        disposeBatches(test);
+      }
+    }
+    const policy: QuantPolicy = { ...int8.policy, floatLayers: floatLayersOf(keep, deployed, sensitivity) };
+    const q = quantizeModel(deployed, obs, int8.observer, policy, { percentile: int8.percentile });
+    const info = {
+      observer: int8.observer, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), calibData: calibSet.name,
+      perChannel: q.policy.perChannel, weightBits: q.weightBits, quantizeFirst: q.policy.quantizeFirst, quantizeLast: q.policy.quantizeLast,
+      floatLayers: [...(policy.floatLayers ?? [])], sensitivity,
+    };
+    return { q, calib, info };
+  } catch (e) {
+    disposeBatches(calib);
+    throw e;
+  }
 }
 
 /**
@@ -190,14 +235,10 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportReport> 
     let net: Module = deployed;
     let int8: ExportReport['int8'];
     if (o.int8 && calibSet) {
-      calib = await collectBatches(calibSet, o.int8.calibImages, 128, true, seed);
-      const obs = calibrate(deployed, calib.map((b) => b.x));
-      const q = quantizeModel(deployed, obs, o.int8.observer, o.int8.policy, { percentile: o.int8.percentile });
-      net = q;
-      int8 = {
-        observer: o.int8.observer, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), calibData: calibSet.name,
-        perChannel: q.policy.perChannel, weightBits: q.weightBits, quantizeFirst: q.policy.quantizeFirst, quantizeLast: q.policy.quantizeLast,
-      };
+      const r = await quantizeForExport(deployed, calibSet, o.int8, { imageSize: o.imageSize, seed });
+      calib = r.calib;
+      net = r.q;
+      int8 = r.info;
     }
     const bytes = exportOnnx(net);
     fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
@@ -209,7 +250,7 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportReport> 
       const size = calibSet?.height ?? o.imageSize ?? 32;
       const batches = calib.length ? calib.slice(0, 2) : [{ x: torch.keep(torch.randn([8, cin, size, size])), y: torch.keep(torch.zeros([8], { dtype: 'int64' })) }];
       try {
-        const a = await onnxAgreement(bytes, net, batches);
+        const a = await onnxAgreement(bytes, net, batches, { backend: o.backend ?? 'auto' });
         report.check = { ...a, on: calib.length ? 'calibration' : 'random', ok: int8 ? a.agreement >= 0.9 : a.relMaxDiff <= 1e-4 };
       } finally {
         if (!calib.length) disposeBatches(batches);
@@ -242,6 +283,10 @@ export interface QuantReport {
   qat?: { observer: ObserverKind; perChannel: boolean; weightBits: number; epochs: number; before: number; after: number };
   onnx?: OnnxAgreement & { observer: ObserverKind; perChannel: boolean; weightBits: number };
   weights: LayerWeightStats[];
+  /** Layers kept in float in every row (partial INT8). */
+  floatLayers?: string[];
+  /** Per-layer sensitivity, and the partial-INT8 curve over K in ONNX Runtime. */
+  sensitivity?: SensitivityReport & { curve?: PartialInt8Point[] };
 }
 
 export interface QuantizeOptions {
@@ -269,6 +314,10 @@ export interface QuantizeOptions {
   onnxImages: number;
   batchSize: number;
   seed: number;
+  /** Per-layer sensitivity (first observer, first granularity), with the partial-INT8 curve in ONNX Runtime when `curve`. */
+  sensitivity?: { curve: boolean; lowBits?: number };
+  /** Layers kept in float in every configuration: named, or the K most sensitive (measures sensitivity). */
+  keepFloat?: KeepFloat;
   log?: (line: string) => void;
 }
 
@@ -293,12 +342,26 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
     const fp32Trained = m.trained ? top1(m.trained, test) : null;
     const fp32Deployed = top1(deployed, test);
     const obs = calibrate(deployed, calib.map((b) => b.x));
+    const keep = o.keepFloat ?? [];
+    let sensitivity: QuantReport['sensitivity'];
+    if (o.sensitivity || (typeof keep === 'number' && keep > 0)) {
+      const sens = layerSensitivity(deployed, obs, test, { observer: o.observers[0], percentile: o.percentile, perChannel: o.granularities[0], lowBits: o.sensitivity?.lowBits });
+      sensitivity = sens;
+      log(`  per-layer sensitivity (${sens.observer}, one layer quantized at a time, most sensitive first; FP32 ${pct(sens.fp32Top1)}):`);
+      for (const l of sens.layers) log(`    ${l.layer.padEnd(24)} INT8 drop ${(l.int8Drop * 100).toFixed(2).padStart(6)}%  W${sens.lowBits} drop ${(l.lowBitsDrop * 100).toFixed(2).padStart(6)}%  logit error ${(l.logitError * 100).toFixed(2)}%`);
+      if (o.sensitivity?.curve) {
+        const curve = await partialInt8Curve(deployed, obs, test.slice(0, Math.max(1, Math.ceil(Math.min(o.onnxImages || 256, testImages) / o.batchSize))), sens, { observer: sens.observer, percentile: o.percentile, perChannel: sens.perChannel });
+        sensitivity = { ...sens, curve };
+        for (const p of curve) log(`    keep ${String(p.k).padStart(2)} float: simulated ${pct(p.simTop1)}, ${p.runtime} ${pct(p.onnxTop1)} (agreement ${pct(p.agreement)}), ${p.msPerImage.toFixed(3)} ms/image`);
+      }
+    }
+    const floatLayers = floatLayersOf(keep, deployed, sensitivity);
     const rows: QuantRow[] = [];
     const nets = new Map<string, QuantizedNet>();
     const bitsList = o.weightBits ?? [8];
     const key = (observer: ObserverKind, perChannel: boolean, bits: number) => `${observer}/${perChannel}/${bits}`;
     const make = (observer: ObserverKind, perChannel: boolean, weightBits: number) =>
-      quantizeModel(deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits }, { percentile: o.percentile });
+      quantizeModel(deployed, obs, observer, { perChannel, quantizeFirst: o.quantizeFirst, quantizeLast: o.quantizeLast, weightBits, floatLayers }, { percentile: o.percentile });
     for (const bits of bitsList) {
       for (const perChannel of o.granularities) {
         for (const observer of bits < 8 ? (o.lowBitObservers ?? o.observers) : o.observers) {
@@ -314,6 +377,8 @@ export async function quantizeStudy(o: QuantizeOptions): Promise<QuantReport> {
       checkpoint: o.checkpoint, mode: m.mode, fuseError: m.fuseError, calibImages: calib.reduce((s, b) => s + b.x.shape[0], 0), testImages,
       fp32Trained, fp32Deployed, rows, weights: weightStats(deployedKernels(deployed)),
     };
+    if (floatLayers.length) report.floatLayers = floatLayers;
+    if (sensitivity) report.sensitivity = sensitivity;
     // ONNX Runtime on the best simulated configuration of the first bit width and granularity.
     const first = rows.filter((r) => r.perChannel === o.granularities[0] && r.weightBits === bitsList[0]);
     const best = first.reduce((a, b) => (b.top1 > a.top1 ? b : a), first[0]);

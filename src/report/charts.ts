@@ -4,7 +4,7 @@
  * chart holds can be checked against the logs it came from.
  */
 import path from 'node:path';
-import type { RunData } from './runs.js';
+import type { QuantStudy, RunData } from './runs.js';
 import type { Arm } from './stats.js';
 import type { QuantGroup } from './quant.js';
 
@@ -274,4 +274,26 @@ export function quantCharts(groups: QuantGroup[], colors: Map<string, string>): 
       wide: true,
     };
   });
+}
+
+/** Partial INT8: top-1 (simulated and ONNX Runtime) and latency over K, the layers kept in float, per arm that measured it. */
+export function sensitivityCharts(studies: QuantStudy[], colors: Map<string, string>): ChartSpec[] {
+  const out: ChartSpec[] = [];
+  studies.forEach((s, k) => {
+    const arms = Object.entries(s.arms).filter(([, r]) => r.sensitivity?.curve?.length);
+    if (!arms.length) return;
+    const acc: SeriesSpec[] = [];
+    const lat: SeriesSpec[] = [];
+    arms.forEach(([n, r], i) => {
+      const color = colors.get(n) ?? ARM_COLORS[n] ?? PALETTE[i % PALETTE.length];
+      const c = r.sensitivity!.curve!;
+      const x = c.map((p) => p.k);
+      acc.push({ label: `${n} simulated`, color, role: 'simTop1', x, y: c.map((p) => p.simTop1 * 100), points: true, width: 2, dash: [6, 4] });
+      acc.push({ label: `${n} ${c[0].runtime}`, color, role: 'onnxTop1', x, y: c.map((p) => p.onnxTop1 * 100), points: true, width: 2 });
+      lat.push({ label: `${n} ${c[0].runtime}`, color, role: 'msPerImage', x, y: c.map((p) => p.msPerImage), points: true, width: 2 });
+    });
+    out.push({ id: `sensitivity-acc-${k}`, title: 'Partial INT8: top-1 over layers kept in float', xLabel: 'K (most sensitive layers kept in float)', yLabel: 'top-1 (%)', yDigits: 1, series: acc });
+    out.push({ id: `sensitivity-lat-${k}`, title: 'Partial INT8: ONNX Runtime latency over K', xLabel: 'K (most sensitive layers kept in float)', yLabel: 'ms / image (batch 1)', yDigits: 3, series: lat });
+  });
+  return out;
 }

@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { findRunDirs, findQuantStudies, loadRun, type QuantStudy, type RunData, type RunConfig } from './runs.js';
 import { groupArms, spreadOf, summarize, type Arm, type Comparison } from './stats.js';
-import { armColors, quantCharts, scaleCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
+import { armColors, quantCharts, scaleCharts, sensitivityCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
 import { CLIENT_JS } from './client.js';
 import { groupQuantStudies, quantComparisons, quantSpread, type QuantGroup } from './quant.js';
 
@@ -183,7 +183,7 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
   const arms = groupArms(runs).sort((a, b) => armRank(a) - armRank(b));
   const colors = armColors(arms);
   const quant = groupQuantStudies(studies);
-  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(quant, colors)];
+  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(quant, colors), ...sensitivityCharts(studies, colors)];
   const commands = [...(o.commands ?? []), ...runs.map((r) => reproduceCommand(r.config, r.dir)), `repopt report ${paths.map((p) => shellQuote(relPath(p))).join(' ')}`];
   return {
     title: o.title ?? 'repopt report',
@@ -268,6 +268,29 @@ function quantTable(g: QuantGroup): string {
     (words.length ? `<ul class="summary">${words.map((c) => `<li class="${c.exceedsSpread === true ? 'yes' : c.exceedsSpread === false ? 'no' : ''}">${esc(c.sentence)}</li>`).join('')}</ul>` : '');
 }
 
+/** Per-layer sensitivity of every arm that measured it (quant-demo --sensitivity): the ranking and the curve over K. */
+function sensitivityTables(studies: QuantStudy[]): string {
+  const pc = (x: number) => `${(x * 100).toFixed(2)}`;
+  const out: string[] = [];
+  for (const s of studies) {
+    for (const [arm, r] of Object.entries(s.arms)) {
+      const sens = r.sensitivity;
+      if (!sens) continue;
+      const rows = sens.layers.map((l, i) => `<tr><td class="num">${i + 1}</td><td>${esc(l.layer)}</td><td class="num">${pc(l.int8Drop)}</td><td class="num">${pc(l.lowBitsDrop)}</td><td class="num">${pc(l.logitError)}</td></tr>`);
+      let curve = '';
+      if (sens.curve?.length) {
+        const runtime = sens.curve[0].runtime;
+        curve = `<table class="grid compact"><tr><th>kept in float (K)</th><th>layers</th><th>simulated top-1</th><th>${esc(runtime)} top-1</th><th>agreement</th><th>ms / image</th></tr>` +
+          sens.curve.map((p) => `<tr><td class="num">${p.k}</td><td>${esc(p.floatLayers.join(', ') || '–')}</td><td class="num">${pc(p.simTop1)}</td><td class="num">${pc(p.onnxTop1)}</td><td class="num">${pc(p.agreement)}%</td><td class="num">${p.msPerImage.toFixed(3)}</td></tr>`).join('') + '</table>';
+      }
+      out.push(`<h3>${esc(arm)} <span class="sd">(${esc(relPath(s.file))})</span></h3>` +
+        `<p class="note">One layer quantized at a time (its weights, input and output; the rest FP32), ${esc(sens.observer)} activations, ${sens.perChannel ? 'per-channel' : 'per-tensor'} weights, on ${sens.images} test images; FP32 top-1 ${pc(sens.fp32Top1)}%. Drops in points, most sensitive first; logit error = relative RMS change of the logits (breaks ties). The curve keeps the K most sensitive layers in float (repopt export --keep-float K writes that file); latency at batch 1, 1 thread.</p>` +
+        `<div class="cols2"><table class="grid compact"><tr><th>rank</th><th>layer</th><th>INT8 drop</th><th>W${sens.lowBits} drop</th><th>logit error %</th></tr>${rows.join('')}</table>${curve}</div>`);
+    }
+  }
+  return out.join('');
+}
+
 const CSS = `
 :root { --fg: #1d2330; --muted: #5f6b7a; --line: #dde2e8; --bg: #ffffff; --panel: #f6f8fa; --accent: #1f6fb4; }
 * { box-sizing: border-box; }
@@ -323,6 +346,7 @@ footer { margin-top: 30px; color: var(--muted); font-size: 12px; border-top: 1px
   .uplot .u-legend { font-size: 9pt; }
   a { color: inherit; text-decoration: none; }
 }
+.cols2 { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
 `;
 
 /** One key for charts that share their series (colour per arm, line style per seed). */
@@ -353,6 +377,8 @@ export function renderReport(d: ReportData): string {
   const weights = section('weights-');
   if (weights.length) sections.push(['weights', 'Deployed weights (Table 11 of the paper)', `<p class="note">Kernels of the deployed plain network (BN folded, branches fused) from each run's final.pth. A multi-branch baseline's identity and 1x1 branches are added onto the centre tap when it is fused (RepVGG); the RepOpt target's Grad Mults act on the same tap during training. The paper's point (its Table 11) is the size of the difference: where RepVGG's centre std and max|w|/std are larger, its weights carry the outliers that cost it at low bit widths (see Quantization).</p>${grid(weights)}${weightsTable(d)}`]);
   if (d.quant.length) sections.push(['quant', 'Quantization', `${grid(section('quant-'))}${d.quant.map(quantTable).join('')}`]);
+  const sens = sensitivityTables(d.studies);
+  if (sens) sections.push(['sensitivity', 'Per-layer sensitivity and partial INT8', `${grid(section('sensitivity-'))}${sens}`]);
   const h = d.header;
   const swatchCss = d.arms.map((a) => `.swatch[data-arm="${esc(a.name)}"] { background: ${colors.get(a.name)}; }`).join('\n');
   const json = JSON.stringify({ charts: d.charts }).replace(/</g, '\\u003c');
