@@ -23,7 +23,10 @@ test('`repopt models --json` lists every architecture with the table\'s paramete
   assert.equal(Math.round(by.get('RepOpt-VGG-A0')!.params / 1e4) / 100, 8.31);
   assert.deepEqual(by.get('RepOpt-VGG-B1')?.modes, ['target', 'hs', 'csla', 'repvgg', 'qarepvgg']);
   assert.ok(by.has('RepOpt-GhostNet-0.5x'));
-  assert.equal(archs.length, 17);
+  // RepOpt-MobileOne S0-S4: the paper's deployed parameters (2.1M ... 14.8M).
+  assert.deepEqual(['S0', 'S1', 'S2', 'S3', 'S4'].map((v) => Math.round(by.get(`RepOpt-MobileOne-${v}`)!.params / 1e5) / 10), [2.1, 4.8, 7.8, 10.1, 14.8]);
+  assert.deepEqual(by.get('RepOpt-MobileOne-S0')?.modes, ['target', 'hs', 'csla', 'mobileone']);
+  assert.equal(archs.length, 22);
 });
 
 /** The command names `repopt help` lists. */
@@ -107,7 +110,7 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['train', '--data', 'synthetic', '--batch-size', '0'], /--batch-size must be a positive integer, got 0/],
     [['train', '--data', 'synthetic', '--lr', '-1'], /--lr must be a positive number, got -1/],
     [['train', '--data', 'synthetic', '--momentum', '1.5'], /--momentum must be in \[0, 1\], got 1\.5/],
-    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, qarepvgg, rep, got 'fast'/],
+    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, qarepvgg, rep, mobileone, csla, got 'fast'/],
     [['train', '--data', 'synthetic', '--nesterov=yes'], /flag --nesterov takes no value/],
     [['train', '--data', 'synthetic', '--seed', '1', '--seed', '2'], /--seed given twice/],
     [['train', '--data', 'synthetic', 'extra'], /unexpected argument 'extra'/],

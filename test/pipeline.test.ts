@@ -73,6 +73,30 @@ const ghostMults: ExpectedMults = (scales) => {
   return out;
 };
 
+/**
+ * Generic CSLA blocks (RepOpt-MobileOne S0, k = 4), by hand from the block layout: the stem (3x3 + 1x1),
+ * depthwise blocks (4 x 3x3 + 1x1 [+ identity]: 9 sum s^2 + t^2 [+ 1] per channel) and pointwise blocks
+ * (4 x 1x1 [+ identity]: Cin sum s^2 [+ 1]).
+ */
+const mobileOneMults: ExpectedMults = (scales, kernels) => {
+  const out = new Map<string, number>();
+  const blocks = new Set([...scales.keys()].map((k) => k.replace(/\.branches\.\d+\.scale\.weight$/, '')));
+  for (const b of blocks) {
+    const [cout, cinPerGroup, kh] = kernels.get(`${b}.conv.weight`)!.shape;
+    const n = [...scales.keys()].filter((k) => k.startsWith(`${b}.branches.`)).length;
+    const s = (i: number) => scales.get(`${b}.branches.${i}.scale.weight`)!.toArray();
+    // Branch kinds: the stem [3x3, 1x1]; a 3x3 block [3x3 x4, 1x1, identity?]; a 1x1 block [1x1 x4, identity?].
+    const kinds: ('k3' | 'k1' | 'id')[] = b === 'stage0.0' ? ['k3', 'k1'] : kh === 3 ? ['k3', 'k3', 'k3', 'k3', 'k1', 'id'] : ['k1', 'k1', 'k1', 'k1', 'id'];
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const v = s(i);
+      for (let c = 0; c < cout; c++) sum += kinds[i] === 'k3' ? 9 * cinPerGroup * v[c] * v[c] : kinds[i] === 'k1' ? cinPerGroup * v[c] * v[c] : 1;
+    }
+    out.set(`${b}.conv.weight`, sum);
+  }
+  return out;
+};
+
 interface FamilyCase {
   name: string;
   model: string[];
@@ -83,6 +107,10 @@ interface FamilyCase {
   mults: ExpectedMults;
   /** The deploy stages run (they need the family's deploy form). */
   deploy: boolean;
+  /** Other baselines of the family, trained and deployed too. */
+  moreBaselines?: string[];
+  /** The arm names the report must show (RepOpt run first). */
+  arms: string[];
 }
 
 const CASES: FamilyCase[] = [
@@ -93,6 +121,8 @@ const CASES: FamilyCase[] = [
     baseline: 'repvgg',
     mults: vggMults,
     deploy: true,
+    moreBaselines: ['qarepvgg'],
+    arms: ['RepOpt-VGG', 'RepVGG', 'QARepVGG'],
   },
   {
     name: 'RepOpt-GhostNet',
@@ -102,6 +132,16 @@ const CASES: FamilyCase[] = [
     releaseScales: path.join(SCALES_DIR, 'RepOptGhostNet_0_5x_scales.pth'),
     mults: ghostMults,
     deploy: true,
+    arms: ['RepOpt-GhostNet', 'RepGhostNet'],
+  },
+  {
+    name: 'RepOpt-MobileOne',
+    model: ['--arch', 'RepOpt-MobileOne-S0'],
+    spec: { arch: 'RepOpt-MobileOne-S0' },
+    baseline: 'mobileone',
+    mults: mobileOneMults,
+    deploy: true,
+    arms: ['RepOpt-MobileOne', 'MobileOne'],
   },
 ];
 
@@ -147,7 +187,7 @@ for (const c of CASES) {
     // A baseline of the other family is refused with the family's own name for it.
     const other = cli(['train', ...DATA, ...c.model, ...RECIPE, '--mode', c.baseline === 'rep' ? 'repvgg' : 'rep', '--out', `${d}/x`]);
     assert.equal(other.status, 2);
-    assert.match(other.stderr, new RegExp(`--mode: ${c.name} has no '\\w+' baseline; its multi-branch baseline is '${c.baseline}'`));
+    assert.match(other.stderr, new RegExp(`--mode: ${c.name} has no '\\w+' mode; its multi-branch baseline is '${c.baseline}'`));
 
     // eval: the final weights reproduce the run's last evaluation, from config.json or from --arch/--mode.
     const evals = new Map<string, ReturnType<typeof evalJson>>();
@@ -161,12 +201,19 @@ for (const c of CASES) {
     assert.equal(byFlags.top1, record(`${d}/hs`, 'end').valTop1);
 
     if (!c.deploy) return;
-    // deploy: the fused network evaluates like the trained one.
-    const trained = evals.get(c.baseline)!;
-    ok(['deploy', '--checkpoint', `${d}/${c.baseline}/final.pth`, '--out', `${d}/deployed.pth`]);
-    const deployed = evalJson(['--checkpoint', `${d}/deployed.pth`, ...c.model, ...DATA]);
-    assert.equal(deployed.mode, 'deploy');
-    assert.ok(Math.abs(deployed.loss - trained.loss) <= 1e-4 * trained.loss, `loss ${deployed.loss} vs ${trained.loss}`);
+    // deploy: the fused network evaluates like the trained one (every baseline of the family).
+    for (const base of [c.baseline, ...(c.moreBaselines ?? [])]) {
+      if (base !== c.baseline) {
+        ok(['train', ...DATA, ...c.model, ...RECIPE, '--quiet', '--mode', base, '--out', `${d}/${base}`]);
+        evals.set(base, evalJson(['--checkpoint', `${d}/${base}/final.pth`, ...DATA]));
+        assert.equal(evals.get(base)!.mode, base);
+      }
+      const trained = evals.get(base)!;
+      ok(['deploy', '--checkpoint', `${d}/${base}/final.pth`, '--out', `${d}/deployed-${base}.pth`]);
+      const deployed = evalJson(['--checkpoint', `${d}/deployed-${base}.pth`, ...c.model, ...DATA]);
+      assert.equal(deployed.mode, 'deploy');
+      assert.ok(Math.abs(deployed.loss - trained.loss) <= 1e-4 * trained.loss, `${base}: loss ${deployed.loss} vs ${trained.loss}`);
+    }
     // export: FP32 and INT8 files, each checked in ONNX Runtime by the command (exit 1 beyond tolerance).
     ok(['export', '--checkpoint', `${d}/repopt/final.pth`, '--out', `${d}/m.onnx`]);
     ok(['export', '--checkpoint', `${d}/repopt/final.pth`, '--out', `${d}/q.onnx`, '--int8', '--calib', 'synthetic:96', '--calib-images', '32']);
@@ -178,6 +225,11 @@ for (const c of CASES) {
     assert.equal(q.fp32Trained, evals.get('repopt')!.top1);
     assert.equal(q.rows.length, 1);
     assert.ok(q.onnx.agreement >= 0.9);
+    // report: every run of the family, each arm under the family's own name (no other family's label).
+    ok(['report', d, '--out', `${d}/report.html`]);
+    const html = fs.readFileSync(`${d}/report.html`, 'utf8');
+    for (const arm of [...c.arms, 'Hyper-Search']) assert.ok(html.includes(`>${arm}<`) || html.includes(`"${arm}"`), `${c.name}: the report names the arm ${arm}`);
+    if (c.name !== 'RepOpt-VGG') assert.ok(!html.includes('"RepOpt-VGG"') && !html.includes('>RepOpt-VGG<'), `${c.name}: no RepOpt-VGG label`);
   });
 }
 
