@@ -10,6 +10,7 @@ import { defineCommand, flag, type CommandSpec, type FlagSpec } from './flags.js
 import type { ObserverKind } from '../deploy/quant.js';
 import type { BenchMode } from '../train/bench.js';
 import { TRAINING_DEFAULTS as D } from '../train/run-options.js';
+import { OPTIMIZER_KINDS } from '../optim/kinds.js';
 
 /** The INT8 activation observers (src/deploy/quant.ts OBSERVERS). */
 export const OBSERVER_CHOICES = ['minmax', 'percentile', 'mse'] as const satisfies readonly ObserverKind[];
@@ -120,7 +121,7 @@ export const TRAIN_COMMAND = defineCommand({
     mode: flag.choice(['target', 'plain', 'repvgg', 'qarepvgg', 'rep', 'mobileone', 'csla'] as const, 'what to train: target (RepOpt: the plain model with Grad Mults), plain (the same model, ordinary optimizer), or a multi-branch baseline: repvgg or qarepvgg (RepOpt-VGG), rep (RepOpt-GhostNet), mobileone (RepOpt-MobileOne), csla (any: the multi-branch twin with constant scales)', { default: D.mode, group: 'RepOpt' }),
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
     'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: D.identityInit, group: 'RepOpt' }),
-    optimizer: flag.choice(['sgd', 'adamw'] as const, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
+    optimizer: flag.choice(OPTIMIZER_KINDS, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
     'signed-adamw': flag.boolean('AdamW Grad Mults from signed scales (the release\'s rule) instead of |s|', { group: 'RepOpt' }),
     ...TRAINING_FLAGS,
   },
@@ -392,7 +393,7 @@ export const SCALES_COMMAND = defineCommand({
   positional: [{ name: 'FILE', help: 'a scale file (`repopt search` output or the release\'s)' }],
   flags: {
     arch: flag.string('the architecture the scales belong to', { arg: 'ARCH', required: true }),
-    rule: flag.choice(['sgd', 'adamw'] as const, 'Grad Mult rule', { default: 'sgd' }),
+    rule: flag.choice(OPTIMIZER_KINDS, 'Grad Mult rule', { default: 'sgd' }),
     json: flag.boolean('one JSON line'),
   },
 });

@@ -3,3 +3,4 @@ export { Optimizer, type NamedParameters, type GroupSpec, type Group, type Optim
 export { SGD, type SGDOptions } from './sgd.js';
 export { AdamW, type AdamWOptions } from './adamw.js';
 export { clipGradNorm, clipGradNormCsla, cslaGradNorm } from './clip.js';
+export { OPTIMIZER_KINDS, type OptimizerKind } from './kinds.js';

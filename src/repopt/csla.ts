@@ -18,6 +18,7 @@
 import * as torch from '../torch/index.js';
 import type { DType, Tensor } from '../torch/index.js';
 import { defaultLayerInit_ } from '../nn/init.js';
+import type { OptimizerKind } from '../optim/kinds.js';
 
 /** A constant per-output-channel scale: one number for all channels, or one per channel. */
 export type ChannelScales = number | ArrayLike<number> | Tensor;
@@ -50,7 +51,8 @@ export interface CslaSpec {
   branches: Branch[];
 }
 
-export type GradRule = 'sgd' | 'adamw';
+/** The Grad Mult rule follows the optimizer: p = 2 for SGD, p = 1 for AdamW. */
+export type GradRule = OptimizerKind;
 
 export interface GradMultOptions {
   /** Element type of the mult (default float32). */

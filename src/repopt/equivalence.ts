@@ -7,13 +7,13 @@
  */
 import * as torch from '../torch/index.js';
 import { F, type DType, type Tensor } from '../torch/index.js';
-import { SGD, AdamW, clipGradNorm, clipGradNormCsla, type Optimizer } from '../optim/index.js';
+import { SGD, AdamW, clipGradNorm, clipGradNormCsla, type Optimizer, type OptimizerKind } from '../optim/index.js';
 import { fuseKernel, freshBranchKernels, gradMult, normalizeSpec, type CslaSpec, type NormalSpec } from './csla.js';
 
 export interface EquivalenceCase {
   name: string;
   spec: CslaSpec;
-  optimizer: 'sgd' | 'adamw';
+  optimizer: OptimizerKind;
   lr: number;
   momentum?: number;
   nesterov?: boolean;

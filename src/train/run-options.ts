@@ -6,6 +6,7 @@
 import type { ModelSpec } from '../models/family.js';
 import type { DistEnv } from '../distributed/env.js';
 import type { ScheduleKind } from './schedule.js';
+import type { OptimizerKind } from '../optim/kinds.js';
 
 /** The model to train: a registered architecture (`repopt models`), a custom RepOpt-VGG (blocks and widths) or a network file (`file`). */
 export type ModelChoice = Omit<ModelSpec, 'inChannels' | 'numClasses'>;
@@ -51,7 +52,7 @@ export interface TrainingRunOptions {
 
   // ---- optimization
   /** Default `sgd`. */
-  optimizer?: 'sgd' | 'adamw';
+  optimizer?: OptimizerKind;
   /** AdamW Grad Mults from signed scales (the release's rule) instead of |s|. */
   signedAdamW?: boolean;
   epochs?: number;

@@ -10,6 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as torch from '../torch/index.js';
+import type { OptimizerKind } from '../optim/index.js';
 import { openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
@@ -35,7 +36,7 @@ export interface TrainingRunConfig {
   mode: TrainingMode;
   data: string;
   model: ModelConfig;
-  optimizer: 'sgd' | 'adamw';
+  optimizer: OptimizerKind;
   epochs: number;
   batchSize: number;
   /** After any linear scaling (`lrPer256`). */
@@ -307,7 +308,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
           config: { ...config },
           label: search ? 'search' : mode,
           quiet: o.quiet,
-          maxIterations: o.maxSteps,
+          maxSteps: o.maxSteps,
           saveEvery: o.saveEvery,
           saveEveryMinutes: o.saveEveryMinutes,
           dist: dist ?? undefined,

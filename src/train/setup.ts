@@ -6,7 +6,7 @@
  */
 import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
-import { SGD, AdamW, type Optimizer, type GroupSpec } from '../optim/index.js';
+import { SGD, AdamW, type Optimizer, type GroupSpec, type OptimizerKind } from '../optim/index.js';
 import { RepSGD, RepAdamW, type GradMults } from '../repopt/optimizers.js';
 import { RepOptVGG } from '../models/repoptvgg.js';
 import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
@@ -58,7 +58,7 @@ export function buildVgg(m: ModelConfig, mode: string): RepOptVGG {
  */
 export const decays = releaseDecays;
 export interface OptimizerConfig {
-  kind: 'sgd' | 'adamw';
+  kind: OptimizerKind;
   lr: number;
   momentum: number;
   nesterov: boolean;

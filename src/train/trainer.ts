@@ -52,7 +52,7 @@ export interface TrainerOptions {
   label?: string;
   quiet?: boolean;
   /** Stop after this many optimizer steps in total (tests, interruption drills). */
-  maxIterations?: number;
+  maxSteps?: number;
   /** Also save latest.pth every this many steps inside an epoch (bounds the work a SIGKILL loses). */
   saveEvery?: number;
   /** Also save latest.pth when this many minutes have passed since the last save. */
@@ -221,7 +221,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           await turnEventLoop();
           stopSignal = stopScope.signal;
         }
-        if (stopSignal || (o.maxIterations !== undefined && state.iteration >= o.maxIterations)) {
+        if (stopSignal || (o.maxSteps !== undefined && state.iteration >= o.maxSteps)) {
           if (!quiet) progress.done();
           save();
           log?.write('interrupt', { ...state, signal: stopSignal });
