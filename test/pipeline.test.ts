@@ -30,7 +30,8 @@ const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-pipeline-'));
 
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args, '--threads', '1'], { encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+  const threads = args[0] === 'report' ? [] : ['--threads', '1'];
+  const r = spawnSync(process.execPath, [CLI, ...args, ...threads], { encoding: 'utf8', env: { ...process.env, CI: 'true' } });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -53,7 +53,7 @@ export function loadForDeploy(src: CheckpointSource, opts: { imageSize?: number 
   const sd = loadStateDictFile(file);
   try {
     const family = familyOf({ ...model, inChannels: 3, numClasses: 1 });
-    const info = family.inspectStateDict(sd);
+    const info = family.inspectStateDict(sd, model);
     const config: ModelSpec = { ...model, inChannels: info.inChannels, numClasses: info.numClasses };
     if (info.mode === 'deploy') {
       const deployed = family.createDeployed(config);

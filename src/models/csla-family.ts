@@ -116,24 +116,24 @@ export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
     covers: (spec) => d.covers?.(spec) ?? false,
     label: (spec) => d.label?.(spec) ?? d.name,
     create,
-    inspectStateDict(sd): StateDictInfo {
+    inspectStateDict(sd, given = {}): StateDictInfo {
       const shapes = [...sd.values()].map((t) => t.shape);
       const firstConv = shapes.find((s) => s.length === 4);
       const lastLinear = shapes.filter((s) => s.length === 2).at(-1);
       if (!firstConv || !lastLinear) throw new Error(`not a ${d.name} state dict (no conv kernel or no classifier weight)`);
-      const info = { inChannels: firstConv[1], numClasses: lastLinear[0] };
+      const info = { ...given, inChannels: firstConv[1], numClasses: lastLinear[0] };
       const want = [...sd].map(([k, t]) => `${k}:${t.shape.join('x')}`).sort().join();
       for (const mode of [...modes, 'deploy']) {
         const model = mode === 'deploy' ? family.createDeployed({ ...info }) : create({ ...info }, mode);
         try {
           const sd2 = model.stateDict();
           const have = [...sd2].map(([k, t]) => `${k}:${t.shape.join('x')}`).sort().join();
-          if (have === want) return { mode, ...info };
+          if (have === want) return { mode, inChannels: info.inChannels, numClasses: info.numClasses };
         } finally {
           model.dispose();
         }
       }
-      throw new Error(`not a ${d.name} state dict: its keys and shapes match none of its modes (${[...modes, 'deploy'].join(', ')}) with ${info.inChannels} input channels and ${info.numClasses} classes`);
+      throw new Error(`not a ${d.label?.(info) ?? d.name} state dict: its keys and shapes match none of its modes (${[...modes, 'deploy'].join(', ')}) with ${info.inChannels} input channels and ${info.numClasses} classes`);
     },
     loadScales(model, file) {
       const scheme = blockScaleScheme(model, d.name);

@@ -58,7 +58,7 @@ export interface ModelFamily {
   /** The model in a mode (an error names the family's modes). */
   create(spec: ModelSpec, mode: string): Module;
   /** Mode, input channels and classes from a state dict of this family (an error when it is not one). */
-  inspectStateDict(sd: ReadonlyMap<string, Tensor>): StateDictInfo;
+  inspectStateDict(sd: ReadonlyMap<string, Tensor>, spec?: Omit<ModelSpec, 'inChannels' | 'numClasses'>): StateDictInfo;
   /** The scales of a scale file or Hyper-Search checkpoint for a model, checked by name (the caller disposes them). */
   loadScales(model: Module, file: string): ScaleMap;
   /** The searched scales of a trained Hyper-Search model, by name (copies; the caller disposes them). */

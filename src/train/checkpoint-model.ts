@@ -72,7 +72,7 @@ export function loadCheckpointModel(src: CheckpointSource, opts: CheckpointModel
   const sd = loadStateDictFile(file);
   try {
     const family = familyOf({ ...spec, inChannels: 3, numClasses: 1 });
-    const info = family.inspectStateDict(sd);
+    const info = family.inspectStateDict(sd, spec);
     for (const k of ['inChannels', 'numClasses'] as const) {
       const want = opts[k];
       if (want !== undefined && want !== info[k]) throw new Error(`${file}: the model has ${info[k]} ${k === 'numClasses' ? 'classes' : 'input channels'}, the data ${want}`);
