@@ -164,7 +164,7 @@ function evalJson(args: string[]): { top1: number; top5: number; loss: number; c
 }
 
 for (const c of CASES) {
-  test(`${c.name}: search, train (RepOpt, ${c.baseline}), eval${c.deploy ? ', deploy, export, quantize' : ''} through the CLI`, () => {
+  test(`${c.name}: search, train (RepOpt, ${[c.baseline, ...(c.moreBaselines ?? [])].join(', ')}), eval${c.deploy ? ', deploy, export, quantize, report' : ''} through the CLI`, () => {
     const d = tmp();
     // search: the hs model; its scale file holds exactly the family's scale keys and shapes.
     ok(['search', ...DATA, ...c.model, ...RECIPE, '--quiet', '--out', `${d}/hs`]);
