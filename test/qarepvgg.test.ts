@@ -131,3 +131,61 @@ test('repopt train --mode qarepvgg through runTraining: the run trains, logs QAR
     fs.rmSync(out, { recursive: true, force: true });
   }
 });
+
+const PY_L2 = `
+total = 0
+grads = {}
+sd = {k: T(v) for k, v in IN['sd'].items()}
+for b in IN['layout']:
+    k3 = sd[b['name'] + '.rbr_dense.conv.weight'].clone().requires_grad_(True)
+    k1 = sd[b['name'] + '.rbr_1x1.weight'].clone().requires_grad_(True)
+    g, v = sd[b['name'] + '.rbr_dense.bn.weight'], sd[b['name'] + '.rbr_dense.bn.running_var']
+    t3 = (g / (v + 1e-5).sqrt()).reshape(-1, 1, 1, 1)
+    tmp = k3 * t3
+    circle = (tmp ** 2).sum() - (tmp[:, :, 1:2, 1:2] ** 2).sum()
+    eq = k3[:, :, 1:2, 1:2] * t3 + k1
+    if b['in'] == b['out'] and b['stride'] == 1:
+        eq = eq + torch.eye(b['out'], dtype=eq.dtype).reshape(b['out'], b['out'], 1, 1)
+    l = (eq ** 2).sum() + circle
+    l.backward()
+    total = total + l.item()
+    grads[b['name'] + '.rbr_dense.conv.weight'] = k3.grad
+    grads[b['name'] + '.rbr_1x1.weight'] = k1.grad
+OUT = {'total': total, 'grads': grads}
+`;
+
+test('QARepVGG custom L2 = the official recipe computed by an independent PyTorch script (value and gradients); training with it drops weight decay on those kernels', async () => {
+  const { setupRun } = await import('../src/train/setup.js');
+  torch.tidy(() => {
+    torch.manualSeed(8);
+    const m = new RepOptVGG({ ...CFG, mode: 'qarepvgg', dtype: 'float64' });
+    torch.noGrad(() => {
+      for (const [name, t] of [...m.namedParameters(), ...m.namedBuffers()]) if (name.includes('rbr_dense.bn') && t.dtype === 'float64') t.copy_(torch.rand(t.shape, { dtype: 'float64' }).add(0.5));
+    });
+    const blocks = m.blocks as QARepVGGBlock[];
+    const total = blocks.reduce((s: torch.Tensor | null, b) => (s ? s.add(b.customL2()) : b.customL2()), null)!;
+    total.backward();
+    const sd = m.stateDict();
+    const py = runPython<{ total: number; grads: Record<string, JsonTensor> }>(PY_L2, {
+      sd: Object.fromEntries([...sd].filter(([k]) => !k.endsWith('num_batches_tracked')).map(([k, t]) => [k, toJson(t)])),
+      layout: m.layout.map((b) => ({ name: b.name, in: b.inChannels, out: b.outChannels, stride: b.stride })),
+    });
+    assert.ok(Math.abs(total.item() - py.total) <= 1e-10 * py.total, `${total.item()} vs ${py.total}`);
+    const params = new Map(m.namedParameters());
+    assert.equal(Object.keys(py.grads).length, 2 * blocks.length);
+    for (const [k, g] of Object.entries(py.grads)) {
+      params.get(k)!.grad!.toArray().forEach((v, i) => assert.ok(Math.abs(v - g.data[i]) <= 1e-10 * (1 + Math.abs(g.data[i])), `d ${k}[${i}]`));
+    }
+  });
+  // In a run: those kernels leave the decayed group, the penalty joins the loss; other modes refuse it.
+  const spec = { blocks: CFG.numBlocks, widths: CFG.widthMultiplier, strides: CFG.strides, inChannels: 3, numClasses: 7 };
+  const opt = { kind: 'sgd' as const, lr: 0.1, momentum: 0.9, nesterov: false, weightDecay: 1e-3 };
+  const run = setupRun({ model: spec, mode: 'qarepvgg', optimizer: opt, customL2: true });
+  const decayed = run.optimizer.stateDict().groups.find((g) => (g.hyper as unknown as { weightDecay: number }).weightDecay > 0)!.names;
+  assert.ok(decayed.includes('linear.weight') && !decayed.some((n) => n.endsWith('rbr_dense.conv.weight') || n.endsWith('rbr_1x1.weight')), decayed.join());
+  const penalty = torch.tidy(() => run.regularizer!().item());
+  const byHand = torch.tidy(() => (run.model as RepOptVGG).blocks.reduce((s, b) => s + (b as QARepVGGBlock).customL2().item(), 0) * 1e-3 / 2);
+  assert.ok(Math.abs(penalty - byHand) <= 1e-6 * byHand);
+  run.model.dispose();
+  assert.throws(() => setupRun({ model: spec, mode: 'repvgg', optimizer: opt, customL2: true }), /custom L2 is QARepVGG's \(mode qarepvgg\)/);
+});

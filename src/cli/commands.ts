@@ -122,6 +122,7 @@ export const TRAIN_COMMAND = defineCommand({
     scales: flag.string('the searched scales (`repopt search` or the release\'s files); needed by --mode target', { arg: 'FILE', group: 'RepOpt' }),
     'identity-init': flag.choice(['searched', 'one'] as const, 'Rule of Initialization of identity branches', { default: D.identityInit, group: 'RepOpt' }),
     optimizer: flag.choice(OPTIMIZER_KINDS, 'optimizer', { default: D.optimizer, group: 'RepOpt' }),
+    'custom-l2': flag.boolean('QARepVGG (--mode qarepvgg): its custom L2 instead of weight decay on the 3x3 and 1x1 kernels', { group: 'RepOpt' }),
     'signed-adamw': flag.boolean('AdamW Grad Mults from signed scales (the release\'s rule) instead of |s|', { group: 'RepOpt' }),
     ...TRAINING_FLAGS,
   },

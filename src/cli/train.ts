@@ -69,6 +69,7 @@ export async function runTrainingCommand(argv: string[], command: 'search' | 'tr
     identityInit: f['identity-init'],
     optimizer: f.optimizer,
     signedAdamW: f['signed-adamw'],
+    customL2: f['custom-l2'],
   });
 }
 

@@ -328,7 +328,30 @@ export class QARepVGGBlock extends VGGBlockBase {
     y.dispose();
     return this.finishActivated(r);
   }
+
+  /**
+   * QARepVGG's custom L2 (the official QARepVGGBlockV2.get_custom_L2), to use INSTEAD of weight decay on
+   * `rbr_dense.conv.weight` and `rbr_1x1.weight`: with t3 = gamma / sqrt(var + eps) of `rbr_dense.bn`
+   * (a constant), the off-centre 3x3 taps of K3 * t3 get plain L2 and the equivalent centre
+   * K3[:, :, 1, 1] * t3 + K1 (+ the identity) gets L2 as a whole. Training adds wd / 2 times the sum.
+   */
+  customL2(): Tensor {
+    const bn = this.bnDense;
+    const t3 = torch.noGrad(() => bn.weight!.div(bn.runningVar!.add(bn.eps).sqrt()).view([-1, 1, 1, 1]));
+    const k3 = this.conv3x3.weight;
+    const scaled = k3.mul(t3);
+    const circle = scaled.square().sum().sub(scaled.narrow(2, 1, 1).narrow(3, 1, 1).square().sum());
+    let centre = k3.narrow(2, 1, 1).narrow(3, 1, 1).mul(t3).add(this.conv1x1.weight);
+    if (this.info.identity) {
+      const c = this.info.outChannels;
+      centre = centre.add(torch.eye(c, { dtype: k3.dtype as torch.DType }).view([c, c, 1, 1]));
+    }
+    return centre.square().sum().add(circle);
+  }
 }
+
+/** The kernels QARepVGG's custom L2 replaces weight decay on. */
+export const isQARepVGGL2Kernel = (name: string): boolean => name.endsWith('.rbr_dense.conv.weight') || name.endsWith('.rbr_1x1.weight');
 
 export type VGGBlock = TargetBlock | LinearAddBlock | RepVGGBlock | QARepVGGBlock;
 

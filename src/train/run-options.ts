@@ -53,6 +53,8 @@ export interface TrainingRunOptions {
   // ---- optimization
   /** Default `sgd`. */
   optimizer?: OptimizerKind;
+  /** QARepVGG (mode `qarepvgg`): its custom L2 (the official recipe) instead of weight decay on the 3x3 and 1x1 kernels. */
+  customL2?: boolean;
   /** AdamW Grad Mults from signed scales (the release's rule) instead of |s|. */
   signedAdamW?: boolean;
   epochs?: number;

@@ -57,13 +57,15 @@ export interface TrainingRunConfig {
   shuffle: boolean;
   worldSize: number;
   syncBatchNorm: boolean;
+  /** QARepVGG's custom L2 instead of weight decay on its kernels. */
+  customL2: boolean;
   /** The model's readable name and the run's arm name (reports group and label runs by it); not compared on resume. */
   label?: string;
   arm?: string;
 }
 
 /** The settings a resumed run must share with the saved one (another number of processes changes every rank's data). */
-const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize', 'syncBatchNorm'] as const;
+const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize', 'syncBatchNorm', 'customL2'] as const;
 
 export interface TrainingRunResult extends TrainResult {
   /** The run's folder. */
@@ -201,7 +203,7 @@ function checkResumable(configPath: string, config: TrainingRunConfig): void {
   if (!fs.existsSync(configPath)) return;
   const saved = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
   // Runs saved before worldSize / syncBatchNorm were recorded ran in one process, without SyncBatchNorm.
-  const before: Record<string, unknown> = { worldSize: 1, syncBatchNorm: false };
+  const before: Record<string, unknown> = { worldSize: 1, syncBatchNorm: false, customL2: false };
   const differs = RESUME_KEYS.filter((k) => JSON.stringify(k in saved ? saved[k] : before[k]) !== JSON.stringify(config[k]));
   if (differs.length) {
     throw new OptionError('resume', `the saved run in ${path.dirname(configPath)} has different settings (${differs.join(', ')}); resume it with the same settings or start a new run`);
@@ -263,6 +265,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       shuffle: o.shuffle ?? true,
       worldSize: denv?.worldSize ?? 1,
       syncBatchNorm: o.syncBatchNorm ?? false,
+      customL2: o.customL2 ?? false,
       label: archLabel(model),
       arm: armName(familyOf(model), mode),
     };
@@ -276,6 +279,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       identityInit: o.identityInit,
       signedAdamW: o.signedAdamW ?? false,
       resuming: resume && fs.existsSync(latest),
+      customL2: o.customL2 ?? false,
     });
     try {
       fs.mkdirSync(out, { recursive: true });

@@ -8,7 +8,7 @@ import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
 import { SGD, AdamW, type Optimizer, type GroupSpec, type OptimizerKind } from '../optim/index.js';
 import { RepSGD, RepAdamW, type GradMults } from '../repopt/optimizers.js';
-import { RepOptVGG } from '../models/repoptvgg.js';
+import { QARepVGGBlock, RepOptVGG, isQARepVGGL2Kernel } from '../models/repoptvgg.js';
 import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
 import { releaseDecays } from '../models/families.js';
 import type { ScaleMap } from '../models/scales.js';
@@ -93,6 +93,8 @@ export interface RunSetup {
   optimizer: Optimizer<{ lr: number }>;
   /** SGD Grad Mults (CSLA-norm clipping) when training with a RepOptimizer. */
   cslaMults?: Map<string, Tensor>;
+  /** A penalty the trainer adds to the loss (QARepVGG's custom L2). */
+  regularizer?: () => Tensor;
 }
 
 export interface SetupOptions {
@@ -106,6 +108,20 @@ export interface SetupOptions {
   signedAdamW?: boolean;
   /** Resuming: the weights come from the checkpoint, skip (re)initialisation. */
   resuming?: boolean;
+  /** QARepVGG (mode qarepvgg): its custom L2 instead of weight decay on the 3x3 and 1x1 kernels. */
+  customL2?: boolean;
+}
+
+/**
+ * QARepVGG's custom L2 (the official recipe): no weight decay on `rbr_dense.conv.weight` and `rbr_1x1.weight`;
+ * instead wd / 2 times the sum of every block's `customL2()` joins the loss.
+ */
+function qaRepVggCustomL2(model: RepOptVGG, o: OptimizerConfig, family: ModelFamily): Pick<RunSetup, 'optimizer' | 'regularizer'> {
+  const blocks = model.blocks.filter((b): b is QARepVGGBlock => b instanceof QARepVGGBlock);
+  const optimizer = buildOptimizer(model, { ...o, decayAll: false }, undefined, (n, p) => !isQARepVGGL2Kernel(n) && family.decays(n, p));
+  const half = o.weightDecay / 2;
+  const regularizer = () => blocks.reduce((sum: Tensor | null, b) => (sum ? sum.add(b.customL2()) : b.customL2()), null)!.mul(half);
+  return { optimizer, regularizer };
 }
 
 export function setupRun(s: SetupOptions): RunSetup {
@@ -116,6 +132,10 @@ export function setupRun(s: SetupOptions): RunSetup {
       const sd = loadStateDictFile(s.init);
       model.loadStateDict(sd);
       for (const t of sd.values()) t.dispose();
+    }
+    if (s.customL2) {
+      if (s.mode !== 'qarepvgg') throw new OptionError('customL2', `the custom L2 is QARepVGG's (mode qarepvgg); this run's mode is ${s.mode}`);
+      return { model, family, ...qaRepVggCustomL2(model as RepOptVGG, s.optimizer, family) };
     }
     if (s.mode !== 'target') {
       if (s.scales) throw new OptionError('scales', `scales are only used by RepOpt training (mode target); this run's mode is ${s.mode}`);

@@ -32,6 +32,8 @@ export interface TrainerSetup {
   optimizer: Optimizer<{ lr: number }>;
   /** SGD Grad Mults of the re-parameterised kernels: clipping then uses the CSLA model's norm. */
   cslaMults?: ReadonlyMap<string, Tensor>;
+  /** A penalty added to the loss before backward (QARepVGG's custom L2); the logged loss stays the criterion's. */
+  regularizer?: () => Tensor;
 }
 
 export interface TrainerOptions {
@@ -163,7 +165,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           try {
             const logits = model.forward(x);
             const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
-            l.backward(); // grads are None here: cleared after every step below
+            (setup.regularizer ? l.add(setup.regularizer()) : l).backward(); // grads are None here: cleared after every step below
             return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
           } catch (e) {
             throw dist ? dist.group.explain(e) : e; // SyncBatchNorm's collectives run inside forward and backward
