@@ -13,7 +13,7 @@ import { openDataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
-import { loadStateDictFile } from '../train/checkpoint.js';
+import { loadStateDictFile, notFitting } from '../train/checkpoint.js';
 import { top1 } from '../train/evaluate.js';
 import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
 import '../models/families.js';
@@ -89,13 +89,17 @@ export function loadForDeploy(src: CheckpointSource, opts: { imageSize?: number 
         deployed.loadStateDict(sd);
       } catch (e) {
         deployed.dispose();
-        throw e;
+        throw notFitting(file, `${family.label(config)} (deploy form)`, e);
       }
       return { family, trained: null, deployed: deployed.eval(), mode: info.mode, config, fuseError: 0 };
     }
     const trained = family.create(config, info.mode);
     try {
-      trained.loadStateDict(sd);
+      try {
+        trained.loadStateDict(sd);
+      } catch (e) {
+        throw notFitting(file, `${family.label(config)} (${info.mode})`, e);
+      }
       trained.eval();
       const deployed = family.deploy(trained);
       const fuseError = fusionError(trained, deployed, config.inChannels, opts.imageSize ?? 32);
@@ -140,7 +144,7 @@ export function loadCheckpointModel(src: CheckpointSource, opts: CheckpointModel
       model.loadStateDict(sd);
     } catch (e) {
       model.dispose();
-      throw e;
+      throw notFitting(file, `${family.label(config)} (${mode})`, e);
     }
     return { model: model.eval(), family, mode, config };
   } finally {
