@@ -8,7 +8,7 @@ import { LAUNCH_FLAG_NAMES } from './commands.js';
 import { distEnvFrom } from '../distributed/env.js';
 import { launchWorkers } from '../distributed/launch.js';
 import { LOCK_ENV, lockRunFolder } from '../train/lock.js';
-import { ensureWritableDir } from '../io/durable.js';
+import { ensureWritableDir, removeIfEmpty } from '../io/durable.js';
 
 export interface LaunchFlags {
   nproc?: number;
@@ -51,9 +51,15 @@ export async function maybeLaunch(command: 'search' | 'train', argv: readonly st
   if (nodeRank >= nnodes) throw new UsageError(`--node-rank ${nodeRank} must be below --nnodes ${nnodes}`);
   // Rank 0 writes the run's files: its node's launcher holds the folder.
   let lock: { file: string; release(): void } | null = null;
+  let made: string[] = [];
   if (out !== undefined && nodeRank === 0) {
-    ensureWritableDir(out, 'run folder');
-    lock = lockRunFolder(out);
+    made = ensureWritableDir(out, 'run folder');
+    try {
+      lock = lockRunFolder(out);
+    } catch (e) {
+      removeIfEmpty(made);
+      throw e;
+    }
     process.env[LOCK_ENV] = lock.file;
   }
   try {
@@ -67,6 +73,7 @@ export async function maybeLaunch(command: 'search' | 'train', argv: readonly st
     });
   } finally {
     lock?.release();
+    removeIfEmpty(made);
     delete process.env[LOCK_ENV];
   }
 }

@@ -111,8 +111,11 @@ export function writeFileAtomic(file: string, data: Uint8Array | string, what = 
   }
 }
 
-/** mkdir -p one level at a time: recursive mkdir answers ENOENT on a read-only file system, this the real reason (EROFS). */
-function mkdirEach(dir: string): void {
+/**
+ * mkdir -p one level at a time (recursive mkdir answers ENOENT on a read-only file system, this the real
+ * reason, EROFS); returns the folders made, outermost first.
+ */
+function mkdirEach(dir: string): string[] {
   const missing: string[] = [];
   let p = path.resolve(dir);
   while (!fs.existsSync(p)) {
@@ -121,20 +124,34 @@ function mkdirEach(dir: string): void {
     if (up === p) break;
     p = up;
   }
+  const made: string[] = [];
   for (const m of missing.reverse()) {
     try {
       fs.mkdirSync(m);
+      made.push(m);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(m).isDirectory()) throw e; // EEXIST: made meanwhile
+    }
+  }
+  return made;
+}
+
+/** Removes the folders `ensureWritableDir` made if they are still empty (a run refused before writing anything). */
+export function removeIfEmpty(made: readonly string[]): void {
+  for (const m of [...made].reverse()) {
+    try {
+      fs.rmdirSync(m);
+    } catch {
+      return; // not empty (or gone): keep it and its parents
     }
   }
 }
 
 /**
  * Makes `dir` (and its parents) a folder to write in, or a WriteError in the user's words: a file in the
- * way, a read-only file system, no permission, a full disk.
+ * way, a read-only file system, no permission, a full disk. Returns the folders it made, outermost first.
  */
-export function ensureWritableDir(dir: string, what = 'folder'): void {
+export function ensureWritableDir(dir: string, what = 'folder'): string[] {
   let st: fs.Stats | null = null;
   try {
     st = fs.statSync(dir);
@@ -142,10 +159,13 @@ export function ensureWritableDir(dir: string, what = 'folder'): void {
     // Not there yet: made below.
   }
   if (st && !st.isDirectory()) throw new WriteError(dir, 'ENOTDIR', `${what} ${dir} is a file, not a folder; choose a folder`);
+  let made: string[] = [];
   try {
-    if (!st) mkdirEach(dir);
+    if (!st) made = mkdirEach(dir);
     fs.accessSync(dir, fs.constants.W_OK);
+    return made;
   } catch (e) {
+    removeIfEmpty(made);
     const code = (e as NodeJS.ErrnoException).code;
     // mkdir under a file reports EEXIST or ENOTDIR: name the file that is in the way.
     if (code === 'EEXIST' || code === 'ENOTDIR') {

@@ -306,6 +306,8 @@ export function loadRun(dir: string, o: LoadRunOptions = {}): RunData {
   } catch (e) {
     throw new Error(`${logFile}: ${(e as Error).message}`);
   }
+  // Unreadable lines are skipped (a cut last line); a log with nothing readable is not a run's.
+  if (!records.length && unreadableLines) throw new Error(`${logFile}: no readable JSON record (${unreadableLines} unreadable line${unreadableLines === 1 ? '' : 's'})`);
   const cfgFile = path.join(dir, 'config.json');
   const startConfig = records.find((r) => r.type === 'start')?.config as RunConfig | undefined;
   const config: RunConfig = fs.existsSync(cfgFile) ? (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig) : (startConfig ?? {});

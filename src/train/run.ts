@@ -25,7 +25,7 @@ import { evaluate, type EvalResult } from './evaluate.js';
 import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
 import { loadTrainingCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import { lockRunFolder, type RunLock } from './lock.js';
-import { ensureWritableDir, writeFileAtomic } from '../io/durable.js';
+import { ensureWritableDir, removeIfEmpty, writeFileAtomic } from '../io/durable.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
 
 export { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions };
@@ -237,15 +237,22 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
   const latest = path.join(out, 'latest.pth');
   // Rank 0 holds the folder for the run's lifetime: a second run (or resume) in it is refused with this pid.
   let lock: RunLock | null = null;
+  let made: string[] = [];
   if (main) {
-    ensureWritableDir(out, 'run folder');
-    lock = lockRunFolder(out);
+    made = ensureWritableDir(out, 'run folder');
+    try {
+      lock = lockRunFolder(out);
+    } catch (e) {
+      removeIfEmpty(made);
+      throw e;
+    }
   }
   try {
     if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
     return await runLocked(o, { out, denv, main, lr, configPath, latest });
   } finally {
     lock?.release();
+    removeIfEmpty(made); // a run refused before it wrote anything leaves no folder behind
   }
 }
 
