@@ -14,6 +14,7 @@ import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
 import { loadStateDictFile, notFitting } from '../train/checkpoint.js';
+import { writeFileAtomic } from '../io/durable.js';
 import { top1 } from '../train/evaluate.js';
 import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
 import '../models/families.js';
@@ -272,9 +273,7 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportReport> 
     }
     const bytes = exportOnnx(net);
     fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-    const tmp = `${o.out}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, bytes);
-    fs.renameSync(tmp, o.out);
+    writeFileAtomic(o.out, bytes, 'ONNX model'); // whole or not at all, the temporary file removed on failure
     const report: ExportReport = { out: o.out, bytes: bytes.length, mode: m.mode, inChannels: cin, fuseError: m.trained ? m.fuseError : null, int8 };
     if (o.verify ?? true) {
       const size = calibSet?.height ?? o.imageSize ?? 32;

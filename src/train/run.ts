@@ -25,6 +25,7 @@ import { evaluate, type EvalResult } from './evaluate.js';
 import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
 import { loadTrainingCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
 import { lockRunFolder, type RunLock } from './lock.js';
+import { readJsonl } from './log.js';
 import { ensureWritableDir, removeIfEmpty, writeFileAtomic } from '../io/durable.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
 
@@ -65,6 +66,8 @@ const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 
 export const OVERRIDABLE_KEYS = ['lr'] as const;
 
 export interface TrainingRunResult extends TrainResult {
+  /** A resume of a run that had ended: nothing was trained or written. */
+  alreadyFinished?: boolean;
   /** The run's folder. */
   out: string;
   /** Trainable and frozen parameters of the trained model. */
@@ -216,6 +219,17 @@ function checkResumable(configPath: string, config: TrainingRunConfig, override:
 }
 
 /**
+ * Whether the run in `out` ended and wrote everything: all epochs in latest.pth, final.pth (and a search's
+ * scales.pth) and the log's `end` record. A run cut between those writes resumes to write the rest.
+ */
+function finished(out: string, ck: LoadedCheckpoint, epochs: number, search: boolean): boolean {
+  if (ck.state.epoch < epochs || !fs.existsSync(path.join(out, 'final.pth'))) return false;
+  if (search && !fs.existsSync(path.join(out, 'scales.pth'))) return false;
+  const log = path.join(out, 'log.jsonl');
+  return fs.existsSync(log) && readJsonl(log).some((r) => r.type === 'end' && r.iteration === ck.state.iteration);
+}
+
+/**
  * Trains one run: Hyper-Search (`mode: 'hs'`, then OUT/scales.pth), RepOpt training (`mode: 'target'` with
  * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth; a run stopped
  * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it. Data-parallel when started by
@@ -302,7 +316,7 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
     const overrides = resume ? checkResumable(configPath, config, o.override ?? []) : {};
     if (resume && fs.existsSync(latest)) {
       checkpoint = loadTrainingCheckpoint(latest);
-      if (checkpoint.state.epoch >= epochs) {
+      if (finished(out, checkpoint, epochs, search)) {
         // Finished: "already finished", and nothing written (no second `end` record, config.json untouched).
         return { state: checkpoint.state, alreadyFinished: true, interrupted: false, stopSignal: null, trainImgPerSec: 0, peakRssBytes: process.resourceUsage().maxRSS * 1024, seconds: 0, out, params: 0, scales: null, config };
       }

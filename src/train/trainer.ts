@@ -86,8 +86,6 @@ export class DivergedError extends Error {
 
 export interface TrainResult {
   state: TrainingState;
-  /** A resume of a run that had already trained all its epochs: nothing was trained or written. */
-  alreadyFinished?: boolean;
   lastEval?: EvalResult;
   emaEval?: EvalResult;
   /** Stopped by a signal (latest.pth holds where). */
@@ -169,11 +167,6 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     if (o.resume && (o.checkpoint || fs.existsSync(latestPath))) {
       const ck = o.checkpoint ?? loadTrainingCheckpoint(latestPath);
       try {
-        if (ck.state.epoch >= o.epochs) {
-          // A finished run: nothing to train, and nothing (no second `end` record) to write.
-          if (!quiet) process.stderr.write(`${o.out}: already finished (${ck.state.epoch} of ${o.epochs} epochs); nothing to do\n`);
-          return { state: ck.state, alreadyFinished: true, interrupted: false, stopSignal: null, trainImgPerSec: 0, peakRssBytes: process.resourceUsage().maxRSS * 1024, seconds: 0 };
-        }
         model.loadStateDict(ck.model);
         optimizer.loadStateDict(ck.optimizer);
         if (ema && ck.ema) ema.load(ck.ema);
