@@ -181,7 +181,7 @@ test('two runs in one folder, data-parallel: the --nproc 2 launcher holds the lo
 
 // ------------------------------------------------------------------ 3. divergence
 
-test('divergence: no checkpoint holds NaN/inf, the run stops with a diverged record (lr 3000 with warm-up; lr 1e6 with --save-every)', () => {
+test('divergence: no checkpoint holds NaN/inf, the run stops with a diverged record (lr 3000 with warm-up; lr 1e6 with and without --save-every)', () => {
   const d = tmp();
   // The loss stays finite (~1e18) but BatchNorm's running_var becomes inf: caught before the epoch's save.
   const a = cli(run(`${d}/a`, 128, '--lr', '3000', '--warmup', '2', '--epochs', '2'));
@@ -197,6 +197,13 @@ test('divergence: no checkpoint holds NaN/inf, the run stops with a diverged rec
   assert.match(b.stderr, /diverged .*latest\.pth keeps iteration 2, the last finite state/);
   assert.deepEqual(nonFinite(`${d}/b/latest.pth`), [], 'latest.pth is finite');
   assert.equal(readJsonl(`${d}/b/log.jsonl`).find((r) => r.type === 'diverged')?.lastSaved, 2);
+
+  // Without periodic saves the loss becomes NaN first (iteration 11 here): recorded, nothing saved.
+  const c = cli(run(`${d}/c`, 512, '--lr', '1e6'));
+  assert.equal(c.status, 1, c.stderr);
+  assert.match(c.stderr, /training diverged at iteration \d+ \(lr [\d.e+]+\): the loss became NaN; no checkpoint was written/);
+  assert.equal(readJsonl(`${d}/c/log.jsonl`).find((r) => r.type === 'diverged')?.loss, 'NaN');
+  assert.ok(!fs.existsSync(`${d}/c/latest.pth`));
 });
 
 test('--resume --override lr continues with another learning rate, recorded in the log and config.json; without it the change is refused', () => {

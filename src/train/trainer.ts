@@ -123,7 +123,8 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   let savedIteration: number | null = null;
   let lastLr: number | null = null;
   const diverged = (what: string, loss: number | null): DivergedError => {
-    log?.write('diverged', { ...state, what, loss, lr: lastLr, lastSaved: savedIteration });
+    // JSON has no NaN or Infinity: a non-finite loss is recorded as its name.
+    log?.write('diverged', { ...state, what, loss: loss === null || Number.isFinite(loss) ? loss : String(loss), lr: lastLr, lastSaved: savedIteration });
     const kept = savedIteration === null ? 'no checkpoint was written' : `${latestPath} keeps iteration ${savedIteration}, the last finite state`;
     return new DivergedError(state.iteration, what,
       `training diverged at iteration ${state.iteration}${lastLr === null ? '' : ` (lr ${lastLr})`}: ${what}; ${kept}. ` +
