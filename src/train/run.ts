@@ -231,8 +231,10 @@ function finished(out: string, ck: LoadedCheckpoint, epochs: number, search: boo
 
 /**
  * Trains one run: Hyper-Search (`mode: 'hs'`, then OUT/scales.pth), RepOpt training (`mode: 'target'` with
- * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth; a run stopped
- * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it. Data-parallel when started by
+ * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth, holding
+ * OUT/run.lock meanwhile (another run in OUT is refused with a RunLockedError); a run stopped
+ * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it (`alreadyFinished` when it
+ * had ended). Weights that became NaN/inf are never saved: a DivergedError, after a `diverged` log record. Data-parallel when started by
  * a launcher (torchrun's variables, or `distributed`): only rank 0 writes files and logs.
  * Bad options throw an OptionError naming the option.
  */

@@ -1,7 +1,9 @@
 /**
  * The training loop shared by `repopt search`, `repopt train` (RepOpt, RepVGG
  * and plain baselines) and the demo: JSONL logs, atomic self-describing
- * checkpoints every epoch, exact resume (mid-epoch too), Ctrl-C saves and exits
+ * checkpoints every epoch (never one holding NaN/inf: the run stops with a
+ * `diverged` record), exact resume (mid-epoch too, the epoch's running sums
+ * included), Ctrl-C saves and exits
  * cleanly. Data-parallel with `dist` (one process per rank, each with its shard
  * of the data): gradients averaged before the optimizer, the stop decision and
  * metrics agreed over ranks, and only rank 0 logs, shows progress and writes files.
