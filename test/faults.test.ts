@@ -40,7 +40,7 @@ function tmpfs(t: TestContext, size: string, options = ''): string | null {
     return null;
   }
   t.after(() => {
-    spawnSync('umount', [dir]);
+    spawnSync('umount', ['-l', dir]); // lazy: a file still open after a failed assertion must not keep it mounted
     fs.rmSync(dir, { recursive: true, force: true });
   });
   return dir;
