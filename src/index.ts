@@ -25,12 +25,12 @@ export * from './repopt/index.js';
 export * from './models/index.js';
 export * from './deploy/index.js';
 export { loadPth, savePth, loadPthAsync, savePthAsync, extractStateDict } from './io/pth.js';
-export { saveStateDict, loadStateDictFile, saveTrainingCheckpoint, loadTrainingCheckpoint } from './train/checkpoint.js';
+export { saveStateDict, loadStateDictFile, saveTrainingCheckpoint, loadTrainingCheckpoint, findNonFinite, NonFiniteError } from './train/checkpoint.js';
 export { openDataset, type Dataset } from './data/dataset.js';
 export { defaultTransforms, NORMALIZATION, type TransformSpec, type Normalization } from './data/transforms.js';
 export { DataLoader, type LoaderOptions, type Batch } from './data/loader.js';
 export { SyntheticImages, type SyntheticOptions } from './data/synthetic.js';
-export { train, type TrainerOptions, type TrainResult } from './train/trainer.js';
+export { train, DivergedError, type TrainerOptions, type TrainResult } from './train/trainer.js';
 export { evaluate, top1, type EvalResult } from './train/evaluate.js';
 export {
   runTraining, evaluateCheckpoint, TRAINING_DEFAULTS, TRAINING_MODES,
@@ -40,6 +40,8 @@ export { buildModel, buildOptimizer, setupRun, modelMode, type ModelConfig, type
 export { benchTrainStep, benchOptimizerOverhead, benchPeak, searchMaxBatch, type BenchOptions, type BenchResult } from './train/bench.js';
 export { collectBatches, disposeBatches } from './data/batches.js';
 export { OptionError } from './errors.js';
+export { WriteError, writeFileAtomic } from './io/durable.js';
+export { lockRunFolder, RunLockedError, type RunLock } from './train/lock.js';
 export { catchStopSignals, turnEventLoop, exitCodeFor, InterruptedError, STOP_SIGNALS, type StopSignal, type StopScope } from './train/interrupt.js';
 export { ModelEma } from './train/ema.js';
 export { lrAt, scaledLr, type Schedule } from './train/schedule.js';

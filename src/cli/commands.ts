@@ -86,6 +86,7 @@ const TRAINING_FLAGS = {
   seed: flag.int('seed of initialisation, shuffling and augmentation', { default: D.seed, min: 0, group: 'optimization' }),
   out: flag.string('output folder (default: runs/COMMAND-TIME)', { arg: 'DIR', group: 'run' }),
   resume: flag.boolean('continue the run in --out exactly where it stopped', { group: 'run' }),
+  override: flag.choices(['lr'] as const, 'with --resume: take these flags\' new values instead of refusing a changed setting (lr: continue a diverged run with a lower --lr)', { arg: 'lr', item: 'setting', group: 'run' }),
   'log-every': flag.int('a log record every N steps', { default: D.logEvery, min: 1, group: 'run' }),
   'max-steps': flag.int('stop after N steps in all (a checkpoint is written; --resume continues)', { min: 1, group: 'run' }),
   'save-every': flag.int('also write latest.pth every N steps inside an epoch', { min: 1, arg: 'STEPS', group: 'run' }),

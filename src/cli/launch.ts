@@ -7,6 +7,8 @@ import { UsageError } from './flags.js';
 import { LAUNCH_FLAG_NAMES } from './commands.js';
 import { distEnvFrom } from '../distributed/env.js';
 import { launchWorkers } from '../distributed/launch.js';
+import { LOCK_ENV, lockRunFolder } from '../train/lock.js';
+import { ensureWritableDir, removeIfEmpty } from '../io/durable.js';
 
 export interface LaunchFlags {
   nproc?: number;
@@ -30,8 +32,11 @@ export function withoutLaunchFlags(argv: readonly string[]): string[] {
   return rest;
 }
 
-/** Starts the workers when the flags ask for more than one process; null: train in this process. */
-export async function maybeLaunch(command: 'search' | 'train', argv: readonly string[], f: LaunchFlags, script: string): Promise<number | null> {
+/**
+ * Starts the workers when the flags ask for more than one process; null: train in this process. With `out`
+ * the launcher holds the run folder's lock for the job, so a second job is refused before any worker starts.
+ */
+export async function maybeLaunch(command: 'search' | 'train', argv: readonly string[], f: LaunchFlags, script: string, out?: string): Promise<number | null> {
   const nproc = f.nproc ?? 1;
   const nnodes = f.nnodes ?? 1;
   const launching = nproc > 1 || nnodes > 1;
@@ -44,12 +49,31 @@ export async function maybeLaunch(command: 'search' | 'train', argv: readonly st
   if (distEnvFrom()) throw new UsageError('--nproc/--nnodes in a process that already has WORLD_SIZE set (launched by torchrun?): use one launcher');
   const nodeRank = f['node-rank'] ?? 0;
   if (nodeRank >= nnodes) throw new UsageError(`--node-rank ${nodeRank} must be below --nnodes ${nnodes}`);
-  return launchWorkers({
-    nproc,
-    nnodes,
-    nodeRank,
-    masterAddr: f['master-addr'] ?? '127.0.0.1',
-    masterPort: f['master-port'],
-    args: [script, command, ...withoutLaunchFlags(argv)],
-  });
+  // Rank 0 writes the run's files: its node's launcher holds the folder.
+  let lock: { file: string; release(): void } | null = null;
+  let made: string[] = [];
+  if (out !== undefined && nodeRank === 0) {
+    made = ensureWritableDir(out, 'run folder');
+    try {
+      lock = lockRunFolder(out);
+    } catch (e) {
+      removeIfEmpty(made);
+      throw e;
+    }
+    process.env[LOCK_ENV] = lock.file;
+  }
+  try {
+    return await launchWorkers({
+      nproc,
+      nnodes,
+      nodeRank,
+      masterAddr: f['master-addr'] ?? '127.0.0.1',
+      masterPort: f['master-port'],
+      args: [script, command, ...withoutLaunchFlags(argv)],
+    });
+  } finally {
+    lock?.release();
+    removeIfEmpty(made);
+    delete process.env[LOCK_ENV];
+  }
 }

@@ -24,7 +24,7 @@ async function runTrainCommand(argv: string[], command: 'search' | 'train', log:
   // --nproc N: this process only launches the workers (each runs this command without the launcher flags).
   const { flags } = parseCommand(command === 'search' ? SEARCH_COMMAND : TRAIN_COMMAND, argv);
   const { maybeLaunch } = await import('./launch.js');
-  const launched = await maybeLaunch(command, argv, flags, process.argv[1]);
+  const launched = await maybeLaunch(command, argv, flags, process.argv[1], flags.out);
   if (launched !== null) return launched;
   const { runTrainingCommand } = await import('./train.js');
   const r = await runTrainingCommand(argv, command, log);
@@ -32,6 +32,10 @@ async function runTrainCommand(argv: string[], command: 'search' | 'train', log:
   if (r.stopSignal) {
     log(`interrupted (${r.stopSignal}): checkpoint saved in ${r.out}/latest.pth; continue with the same command and --resume`);
     return exitCodeFor(r.stopSignal);
+  }
+  if (r.alreadyFinished) {
+    log(`already finished: ${r.out} (epoch ${r.state.epoch} of ${r.config.epochs}); nothing changed`);
+    return 0;
   }
   const e = r.lastEval;
   log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);

@@ -41,6 +41,7 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
     seed: f.seed,
     out: f.out,
     resume: f.resume,
+    override: f.override,
     logEvery: f['log-every'],
     maxSteps: f['max-steps'],
     saveEvery: f['save-every'],

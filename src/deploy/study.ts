@@ -13,7 +13,8 @@ import { openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
-import { loadStateDictFile } from '../train/checkpoint.js';
+import { loadStateDictFile, notFitting } from '../train/checkpoint.js';
+import { writeFileAtomic } from '../io/durable.js';
 import { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource } from '../train/checkpoint-model.js';
 export { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource };
 import { top1 } from '../train/evaluate.js';
@@ -61,13 +62,17 @@ export function loadForDeploy(src: CheckpointSource, opts: { imageSize?: number 
         deployed.loadStateDict(sd);
       } catch (e) {
         deployed.dispose();
-        throw e;
+        throw notFitting(file, `${family.label(config)} (deploy form)`, e);
       }
       return { family, trained: null, deployed: deployed.eval(), mode: info.mode, config, fuseError: 0 };
     }
     const trained = family.create(config, info.mode);
     try {
-      trained.loadStateDict(sd);
+      try {
+        trained.loadStateDict(sd);
+      } catch (e) {
+        throw notFitting(file, `${family.label(config)} (${info.mode})`, e);
+      }
       trained.eval();
       const deployed = family.deploy(trained);
       const fuseError = fusionError(trained, deployed, config.inChannels, opts.imageSize ?? 32);
@@ -242,9 +247,7 @@ export async function exportCheckpoint(o: ExportOptions): Promise<ExportReport> 
     }
     const bytes = exportOnnx(net);
     fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-    const tmp = `${o.out}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, bytes);
-    fs.renameSync(tmp, o.out);
+    writeFileAtomic(o.out, bytes, 'ONNX model'); // whole or not at all, the temporary file removed on failure
     const report: ExportReport = { out: o.out, bytes: bytes.length, mode: m.mode, inChannels: cin, fuseError: m.trained ? m.fuseError : null, int8 };
     if (o.verify ?? true) {
       const size = calibSet?.height ?? o.imageSize ?? 32;

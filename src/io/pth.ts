@@ -37,6 +37,8 @@ import {
   type UnpickleOptions,
 } from './pickle.js';
 import { openZip, writeZip } from './zip.js';
+import { WriteError, fsyncDir, reasonOf, writeFileAtomic } from './durable.js';
+import { dirname } from 'node:path';
 
 export type { PyValue } from './pickle.js';
 
@@ -353,26 +355,13 @@ export function serializePth(value: PyValue, archiveName = 'archive'): Uint8Arra
 }
 
 /**
- * Write `value` as a torch.save-compatible zip checkpoint. Atomic: the bytes go
- * to a temporary file in the same folder, are flushed, then renamed over `path`,
- * so an interruption never leaves a half-written checkpoint.
+ * Write `value` as a torch.save-compatible zip checkpoint. Atomic and complete: the bytes go to a
+ * temporary file in the same folder, all of them (a short write on a full disk continues or fails),
+ * are flushed, then renamed over `path`, so a failure never leaves a half-written checkpoint and
+ * keeps the previous one. Failures are WriteErrors naming `path` and the reason (the free space).
  */
 export function savePth(path: string, value: PyValue, archiveName = 'archive'): void {
-  const bytes = serializePth(value, archiveName);
-  const tmp = `${path}.tmp-${process.pid}`;
-  try {
-    const fd = fs.openSync(tmp, 'w');
-    try {
-      fs.writeSync(fd, bytes);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, path);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw new Error(`${path}: cannot write checkpoint (${(e as Error).message})`);
-  }
+  writeFileAtomic(path, serializePth(value, archiveName), 'checkpoint');
 }
 
 export async function savePthAsync(path: string, value: PyValue, archiveName = 'archive'): Promise<void> {
@@ -381,15 +370,18 @@ export async function savePthAsync(path: string, value: PyValue, archiveName = '
   try {
     const fh = await fsp.open(tmp, 'w');
     try {
-      await fh.writeFile(bytes);
+      await fh.writeFile(bytes); // loops over short writes itself
       await fh.sync();
+      const size = (await fh.stat()).size;
+      if (size !== bytes.length) throw new Error(`wrote ${size} of ${bytes.length} bytes`);
     } finally {
       await fh.close();
     }
     await fsp.rename(tmp, path);
+    fsyncDir(dirname(path));
   } catch (e) {
     await fsp.rm(tmp, { force: true });
-    throw new Error(`${path}: cannot write checkpoint (${(e as Error).message})`);
+    throw new WriteError(path, (e as NodeJS.ErrnoException).code, `cannot write checkpoint ${path}: ${reasonOf(e, path, bytes.length)}; ${fs.existsSync(path) ? 'its previous content is kept' : 'nothing was written'}`);
   }
 }
 

@@ -4,6 +4,7 @@
  * offline, from an e-mail or an artifact store, and prints.
  */
 import fs from 'node:fs';
+import { writeFileAtomic } from '../io/durable.js';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -177,7 +178,9 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
   const dirs = findRunDirs(paths);
   const runs = dirs.map((d) => {
     o.log?.(`reading ${relPath(d)}`);
-    return loadRun(d, { weights: o.weights });
+    const run = loadRun(d, { weights: o.weights });
+    if (run.unreadableLines) o.log?.(`${relPath(path.join(d, 'log.jsonl'))}: skipped ${run.unreadableLines} unreadable line${run.unreadableLines === 1 ? '' : 's'}`);
+    return run;
   });
   const studies = findQuantStudies([...paths, ...dirs]);
   const arms = groupArms(runs).sort((a, b) => armRank(a) - armRank(b));
@@ -421,8 +424,6 @@ export function writeReport(paths: string[], out: string, o: ReportOptions = {})
   const data = collectReport(paths, o);
   const html = renderReport(data);
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  const tmp = `${out}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, html);
-  fs.renameSync(tmp, out);
+  writeFileAtomic(out, html, 'report');
   return { file: out, data, bytes: Buffer.byteLength(html) };
 }

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { readJsonl } from '../train/log.js';
+import { readJsonlCounted } from '../train/log.js';
 import type { ModelConfig, RunMode } from '../train/setup.js';
 import { loadStateDictFile } from '../train/checkpoint.js';
 import type { LayerWeightStats } from '../deploy/quant.js';
@@ -96,6 +96,8 @@ export interface RunData {
   resumes: number;
   threads: number | null;
   started: string | null;
+  /** Lines of log.jsonl that did not parse (e.g. cut by a crash or a full disk): skipped. */
+  unreadableLines: number;
   scales: ScaleStats[] | null;
   /** Statistics of the deployed kernels of final.pth (null when there is no final checkpoint). */
   weights: LayerWeightStats[] | null;
@@ -320,11 +322,14 @@ export function loadRun(dir: string, o: LoadRunOptions = {}): RunData {
   const logFile = path.join(dir, 'log.jsonl');
   if (!fs.existsSync(logFile)) throw new Error(`${dir}: no log.jsonl (not a run folder)`);
   let records: Record<string, unknown>[];
+  let unreadableLines: number;
   try {
-    records = readJsonl(logFile);
+    ({ records, unreadable: unreadableLines } = readJsonlCounted(logFile));
   } catch (e) {
     throw new Error(`${logFile}: ${(e as Error).message}`);
   }
+  // Unreadable lines are skipped (a cut last line); a log with nothing readable is not a run's.
+  if (!records.length && unreadableLines) throw new Error(`${logFile}: no readable JSON record (${unreadableLines} unreadable line${unreadableLines === 1 ? '' : 's'})`);
   const cfgFile = path.join(dir, 'config.json');
   const startConfig = records.find((r) => r.type === 'start')?.config as RunConfig | undefined;
   const config: RunConfig = fs.existsSync(cfgFile) ? (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig) : (startConfig ?? {});
@@ -336,6 +341,7 @@ export function loadRun(dir: string, o: LoadRunOptions = {}): RunData {
     arm: armName(config),
     seed: config.seed ?? 0,
     ...s,
+    unreadableLines,
     scales: readScales(dir),
     weights: w?.weights ?? null,
     deployedParams: w?.deployedParams ?? null,

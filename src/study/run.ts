@@ -13,6 +13,7 @@ import { repOptVggFamily } from '../models/families.js';
 import { runChildStage } from '../train/interrupt.js';
 import * as torch from '../torch/index.js';
 import { readJsonl } from '../train/log.js';
+import { writeFileAtomic } from '../io/durable.js';
 import { benchChild, type BenchMode } from '../train/bench.js';
 import { quantizeStudy } from '../deploy/study.js';
 import { convLayers, planRuns, recipeArgs, seedDir, type PlannedRun, type StudyOptions } from './plan.js';
@@ -131,9 +132,7 @@ async function quantizeRun(o: StudyOptions, r: PlannedRun, onnx: boolean, log: (
     weights: q.weights,
     ...(q.onnx ? { onnx: { agreement: q.onnx.agreement, images: q.onnx.images, maxDiff: q.onnx.maxDiff } } : {}),
   };
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(result) + '\n');
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, JSON.stringify(result) + '\n', 'quantization result');
   const row = (pc: boolean, bits: number) => result.rows.find((x) => x.perChannel === pc && x.weightBits === bits);
   const pct = (x: number | undefined) => (x === undefined ? 'n/a' : `${(x * 100).toFixed(2)}%`);
   log(`  [${r.key}] FP32 ${pct(result.fp32Deployed)}; INT8 per-tensor ${pct(row(false, 8)?.top1)}, per-channel ${pct(row(true, 8)?.top1)}; W6 ${pct(row(true, 6)?.top1)}, W5 ${pct(row(true, 5)?.top1)}${result.onnx ? `; ONNX Runtime agreement ${pct(result.onnx.agreement)} on ${result.onnx.images} images` : ''}`);

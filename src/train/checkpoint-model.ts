@@ -10,7 +10,7 @@ import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js'
 import { loadModelFile } from '../models/csla-family.js';
 import '../models/families.js';
 import { OptionError } from '../errors.js';
-import { loadStateDictFile } from './checkpoint.js';
+import { loadStateDictFile, notFitting } from './checkpoint.js';
 
 /** The model of a checkpoint, when no config.json is beside it: an architecture, a custom RepOpt-VGG or a network file. */
 export interface CheckpointModel {
@@ -84,7 +84,7 @@ export function loadCheckpointModel(src: CheckpointSource, opts: CheckpointModel
       model.loadStateDict(sd);
     } catch (e) {
       model.dispose();
-      throw e;
+      throw notFitting(file, `${family.label(config)} (${mode})`, e);
     }
     return { model: model.eval(), family, mode, config };
   } finally {

@@ -77,11 +77,41 @@ export function optimizerFromPy<H>(v: PyValue, label: string): OptimizerStateDic
   return { state, groups, step: Number(v.get('step') ?? 0) };
 }
 
+/** The current epoch's running training sums, so a mid-epoch resume reports the whole epoch. */
+export interface EpochSums {
+  loss: number;
+  correct: number;
+  seen: number;
+}
+
+/**
+ * The first tensor holding NaN or ±inf (e.g. a BatchNorm running_var after divergence), as
+ * "name (NaN|inf)", or null when every floating tensor is finite.
+ */
+export function findNonFinite(tensors: Iterable<[string, Tensor]>): string | null {
+  for (const [name, t] of tensors) {
+    if (!torch.isFloating(t.dtype) || t.numel === 0) continue;
+    // max |x| is NaN when any element is NaN, inf when any is infinite: one reduction per tensor.
+    const m = torch.tidy(() => t.detach().abs().max().to('float64').item());
+    if (!Number.isFinite(m)) return `${name} (${Number.isNaN(m) ? 'NaN' : 'inf'})`;
+  }
+  return null;
+}
+
+/** A checkpoint or state dict that holds NaN or inf: never written, and refused when read for use. */
+export class NonFiniteError extends Error {
+  constructor(readonly file: string, readonly tensor: string, message: string) {
+    super(message);
+    this.name = 'NonFiniteError';
+  }
+}
+
 export interface SaveOptions {
   model: Module;
   optimizer: Optimizer<{ lr: number }>;
   ema?: StateDict | null;
   state: TrainingState;
+  epochSums?: EpochSums | null;
   config: Record<string, unknown>;
   meta?: Record<string, unknown>;
 }
@@ -98,6 +128,7 @@ export function saveTrainingCheckpoint(path: string, o: SaveOptions): void {
       ['next_batch', o.state.nextBatch],
       ['iteration', o.state.iteration],
       ['best_acc', new PyFloat(o.state.bestAcc)],
+      ['epoch_sums', o.epochSums ? new Map<PyValue, PyValue>([['loss', new PyFloat(o.epochSums.loss)], ['correct', o.epochSums.correct], ['seen', o.epochSums.seen]]) : null],
       ['config', toPy(o.config)],
       ['meta', toPy(o.meta ?? {})],
     ]);
@@ -110,6 +141,8 @@ export interface LoadedCheckpoint {
   optimizer: OptimizerStateDict<{ lr: number }>;
   ema: StateDict | null;
   state: TrainingState;
+  /** Null in checkpoints saved at an epoch's end, or by repopt before the sums were kept. */
+  epochSums: EpochSums | null;
   config: Record<string, unknown>;
   meta: Record<string, unknown>;
 }
@@ -129,11 +162,13 @@ export function loadTrainingCheckpoint(path: string): LoadedCheckpoint {
     return n;
   };
   const emaV = v.get('ema');
+  const sums = fromPy((v.get('epoch_sums') ?? null) as PyValue) as Partial<EpochSums> | null;
   return {
     model: extractStateDict(v.get('model') as PyValue, `${path} (model)`),
     optimizer: optimizerFromPy(v.get('optimizer') as PyValue, path),
     ema: emaV ? extractStateDict(emaV as PyValue, `${path} (ema)`) : null,
     state: { epoch: num('epoch'), nextBatch: num('next_batch'), iteration: num('iteration'), bestAcc: num('best_acc') },
+    epochSums: sums && typeof sums.loss === 'number' ? { loss: sums.loss, correct: Number(sums.correct), seen: Number(sums.seen) } : null,
     config: (fromPy(v.get('config') as PyValue) ?? {}) as Record<string, unknown>,
     meta: (fromPy(v.get('meta') as PyValue) ?? {}) as Record<string, unknown>,
   };
@@ -144,8 +179,30 @@ export function saveStateDict(path: string, sd: StateDict): void {
   torch.tidy(() => savePth(path, stateDictValue(sd)));
 }
 
-/** Loads a plain state dict, `{"model": ...}`, or a repopt checkpoint's model. */
-export function loadStateDictFile(path: string): StateDict {
+/**
+ * Loads a plain state dict, `{"model": ...}`, or a repopt checkpoint's model. Weights holding NaN or inf
+ * (a diverged run) are refused with a NonFiniteError unless `allowNonFinite`: evaluating, deploying or
+ * exporting them would only report NaN.
+ */
+export function loadStateDictFile(path: string, o: { allowNonFinite?: boolean } = {}): StateDict {
   if (!fs.existsSync(path)) throw new Error(`${path}: no such file`);
-  return extractStateDict(loadPth(path), path);
+  const sd = extractStateDict(loadPth(path), path);
+  const bad = o.allowNonFinite ? null : findNonFinite(sd);
+  if (bad !== null) {
+    for (const t of sd.values()) t.dispose();
+    throw new NonFiniteError(path, bad, `${path}: the weights hold non-finite values (${bad}): the run that saved them diverged; use an earlier checkpoint or retrain with a lower learning rate`);
+  }
+  return sd;
+}
+
+/**
+ * A state dict that does not fit the model, in the user's terms: the file, the model, and a few of the keys
+ * (a wrong architecture lists hundreds).
+ */
+export function notFitting(file: string, label: string, e: unknown): Error {
+  const msg = (e as Error).message.replace(/^loadStateDict: /, '').replace(/((?:missing|unexpected) keys): ([^;]*)/g, (_m, what: string, list: string) => {
+    const keys = list.split(', ');
+    return `${keys.length} ${what}: ${keys.slice(0, 6).join(', ')}${keys.length > 6 ? ', ...' : ''}`;
+  });
+  return new Error(`${file}: does not fit the model ${label} (a checkpoint of another architecture or mode?): ${msg}`);
 }

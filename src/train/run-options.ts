@@ -86,6 +86,11 @@ export interface TrainingRunOptions {
   out?: string;
   /** Continue the run in `out` exactly where it stopped (its settings must be the same). */
   resume?: boolean;
+  /**
+   * With `resume`: settings that may differ from the saved run's, taking the new value (only `lr`: continue a
+   * diverged run with a lower learning rate). Recorded in the log's `resume` record and in config.json.
+   */
+  override?: string[];
   /** A log record every N steps. */
   logEvery?: number;
   /** Stop after this many steps in all (a checkpoint is written; `resume` continues). */

@@ -8,6 +8,7 @@
  *   await runTraining({ data: 'fashion-mnist', model: { arch: 'RepOpt-VGG-A0' }, scales: search.scales!.file });
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import * as torch from '../torch/index.js';
 import type { OptimizerKind } from '../optim/index.js';
@@ -26,6 +27,10 @@ import { loadCheckpointModel, prepareCheckpointModel } from './checkpoint-model.
 import { loadModelFile, modelFilePath } from '../models/csla-family.js';
 import { armName, familyOf } from '../models/family.js';
 import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
+import { loadTrainingCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import { lockRunFolder, type RunLock } from './lock.js';
+import { readJsonl } from './log.js';
+import { ensureWritableDir, removeIfEmpty, writeFileAtomic } from '../io/durable.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
 
 export { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions };
@@ -66,8 +71,12 @@ export interface TrainingRunConfig {
 
 /** The settings a resumed run must share with the saved one (another number of processes changes every rank's data). */
 const RESUME_KEYS = ['mode', 'model', 'optimizer', 'epochs', 'batchSize', 'lr', 'schedule', 'seed', 'scales', 'worldSize', 'syncBatchNorm', 'customL2'] as const;
+/** Settings a resume may change when the user says so (`override`): a lower lr continues a diverged run. */
+export const OVERRIDABLE_KEYS = ['lr'] as const;
 
 export interface TrainingRunResult extends TrainResult {
+  /** A resume of a run that had ended: nothing was trained or written. */
+  alreadyFinished?: boolean;
   /** The run's folder. */
   out: string;
   /** Trainable and frozen parameters of the trained model. */
@@ -138,6 +147,10 @@ function resolveOptions(o: TrainingRunOptions): Resolved {
     ['threads', r.threads, r.threads === undefined || isInt(r.threads, 1), 'a positive integer'],
   ];
   for (const [option, value, ok, what] of checks) if (!ok) throw new OptionError(option, `${option} must be ${what}, got ${value}`);
+  for (const k of r.override ?? []) {
+    if (!(OVERRIDABLE_KEYS as readonly string[]).includes(k)) throw new OptionError('override', `override can change ${OVERRIDABLE_KEYS.join(', ')} on resume, not '${k}'`);
+  }
+  if (r.override?.length && !r.resume) throw new OptionError('override', 'override changes a saved run\'s settings: it goes with resume');
   return r;
 }
 
@@ -198,48 +211,96 @@ function modelConfig(m: ModelChoice, ds: Dataset): ModelConfig {
   return { arch: m.arch, blocks: m.blocks, widths: m.widths, strides: m.strides, file, inChannels: ds.channels, numClasses: ds.numClasses };
 }
 
-/** Refuses to resume a run whose saved settings differ (the run would not be the one that was started). */
-function checkResumable(configPath: string, config: TrainingRunConfig): void {
-  if (!fs.existsSync(configPath)) return;
+/**
+ * Refuses to resume a run whose saved settings differ (the run would not be the one that was started),
+ * except the `override` keys the user chose to change; returns those changes ({ key: { from, to } }).
+ */
+function checkResumable(configPath: string, config: TrainingRunConfig, override: readonly string[]): Record<string, { from: unknown; to: unknown }> {
+  if (!fs.existsSync(configPath)) return {};
   const saved = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
   // Runs saved before worldSize / syncBatchNorm were recorded ran in one process, without SyncBatchNorm.
   const before: Record<string, unknown> = { worldSize: 1, syncBatchNorm: false, customL2: false };
   const differs = RESUME_KEYS.filter((k) => JSON.stringify(k in saved ? saved[k] : before[k]) !== JSON.stringify(config[k]));
-  if (differs.length) {
-    throw new OptionError('resume', `the saved run in ${path.dirname(configPath)} has different settings (${differs.join(', ')}); resume it with the same settings or start a new run`);
+  const refused = differs.filter((k) => !override.includes(k));
+  if (refused.length) {
+    const hint = refused.every((k) => (OVERRIDABLE_KEYS as readonly string[]).includes(k)) ? ` or say so (override: ${refused.join(', ')})` : '';
+    throw new OptionError('resume', `the saved run in ${path.dirname(configPath)} has different settings (${refused.join(', ')}); resume it with the same settings${hint} or start a new run`);
   }
+  return Object.fromEntries(differs.map((k) => [k, { from: saved[k], to: config[k] }]));
+}
+
+/**
+ * Whether the run in `out` ended and wrote everything: all epochs in latest.pth, final.pth (and a search's
+ * scales.pth) and the log's `end` record. A run cut between those writes resumes to write the rest.
+ */
+function finished(out: string, ck: LoadedCheckpoint, epochs: number, search: boolean): boolean {
+  if (ck.state.epoch < epochs || !fs.existsSync(path.join(out, 'final.pth'))) return false;
+  if (search && !fs.existsSync(path.join(out, 'scales.pth'))) return false;
+  const log = path.join(out, 'log.jsonl');
+  return fs.existsSync(log) && readJsonl(log).some((r) => r.type === 'end' && r.iteration === ck.state.iteration);
 }
 
 /**
  * Trains one run: Hyper-Search (`mode: 'hs'`, then OUT/scales.pth), RepOpt training (`mode: 'target'` with
- * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth; a run stopped
- * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it. Data-parallel when started by
+ * `scales`), or a baseline. Writes OUT/config.json, log.jsonl, latest.pth every epoch and final.pth, holding
+ * OUT/run.lock meanwhile (another run in OUT is refused with a RunLockedError); a run stopped
+ * by SIGINT/SIGTERM returns with `stopSignal` set and `resume: true` continues it (`alreadyFinished` when it
+ * had ended). Weights that became NaN/inf are never saved: a DivergedError, after a `diverged` log record. Data-parallel when started by
  * a launcher (torchrun's variables, or `distributed`): only rank 0 writes files and logs.
  * Bad options throw an OptionError naming the option.
  */
 export async function runTraining(options: TrainingRunOptions): Promise<TrainingRunResult> {
   const o = resolveOptions(options);
   if (o.model.file !== undefined) await loadModelFile(o.model.file);
-  const { mode, seed, epochs, batchSize, optimizer, schedule, log } = o;
-  const search = mode === 'hs';
-  const command = search ? 'search' : 'train';
+  const command = o.mode === 'hs' ? 'search' : 'train';
   const denv = o.distributed === undefined ? distEnvFrom() : o.distributed;
   const main = !denv || denv.rank === 0; // rank 0 writes config.json, logs and the scales
   const out = o.out ?? path.join('runs', `${command}-${Date.now()}`);
   const threads = o.threads ?? (denv ? threadsPerWorker(denv.localWorldSize) : undefined);
   if (threads !== undefined) torch.setNumThreads(threads);
   // The release scales by the total batch over all ranks.
-  const lr = o.lrPer256 ? scaledLr(o.lr, batchSize * (denv?.worldSize ?? 1)) : o.lr;
+  const lr = o.lrPer256 ? scaledLr(o.lr, o.batchSize * (denv?.worldSize ?? 1)) : o.lr;
   const resume = o.resume ?? false;
   const configPath = path.join(out, 'config.json');
   const latest = path.join(out, 'latest.pth');
-  if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
+  // Rank 0 holds the folder for the run's lifetime: a second run (or resume) in it is refused with this pid.
+  let lock: RunLock | null = null;
+  let made: string[] = [];
+  if (main) {
+    made = ensureWritableDir(out, 'run folder');
+    try {
+      lock = lockRunFolder(out);
+    } catch (e) {
+      removeIfEmpty(made);
+      throw e;
+    }
+  }
+  try {
+    if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
+    return await runLocked(o, { out, denv, main, lr, configPath, latest });
+  } finally {
+    lock?.release();
+    removeIfEmpty(made); // a run refused before it wrote anything leaves no folder behind
+  }
+}
+
+async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; main: boolean; lr: number; configPath: string; latest: string }): Promise<TrainingRunResult> {
+  const { mode, seed, epochs, batchSize, optimizer, schedule, log } = o;
+  const { out, denv, main, lr, configPath, latest } = c;
+  const search = mode === 'hs';
+  const command = search ? 'search' : 'train';
+  const resume = o.resume ?? false;
+  if (main && o.workers > os.availableParallelism()) {
+    // As PyTorch's DataLoader warns: more workers than cores only slow the run down.
+    process.stderr.write(`repopt: warning: ${o.workers} loader workers requested; the suggested maximum on this system is ${os.availableParallelism()} (its cores); ` +
+      'excessive workers may slow the run down or exhaust memory, lower --workers if so\n');
+  }
 
   torch.manualSeed(seed);
   const { trainSet, trainLoader, testLoader } = loaders(o, denv);
   let dist: DataParallel | null = null;
+  let checkpoint: LoadedCheckpoint | undefined;
   try {
-    dist = await joinGroup(denv, o.distTimeoutSec, Math.round((o.bucketCapMb ?? TRAINING_DEFAULTS.bucketCapMb) * 1024 * 1024));
     const model = modelConfig(o.model, trainSet);
     const config: TrainingRunConfig = {
       command,
@@ -269,7 +330,15 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       label: archLabel(model),
       arm: armName(familyOf(model), mode),
     };
-    if (resume) checkResumable(configPath, config);
+    const overrides = resume ? checkResumable(configPath, config, o.override ?? []) : {};
+    if (resume && fs.existsSync(latest)) {
+      checkpoint = loadTrainingCheckpoint(latest);
+      if (finished(out, checkpoint, epochs, search)) {
+        // Finished: "already finished", and nothing written (no second `end` record, config.json untouched).
+        return { state: checkpoint.state, alreadyFinished: true, interrupted: false, stopSignal: null, trainImgPerSec: 0, peakRssBytes: process.resourceUsage().maxRSS * 1024, seconds: 0, out, params: 0, scales: null, config };
+      }
+    }
+    dist = await joinGroup(denv, o.distTimeoutSec, Math.round((o.bucketCapMb ?? TRAINING_DEFAULTS.bucketCapMb) * 1024 * 1024));
     const run = setupRun({
       model,
       mode,
@@ -282,11 +351,10 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       customL2: o.customL2 ?? false,
     });
     try {
-      fs.mkdirSync(out, { recursive: true });
+      if (!main) fs.mkdirSync(out, { recursive: true });
       if (main) {
-        // Atomically: the other ranks of a resumed run read it.
-        fs.writeFileSync(`${configPath}.tmp-${process.pid}`, JSON.stringify(config, null, 2) + '\n');
-        fs.renameSync(`${configPath}.tmp-${process.pid}`, configPath);
+        // Atomically (the other ranks of a resumed run read it); an overridden lr is the run's lr from now on.
+        writeFileAtomic(configPath, JSON.stringify(config, null, 2) + '\n', 'run settings');
       }
       const params = run.model.numParameters();
       if (!o.quiet && main) {
@@ -308,6 +376,8 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
           emaDecay: o.emaDecay,
           clipNorm: o.clipNorm,
           resume,
+          checkpoint,
+          resumeNote: Object.keys(overrides).length ? { overrides } : undefined,
           logEvery: o.logEvery,
           config: { ...config },
           label: search ? 'search' : mode,
@@ -336,6 +406,11 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
       run.optimizer.dispose();
     }
   } finally {
+    if (checkpoint) {
+      // Disposed by train() once used; a run that stopped before (finished, or an error) disposes them here.
+      for (const t of [...checkpoint.model.values(), ...(checkpoint.ema?.values() ?? [])]) if (!t.isDisposed) t.dispose();
+      for (const st of checkpoint.optimizer.state.values()) for (const t of st.values()) if (!t.isDisposed) t.dispose();
+    }
     dist?.group.destroy();
     await trainLoader.close();
     await testLoader?.close();

@@ -13,7 +13,7 @@ import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js'
 import { releaseDecays } from '../models/families.js';
 import type { ScaleMap } from '../models/scales.js';
 import { OptionError } from '../errors.js';
-import { loadStateDictFile } from './checkpoint.js';
+import { loadStateDictFile, notFitting } from './checkpoint.js';
 
 /** A run's model: a registered architecture (any family) or a custom RepOpt-VGG; channels and classes from the data. */
 export type ModelConfig = ModelSpec;
@@ -130,8 +130,13 @@ export function setupRun(s: SetupOptions): RunSetup {
   try {
     if (s.init && !s.resuming) {
       const sd = loadStateDictFile(s.init);
-      model.loadStateDict(sd);
-      for (const t of sd.values()) t.dispose();
+      try {
+        model.loadStateDict(sd);
+      } catch (e) {
+        throw notFitting(s.init, `${archLabel(s.model)} (${modelMode(s.mode, family)})`, e);
+      } finally {
+        for (const t of sd.values()) t.dispose();
+      }
     }
     if (s.customL2) {
       if (s.mode !== 'qarepvgg') throw new OptionError('customL2', `the custom L2 is QARepVGG's (mode qarepvgg); this run's mode is ${s.mode}`);

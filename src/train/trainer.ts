@@ -1,7 +1,9 @@
 /**
  * The training loop shared by `repopt search`, `repopt train` (RepOpt, RepVGG
  * and plain baselines) and the demo: JSONL logs, atomic self-describing
- * checkpoints every epoch, exact resume (mid-epoch too), Ctrl-C saves and exits
+ * checkpoints every epoch (never one holding NaN/inf: the run stops with a
+ * `diverged` record), exact resume (mid-epoch too, the epoch's running sums
+ * included), Ctrl-C saves and exits
  * cleanly. Data-parallel with `dist` (one process per rank, each with its shard
  * of the data): gradients averaged before the optimizer, the stop decision and
  * metrics agreed over ranks, and only rank 0 logs, shows progress and writes files.
@@ -18,7 +20,7 @@ import { JsonlLog } from './log.js';
 import { Progress } from './progress.js';
 import { evaluate, type BatchSource, type EvalResult } from './evaluate.js';
 import { InterruptedError, catchStopSignals, turnEventLoop, type StopSignal } from './interrupt.js';
-import { loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type TrainingState } from './checkpoint.js';
+import { findNonFinite, loadTrainingCheckpoint, saveStateDict, saveTrainingCheckpoint, type EpochSums, type LoadedCheckpoint, type TrainingState } from './checkpoint.js';
 import type { DataParallel } from '../distributed/data-parallel.js';
 import { convertSyncBatchNorm, revertSyncBatchNorm } from '../distributed/sync-batch-norm.js';
 
@@ -47,6 +49,10 @@ export interface TrainerOptions {
   emaDecay?: number;
   clipNorm?: number;
   resume: boolean;
+  /** With `resume`: latest.pth as the caller already loaded it (default: read here). Its tensors are disposed. */
+  checkpoint?: LoadedCheckpoint;
+  /** With `resume`: added to the log's `resume` record (e.g. the settings the user overrode). */
+  resumeNote?: Record<string, unknown>;
   /** Iterations between step records in the JSONL log. */
   logEvery: number;
   /** Everything needed to rebuild the run, stored in checkpoints. */
@@ -72,6 +78,14 @@ export interface TrainerOptions {
    * it (DistributedDataParallel's overlap), instead of all of them after backward. The same averages.
    */
   overlapAllreduce?: boolean;
+}
+
+/** The run stopped because its loss or weights became NaN or infinite (a `diverged` record is in the log). */
+export class DivergedError extends Error {
+  constructor(readonly iteration: number, readonly what: string, message: string) {
+    super(message);
+    this.name = 'DivergedError';
+  }
 }
 
 export interface TrainResult {
@@ -108,10 +122,42 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   let stopSignal: StopSignal | null = null;
   let stoppedEarly = false;
 
+  // The current epoch's running sums (loss x images, hits, images): saved, so a mid-epoch resume reports the whole epoch.
+  let sums: EpochSums = { loss: 0, correct: 0, seen: 0 };
+  let savedIteration: number | null = null;
+  let lastLr: number | null = null;
+  const diverged = (what: string, loss: number | null): DivergedError => {
+    // JSON has no NaN or Infinity: a non-finite loss is recorded as its name.
+    log?.write('diverged', { ...state, what, loss: loss === null || Number.isFinite(loss) ? loss : String(loss), lr: lastLr, lastSaved: savedIteration });
+    const kept = savedIteration === null ? 'no checkpoint was written' : `${latestPath} keeps iteration ${savedIteration}, the last finite state`;
+    return new DivergedError(state.iteration, what,
+      `training diverged at iteration ${state.iteration}${lastLr === null ? '' : ` (lr ${lastLr})`}: ${what}; ${kept}. ` +
+        `Lower the learning rate${savedIteration === null ? '' : ' and resume (repopt train ... --resume --override lr --lr LOWER)'}`);
+  };
+  /** Refuses weights with NaN/inf: such a checkpoint would only resume into the same divergence. */
+  const checkFinite = (tensors: Iterable<[string, Tensor]>) => {
+    const bad = torch.tidy(() => findNonFinite(tensors));
+    if (bad !== null) throw diverged(`${bad.split(' ')[0]} holds ${bad.includes('NaN') ? 'NaN' : 'inf'} (not saved)`, null);
+  };
   let lastSaveAt = performance.now();
   const save = () => {
-    if (main) saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, config: o.config, meta: { saved: new Date().toISOString() } });
+    if (main) {
+      torch.tidy(() => {
+        const opt = optimizer.stateDict();
+        checkFinite([...model.stateDict(), ...(ema ? [...ema.shadow].map(([k, t]): [string, Tensor] => [`ema.${k}`, t]) : []),
+          ...[...opt.state].flatMap(([n, st]) => [...st].map(([k, t]): [string, Tensor] => [`optimizer.${n}.${k}`, t]))]);
+        saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, epochSums: state.nextBatch > 0 ? sums : null, config: o.config, meta: { saved: new Date().toISOString() } });
+      });
+      savedIteration = state.iteration;
+    }
     lastSaveAt = performance.now();
+  };
+  /** best.pth / final.pth: plain weights, checked as latest.pth. */
+  const saveWeights = (file: string, weights: StateDict) => {
+    torch.tidy(() => {
+      checkFinite(weights);
+      saveStateDict(path.join(o.out, file), weights);
+    });
   };
   const periodicSaveDue = () =>
     (o.saveEvery !== undefined && state.iteration % o.saveEvery === 0) ||
@@ -123,15 +169,20 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   let trainSeconds = 0;
   const t0 = performance.now();
   try {
-    if (o.resume && fs.existsSync(latestPath)) {
-      const ck = loadTrainingCheckpoint(latestPath);
-      model.loadStateDict(ck.model);
-      optimizer.loadStateDict(ck.optimizer);
-      if (ema && ck.ema) ema.load(ck.ema);
+    if (o.resume && (o.checkpoint || fs.existsSync(latestPath))) {
+      const ck = o.checkpoint ?? loadTrainingCheckpoint(latestPath);
+      try {
+        model.loadStateDict(ck.model);
+        optimizer.loadStateDict(ck.optimizer);
+        if (ema && ck.ema) ema.load(ck.ema);
+      } finally {
+        for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
+        for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
+      }
       state = ck.state;
-      for (const t of [...ck.model.values(), ...(ck.ema?.values() ?? [])]) t.dispose();
-      for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
-      log?.write('resume', { ...state });
+      savedIteration = state.iteration;
+      if (ck.epochSums && state.nextBatch > 0) sums = { ...ck.epochSums };
+      log?.write('resume', { ...state, ...(log.repairedBytes ? { repairedLogBytes: log.repairedBytes } : {}), ...o.resumeNote });
       if (!quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
     } else if (o.resume && !o.quiet) {
       process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
@@ -152,14 +203,14 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     model.train();
     outer: for (let epoch = state.epoch; epoch < o.epochs; epoch++) {
       const progress = new Progress(`${o.label ?? 'train'} epoch ${epoch + 1}/${o.epochs}`, perEpoch);
-      let lossSum = 0;
-      let correct = 0;
-      let seen = 0;
+      if (!(epoch === state.epoch && state.nextBatch > 0)) sums = { loss: 0, correct: 0, seen: 0 };
+      const seenBefore = sums.seen; // images of this epoch trained before a resume (not timed here)
       const epochStart = performance.now();
       let stepsThisEpoch = 0;
       for await (const { x, y, index } of loader.epoch(epoch, state.nextBatch)) {
         const lr = lrAt(schedule, state.iteration);
         optimizer.setLr(lr);
+        lastLr = lr;
         const ts = performance.now();
         const [localLoss, localHits] = torch.tidy(() => {
           try {
@@ -200,19 +251,17 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           [loss, hits, n] = [lossN / nAll, hitsAll, nAll];
           agreedStop = terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
         }
-        if (!Number.isFinite(loss)) throw new Error(`loss became ${loss} at iteration ${state.iteration} (lr ${lr}); lower the learning rate`);
+        if (!Number.isFinite(loss)) throw diverged(`the loss became ${loss}`, loss);
         trainSeconds += (performance.now() - ts) / 1000;
         imgs += n;
-        lossSum += loss * n;
-        correct += hits;
-        seen += n;
+        sums = { loss: sums.loss + loss * n, correct: sums.correct + hits, seen: sums.seen + n };
         stepsThisEpoch++;
         state = { ...state, epoch, nextBatch: index + 1, iteration: state.iteration + 1 };
         const elapsed = (performance.now() - epochStart) / 1000;
-        const rate = seen / elapsed;
+        const rate = (sums.seen - seenBefore) / elapsed;
         if (!quiet) {
           const remaining = (perEpoch - index - 1 + (o.epochs - epoch - 1) * perEpoch) * loader.batchSize * (dist?.worldSize ?? 1);
-          progress.update(index + 1, { loss: lossSum / seen, acc: correct / seen, imgPerSec: rate, lr }, remaining / rate);
+          progress.update(index + 1, { loss: sums.loss / sums.seen, acc: sums.correct / sums.seen, imgPerSec: rate, lr }, remaining / rate);
         }
         if (state.iteration % o.logEvery === 0) {
           log?.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
@@ -240,9 +289,9 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       const record: Record<string, unknown> = {
         epoch: epoch + 1,
         iteration: state.iteration,
-        trainLoss: seen ? lossSum / seen : null,
-        trainAcc: seen ? correct / seen : null,
-        imgPerSec: stepsThisEpoch ? seen / ((performance.now() - epochStart) / 1000) : null,
+        trainLoss: sums.seen ? sums.loss / sums.seen : null,
+        trainAcc: sums.seen ? sums.correct / sums.seen : null,
+        imgPerSec: stepsThisEpoch ? (sums.seen - seenBefore) / ((performance.now() - epochStart) / 1000) : null,
         lr: lrAt(schedule, Math.max(0, state.iteration - 1)),
       };
       if (testLoader) {
@@ -269,7 +318,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         if (acc > state.bestAcc) {
           state = { ...state, bestAcc: acc };
           const bestWeights = emaEval && emaEval.top1 > lastEval.top1 && ema ? ema.shadow : null;
-          if (main) torch.tidy(() => saveStateDict(path.join(o.out, 'best.pth'), bestWeights ?? model.stateDict()));
+          if (main) torch.tidy(() => saveWeights('best.pth', bestWeights ?? model.stateDict()));
           record.best = true;
         }
         if (!quiet) {
@@ -280,6 +329,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         }
       }
       log?.write('epoch', record);
+      sums = { loss: 0, correct: 0, seen: 0 };
       save();
       stopSignal = stopScope.signal;
       if (dist) {
@@ -293,7 +343,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       }
     }
     if (!stoppedEarly) {
-      if (main) torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
+      if (main) torch.tidy(() => saveWeights('final.pth', model.stateDict()));
       log?.write('end', {
         ...state,
         seconds: (performance.now() - t0) / 1000,
