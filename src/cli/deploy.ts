@@ -89,6 +89,11 @@ export async function runExport(argv: string[], log: Log): Promise<number> {
       return 1;
     }
   }
+  const n = r.nativeCheck;
+  if (n) {
+    log(`onnxruntime-node on the same images: top-1 agreement ${pct(n.agreement)}, max |logit diff| ${n.relMaxDiff.toExponential(2)} of the logits' scale` +
+      (n.agreement < 0.99 && (r.int8?.weightBits ?? 8) === 8 ? ' (its int8 kernels saturate 8-bit weights on CPUs without AVX-512 VNNI: --weight-bits 7, ORT\'s reduce_range, avoids it)' : ''));
+  }
   return 0;
 }
 
