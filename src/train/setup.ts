@@ -14,6 +14,7 @@ import { releaseDecays } from '../models/families.js';
 import type { ScaleMap } from '../models/scales.js';
 import { OptionError } from '../errors.js';
 import { loadStateDictFile } from './checkpoint.js';
+import { freezeParameters, loadPretrained, type PretrainedReport } from './pretrained.js';
 
 /** A run's model: a registered architecture (any family) or a custom RepOpt-VGG; channels and classes from the data. */
 export type ModelConfig = ModelSpec;
@@ -93,6 +94,10 @@ export interface RunSetup {
   optimizer: Optimizer<{ lr: number }>;
   /** SGD Grad Mults (CSLA-norm clipping) when training with a RepOptimizer. */
   cslaMults?: Map<string, Tensor>;
+  /** What `pretrained` loaded and replaced (src/train/pretrained.ts). */
+  pretrained?: PretrainedReport;
+  /** The parameters `freeze` froze. */
+  frozen?: string[];
 }
 
 export interface SetupOptions {
@@ -106,6 +111,10 @@ export interface SetupOptions {
   signedAdamW?: boolean;
   /** Resuming: the weights come from the checkpoint, skip (re)initialisation. */
   resuming?: boolean;
+  /** Fine-tune from this checkpoint (src/train/pretrained.ts): a new classifier where the classes differ; no Rule of Initialization. */
+  pretrained?: string;
+  /** Parameter name prefixes to freeze (left out of the optimizer). */
+  freeze?: readonly string[];
 }
 
 export function setupRun(s: SetupOptions): RunSetup {
@@ -117,22 +126,28 @@ export function setupRun(s: SetupOptions): RunSetup {
       model.loadStateDict(sd);
       for (const t of sd.values()) t.dispose();
     }
+    if (s.pretrained && s.init) throw new OptionError('pretrained', 'give either pretrained (fine-tune: a new classifier where needed) or init (a state dict loaded as it is), not both');
+    const pretrained = s.pretrained && !s.resuming ? loadPretrained(model, s.pretrained, { warmStart: s.mode === 'hs' }) : undefined;
+    const frozen = s.freeze?.length ? freezeParameters(model, s.freeze) : undefined;
+    const extra = { ...(pretrained ? { pretrained } : {}), ...(frozen ? { frozen } : {}) };
     if (s.mode !== 'target') {
       if (s.scales) throw new OptionError('scales', `scales are only used by RepOpt training (mode target); this run's mode is ${s.mode}`);
-      return { model, family, optimizer: buildOptimizer(model, s.optimizer, undefined, family.decays) };
+      return { model, family, optimizer: buildOptimizer(model, s.optimizer, undefined, family.decays), ...extra };
     }
     if (!s.scales) throw new OptionError('scales', 'mode target trains with a RepOptimizer and needs scales (a scale file from Hyper-Search or the release); train mode plain for ordinary training');
     const scales: ScaleMap = family.loadScales(model, s.scales);
     try {
       const handler = family.handler(model, scales, { identityInit: s.identityInit });
-      // An init file is loaded as it is; otherwise the fresh model gets the Rule of Initialization.
-      if (!s.init && !s.resuming) handler.reinitialize(model);
+      // An init file or a pretrained model is loaded as it is; otherwise the fresh model gets the Rule of Initialization.
+      if (!s.init && !s.pretrained && !s.resuming) handler.reinitialize(model);
       const mults = handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW });
-      const optimizer = buildOptimizer(model, s.optimizer, mults, family.decays);
+      // Frozen parameters are not the optimizer's: their mults go (the clipping weights keep them; they have no gradient).
+      const trainable = frozen ? new Map([...mults].filter(([n]) => !frozen.includes(n))) : mults;
+      const optimizer = buildOptimizer(model, s.optimizer, trainable, family.decays);
       // SGD's mults double as the CSLA-norm clipping weights; AdamW's are the optimizer's alone.
-      if (s.optimizer.kind === 'sgd') return { model, family, optimizer, cslaMults: mults };
+      if (s.optimizer.kind === 'sgd') return { model, family, optimizer, cslaMults: mults, ...extra };
       for (const m of mults.values()) m.dispose();
-      return { model, family, optimizer, cslaMults: handler.gradMults('sgd') };
+      return { model, family, optimizer, cslaMults: handler.gradMults('sgd'), ...extra };
     } finally {
       for (const t of scales.values()) t.dispose();
     }

@@ -70,6 +70,11 @@ export interface TrainerOptions {
    * it (DistributedDataParallel's overlap), instead of all of them after backward. The same averages.
    */
   overlapAllreduce?: boolean;
+  /**
+   * Called at the end of each epoch (1-based) with its log record before it is written: it may add fields; a
+   * returned reason ends the run there as a finished one (final.pth, the end record with `stopReason`).
+   */
+  onEpochEnd?: (epoch: number, record: Record<string, unknown>) => string | null;
 }
 
 export interface TrainResult {
@@ -83,6 +88,8 @@ export interface TrainResult {
   trainImgPerSec: number;
   peakRssBytes: number;
   seconds: number;
+  /** Why `onEpochEnd` ended the run before its last epoch, or absent. */
+  stopReason?: string;
 }
 
 export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader: BatchSource | null, o: TrainerOptions): Promise<TrainResult> {
@@ -105,6 +112,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   const stopScope = catchStopSignals({ notice: main ? 'saving a checkpoint at the next step boundary' : 'stopping with the other ranks' });
   let stopSignal: StopSignal | null = null;
   let stoppedEarly = false;
+  let stopReason: string | null = null;
 
   let lastSaveAt = performance.now();
   const save = () => {
@@ -277,6 +285,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           );
         }
       }
+      stopReason = o.onEpochEnd?.(epoch + 1, record) ?? null;
       log?.write('epoch', record);
       save();
       stopSignal = stopScope.signal;
@@ -289,6 +298,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         stoppedEarly = true;
         break;
       }
+      if (stopReason) break;
     }
     if (!stoppedEarly) {
       if (main) torch.tidy(() => saveStateDict(path.join(o.out, 'final.pth'), model.stateDict()));
@@ -302,6 +312,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         params: model.numParameters(),
         valTop1: lastEval?.top1 ?? null,
         emaTop1: emaEval?.top1 ?? null,
+        ...(stopReason ? { stopReason } : {}),
       });
     }
     // No rank reports done before rank 0's files are written.
@@ -322,6 +333,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     seconds: (performance.now() - t0) / 1000,
+    ...(stopReason && !stoppedEarly ? { stopReason } : {}),
   };
 }
 
