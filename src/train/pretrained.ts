@@ -10,10 +10,12 @@
  *     naming it.
  *   - Hyper-Search warm start (the model in its family's `hs` mode, the checkpoint a plain target): tensors the
  *     hs model has and the checkpoint lacks (scales, extra branches) keep their initial values. For RepOpt-VGG the
- *     target's 3x3 kernel K becomes the hs 3x3 branch so that the hs block computes exactly the pretrained target's
- *     function at its initial scales: conv = (K - s_id * I) / s_conv (I: the identity at the centre tap of channel
- *     o -> o, where the block has an identity branch), conv_1x1 = 0, BN copied; the scales start at the release's
- *     initial values (so the search starts where a search from scratch starts, in scale space).
+ *     target's 3x3 kernel K goes into the hs 3x3 branch so that the hs block computes exactly the pretrained
+ *     target's function at its initial scales: conv = (K - s_1x1 * W_1x1 - s_id * I) / s_conv at the centre tap
+ *     (elsewhere K / s_conv), where W_1x1 is the hs model's own (random) initial 1x1 kernel and I the identity of
+ *     channel o -> o where the block has an identity branch; BN copied; the scales start at the release's initial
+ *     values (where a search from scratch starts). The 1x1 branch is not zeroed: with BN after the sum, a zero 1x1
+ *     branch would leave the scales of a block without identity with no gradient (BN undoes a common scale).
  *
  * `freezeParameters` turns `requiresGrad` off for every parameter whose name starts with one of the prefixes;
  * `buildOptimizer` leaves them out. BatchNorm in a frozen part: its weight and bias are frozen like any parameter,
@@ -35,7 +37,7 @@ export interface PretrainedReport {
   replaced: { key: string; from: number[]; to: number[] }[];
   /** Hyper-Search warm start: the model's tensors the checkpoint lacks (they keep their initial values). */
   kept: string[];
-  /** Hyper-Search warm start: blocks whose 3x3 branch was derived from a target kernel (RepOpt-VGG). */
+  /** Hyper-Search warm start: blocks whose 3x3 branch was derived from a target kernel (RepOpt-VGG; the 1x1 branch keeps its initialisation). */
   warmStarted: string[];
 }
 
@@ -55,7 +57,7 @@ export function classifierKeys(model: Module): string[] {
 export function describePretrained(r: PretrainedReport): string {
   const parts = [`pretrained ${r.file}: ${r.loaded} tensors loaded`];
   if (r.replaced.length) parts.push(`classifier re-initialised (${r.replaced.map((x) => `${x.key} ${shapeText(x.from)} -> ${shapeText(x.to)}`).join(', ')})`);
-  if (r.warmStarted.length) parts.push(`Hyper-Search warm start: ${r.warmStarted.length} blocks' 3x3 branch from the target kernel (1x1 branch zero, scales at their initial values)`);
+  if (r.warmStarted.length) parts.push(`Hyper-Search warm start: ${r.warmStarted.length} blocks' 3x3 branch from the target kernel (the block computes the target's function at the initial scales)`);
   if (r.kept.length) parts.push(`${r.kept.length} tensors the checkpoint lacks keep their initial values (${r.kept.slice(0, 4).join(', ')}${r.kept.length > 4 ? ', ...' : ''})`);
   return parts.join('; ');
 }
@@ -116,17 +118,15 @@ export function loadPretrained(model: Module, file: string, opts: { warmStart?: 
           const K = sd.get(`${p}.conv.weight`)!;
           const [cout, cin] = K.shape;
           const s = own.get(`${p}.scale_conv.weight`)!;
-          const id = own.get(`${p}.scale_identity.weight`);
-          let w = K.to('float32');
-          if (id) {
-            // s_id[o] at the centre tap of channel o -> o.
-            const ids = id.toArray();
-            const d = new Float32Array(cout * cin * 9);
-            for (let o = 0; o < Math.min(cout, cin); o++) d[(o * cin + o) * 9 + 4] = ids[o];
-            w = w.sub(torch.fromTypedArray(d, [cout, cin, 3, 3]));
+          const t = own.get(`${p}.scale_1x1.weight`)!.toArray();
+          const w1 = own.get(`${p}.conv_1x1.weight`)!.to('float32').toArray();
+          const id = own.get(`${p}.scale_identity.weight`)?.toArray();
+          // What the 1x1 and identity branches add at the centre tap: s_1x1[o] W_1x1[o, i] + s_id[o] [o == i].
+          const centre = new Float32Array(cout * cin * 9);
+          for (let o = 0; o < cout; o++) {
+            for (let i = 0; i < cin; i++) centre[(o * cin + i) * 9 + 4] = t[o] * w1[o * cin + i] + (id && o === i ? id[o] : 0);
           }
-          own.get(`${p}.conv.weight`)!.copy_(w.div(s.reshape([cout, 1, 1, 1])));
-          own.get(`${p}.conv_1x1.weight`)!.zero_();
+          own.get(`${p}.conv.weight`)!.copy_(K.to('float32').sub(torch.fromTypedArray(centre, [cout, cin, 3, 3])).div(s.reshape([cout, 1, 1, 1])));
           report.loaded++;
           report.warmStarted.push(p);
         }

@@ -121,12 +121,12 @@ export function setupRun(s: SetupOptions): RunSetup {
   const family = familyOf(s.model);
   const model = buildModel(s.model, modelMode(s.mode, family));
   try {
+    if (s.pretrained && s.init) throw new OptionError('pretrained', 'give either pretrained (fine-tune: a new classifier where needed) or init (a state dict loaded as it is), not both');
     if (s.init && !s.resuming) {
       const sd = loadStateDictFile(s.init);
       model.loadStateDict(sd);
       for (const t of sd.values()) t.dispose();
     }
-    if (s.pretrained && s.init) throw new OptionError('pretrained', 'give either pretrained (fine-tune: a new classifier where needed) or init (a state dict loaded as it is), not both');
     const pretrained = s.pretrained && !s.resuming ? loadPretrained(model, s.pretrained, { warmStart: s.mode === 'hs' }) : undefined;
     const frozen = s.freeze?.length ? freezeParameters(model, s.freeze) : undefined;
     const extra = { ...(pretrained ? { pretrained } : {}), ...(frozen ? { frozen } : {}) };
