@@ -23,7 +23,7 @@ test('`repopt models --json` lists every architecture with the table\'s paramete
   assert.equal(Math.round(by.get('RepOpt-VGG-A0')!.params / 1e4) / 100, 8.31);
   assert.deepEqual(by.get('RepOpt-VGG-B1')?.modes, ['target', 'hs', 'csla', 'repvgg', 'qarepvgg']);
   assert.ok(by.has('RepOpt-GhostNet-0.5x'));
-  assert.equal(archs.length, 17);
+  assert.equal(archs.length, 22); // + RepOpt-MobileOne S0-S4
 });
 
 /** The command names `repopt help` lists. */
@@ -107,7 +107,7 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['train', '--data', 'synthetic', '--batch-size', '0'], /--batch-size must be a positive integer, got 0/],
     [['train', '--data', 'synthetic', '--lr', '-1'], /--lr must be a positive number, got -1/],
     [['train', '--data', 'synthetic', '--momentum', '1.5'], /--momentum must be in \[0, 1\], got 1\.5/],
-    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, qarepvgg, rep, got 'fast'/],
+    [['train', '--data', 'synthetic', '--mode', 'fast'], /--mode must be one of target, plain, repvgg, qarepvgg, rep, mobileone, csla, got 'fast'/],
     [['train', '--data', 'synthetic', '--nesterov=yes'], /flag --nesterov takes no value/],
     [['train', '--data', 'synthetic', '--seed', '1', '--seed', '2'], /--seed given twice/],
     [['train', '--data', 'synthetic', 'extra'], /unexpected argument 'extra'/],
@@ -117,6 +117,9 @@ test('bad flags are clear usage errors (exit 2, the message, the usage line)', (
     [['train', '--data', 'synthetic', '--strides', '1,1,3,2,2'], /--strides takes values that are each an integer in \[1, 2\]/],
     [['train', '--data', 'synthetic', '--widths', '1,x,1,1'], /--widths expects comma-separated numbers, got '1,x,1,1'/],
     [['search', '--data', 'synthetic', '--scales', 'x.pth'], /repopt search: unknown flag --scales/],
+    [['train', '--data', 'synthetic', '--stop-when-settled', '0.01'], /repopt train: unknown flag --stop-when-settled/],
+    [['search', '--data', 'synthetic:64', '--blocks', '1,1,1,1', '--widths', '0.25,0.25,0.25,0.25', '--stop-when-settled', 'soon'], /--stop-when-settled: stopWhenSettled takes DRIFT\[:EPOCHS\]/],
+    [['train', '--data', 'synthetic:64', '--blocks', '1,1,1,1', '--widths', '0.25,0.25,0.25,0.25', '--mode', 'plain', '--freeze', 'nope'], /--freeze: no parameter name starts with 'nope' \(the model's top-level names: stage0, /],
     [['quantize', '--checkpoint', 'x.pth', '--data', 'synthetic', '--observers', 'minmax,kl'], /--observers: unknown observer 'kl' \(known: minmax, percentile, mse\)/],
     [['quantize', '--checkpoint', 'x.pth', '--data', 'synthetic', '--weight-bits', '8,1'], /--weight-bits takes values that are each an integer in \[2, 8\]/],
     [['export', '--checkpoint', 'x.pth', '--out', 'x.onnx', '--observer', 'mse'], /--observer need --int8/],
