@@ -115,12 +115,16 @@ test('runTraining: bad options are OptionErrors naming the option in the library
   await refused({ ...base, batchSize: 0, out: `${d}/x` }, 'batchSize', /^batchSize must be a positive integer, got 0$/);
   await refused({ ...base, mode: 'target', out: `${d}/x` }, 'scales', /needs scales/);
   await refused({ ...base, scales: `${d}/none.pth`, out: `${d}/x` }, 'scales', /only used by RepOpt training.*mode is plain/);
-  await refused({ ...base, model: { arch: 'RepOpt-VGG-A0', blocks: BLOCKS }, out: `${d}/x` }, 'model', /either an architecture or custom blocks and widths, not both/);
+  await refused({ ...base, model: { arch: 'RepOpt-VGG-A0', blocks: BLOCKS }, out: `${d}/x` }, 'model', /give one model: an architecture, custom blocks and widths, or a network file/);
   await refused({ ...base, model: { blocks: BLOCKS }, out: `${d}/x` }, 'model', /needs both blocks and widths/);
-  await refused({ ...base, model: { arch: 'RepOpt-GhostNet-0.5x' }, mode: 'repvgg', out: `${d}/x` }, 'mode', /no 'repvgg' baseline; its multi-branch baseline is 'rep'/);
+  await refused({ ...base, model: { arch: 'RepOpt-GhostNet-0.5x' }, mode: 'repvgg', out: `${d}/x` }, 'mode', /no 'repvgg' mode; its multi-branch baseline is 'rep'/);
   // A JavaScript caller can pass anything: an evaluation-only mode is refused too.
-  await refused({ ...base, mode: 'csla' as TrainingMode, out: `${d}/x` }, 'mode', /mode must be one of target, plain, hs, repvgg, qarepvgg, rep, got 'csla'/);
+  await refused({ ...base, mode: 'deploy' as TrainingMode, out: `${d}/x` }, 'mode', /mode must be one of target, plain, hs, repvgg, qarepvgg, rep, mobileone, csla, got 'deploy'/);
   await refused({ ...base, momentum: 1.5, out: `${d}/x` }, 'momentum', /momentum must be in \[0, 1\], got 1\.5/);
+  await refused({ ...base, freeze: [''], out: `${d}/x` }, 'freeze', /freeze must be a list of parameter name prefixes/);
+  await refused({ ...base, stopWhenSettled: { drift: 0.01 }, out: `${d}/x` }, 'stopWhenSettled', /ends a Hyper-Search \(mode hs\); this run's mode is plain/);
+  await refused({ ...base, mode: 'hs', stopWhenSettled: '0:2', out: `${d}/x` }, 'stopWhenSettled', /takes DRIFT\[:EPOCHS\]/);
+  await refused({ ...base, pretrained: `${d}/none.pth`, out: `${d}/x` }, 'pretrained', /none\.pth: no such file/);
   assert.ok(!fs.existsSync(`${d}/x`), 'a refused run writes nothing');
 
   // 32 images, batch 8: 4 steps per epoch. Stop after 3, then continue over the epoch boundary.
