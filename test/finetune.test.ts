@@ -301,4 +301,12 @@ test('drift warnings: scales still at their initial values (a search with a tiny
   }
   assert.equal(warnings.length, 1);
   assert.match(warnings[0], /the scales oscillate: 100% of the scale tensors reversed direction in epoch 3/);
+  // A resumed search: the first epoch's drift (since the resume) does not count towards settling; then it does.
+  i = 4;
+  const resumed = new ScaleDrift(fam, null as never, { drift: 0.5, epochs: 2 }, { scaleDrift: { settled: 1 } });
+  const first = resumed.epoch(5, 10);
+  assert.deepEqual([first.record.scaleDrift.settled, first.record.scaleDrift.sinceResume, first.record.scaleWarnings], [1, true, undefined]);
+  const second = resumed.epoch(6, 10);
+  assert.equal(second.record.scaleDrift.settled, 2);
+  assert.match(String(second.stop), /scales settled: drift below 0\.5 .* for 2 epochs in a row; stopped after epoch 6 of 10/);
 });

@@ -9,6 +9,8 @@
  *
  * Settled: with `stopWhenSettled: { drift: D, epochs: E }` the search ends once the max drift has stayed below D
  * for E epochs in a row (the scales are written as at the planned end; the reason is in the log and the result).
+ * A resumed search: the first epoch after the resume measures the drift since the resume (`sinceResume`), which
+ * does not count towards settling, and the start (and so the at-initial-values warning) is not known.
  * Warnings: the scales still at their initial values (max relative change since the start below 1e-4, e.g. a
  * learning rate too small), and oscillation: at least half the tensors' means reversed direction (the sign of
  * their per-epoch change flipped) in each of the last two epochs.
@@ -63,7 +65,7 @@ function relChange(now: readonly number[], before: readonly number[]): number {
 /** What one epoch adds to its log record. */
 export interface DriftEpoch {
   /** Median and max over scale tensors of the relative change since the previous epoch; epochs in a row below the rule's drift. */
-  scaleDrift: { median: number; max: number; tensors: number; settled: number; threshold: number | null; sinceStart: number; reversed: number };
+  scaleDrift: { median: number; max: number; tensors: number; settled: number; threshold: number | null; sinceStart: number; reversed: number; sinceResume?: boolean };
   /** Mean of each scale tensor (trajectories). */
   scaleMeans: Record<string, number>;
   /** Warnings of this epoch (also on stderr). */
@@ -87,6 +89,8 @@ export class ScaleDrift {
   #settled = 0;
   #warnedInit = false;
   #warnedOscillation = false;
+  /** Resumed: the first epoch's drift covers only the part since the resume (not counted towards settling), the start is unknown. */
+  #resumed: boolean;
 
   /** Takes the model's scales now as the start (and as the previous epoch's). `resumed`: the last epoch record of a resumed run. */
   constructor(family: ModelFamily, model: Module, rule?: SettleRule | null, resumed?: Record<string, unknown>) {
@@ -95,6 +99,8 @@ export class ScaleDrift {
     this.#rule = rule ? checkSettleRule(rule) : null;
     this.#initial = this.#snapshot();
     this.#previous = this.#initial;
+    this.#resumed = resumed !== undefined;
+    this.#warnedInit = this.#resumed;
     const d = resumed?.scaleDrift as DriftEpoch['scaleDrift'] | undefined;
     if (d && typeof d.settled === 'number') this.#settled = d.settled;
   }
@@ -123,7 +129,9 @@ export class ScaleDrift {
     this.#reversedRun = reversed >= 0.5 ? this.#reversedRun + 1 : 0;
     const max = drifts.length ? Math.max(...drifts) : 0;
     const med = drifts.length ? median(drifts) : 0;
-    if (this.#rule) this.#settled = max < this.#rule.drift ? this.#settled + 1 : 0;
+    const partial = this.#resumed;
+    this.#resumed = false;
+    if (this.#rule && !partial) this.#settled = max < this.#rule.drift ? this.#settled + 1 : 0;
     const warnings: string[] = [];
     if (sinceStart < AT_INIT_TOLERANCE && !this.#warnedInit) {
       this.#warnedInit = true;
@@ -134,7 +142,7 @@ export class ScaleDrift {
       warnings.push(`the scales oscillate: ${Math.round(reversed * 100)}% of the scale tensors reversed direction in epoch ${epoch} (and at least half did in the epoch before); a lower learning rate may settle them`);
     }
     const record: DriftEpoch = {
-      scaleDrift: { median: med, max, tensors: keys.length, settled: this.#settled, threshold: this.#rule?.drift ?? null, sinceStart, reversed },
+      scaleDrift: { median: med, max, tensors: keys.length, settled: this.#settled, threshold: this.#rule?.drift ?? null, sinceStart, reversed, ...(partial ? { sinceResume: true } : {}) },
       scaleMeans: Object.fromEntries([...now].map(([k, v]) => [k, mean(v)])),
       ...(warnings.length ? { scaleWarnings: warnings } : {}),
     };
