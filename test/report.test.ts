@@ -132,7 +132,7 @@ test('report.html in chromium: every chart drawn from the runs\' data, nothing f
     assert.deepEqual(requests, [`file://${file}`], 'the page fetches nothing but itself');
 
     const expected = ['curve-loss-steps', 'curve-loss-time', 'curve-trainacc-steps', 'curve-trainacc-time', 'curve-val-steps', 'curve-val-time', 'curve-lr-steps', 'curve-lr-time',
-      'speed-imgps', 'speed-rss', 'scales-conv', 'scales-1x1', 'scales-identity', 'weights-std', 'weights-ratio', 'weights-outliers', 'quant-0'];
+      'speed-imgps', 'speed-rss', 'scales-conv', 'scales-1x1', 'scales-identity', 'drift-epoch', 'drift-trajectories', 'weights-std', 'weights-ratio', 'weights-outliers', 'quant-0'];
     assert.deepEqual(Object.keys(charts).sort(), [...expected].sort());
     for (const id of expected) {
       assert.ok(charts[id].canvas, `${id} has a canvas`);

@@ -121,6 +121,10 @@ test('runTraining: bad options are OptionErrors naming the option in the library
   // A JavaScript caller can pass anything: an evaluation-only mode is refused too.
   await refused({ ...base, mode: 'deploy' as TrainingMode, out: `${d}/x` }, 'mode', /mode must be one of target, plain, hs, repvgg, qarepvgg, rep, mobileone, csla, got 'deploy'/);
   await refused({ ...base, momentum: 1.5, out: `${d}/x` }, 'momentum', /momentum must be in \[0, 1\], got 1\.5/);
+  await refused({ ...base, freeze: [''], out: `${d}/x` }, 'freeze', /freeze must be a list of parameter name prefixes/);
+  await refused({ ...base, stopWhenSettled: { drift: 0.01 }, out: `${d}/x` }, 'stopWhenSettled', /ends a Hyper-Search \(mode hs\); this run's mode is plain/);
+  await refused({ ...base, mode: 'hs', stopWhenSettled: '0:2', out: `${d}/x` }, 'stopWhenSettled', /takes DRIFT\[:EPOCHS\]/);
+  await refused({ ...base, pretrained: `${d}/none.pth`, out: `${d}/x` }, 'pretrained', /none\.pth: no such file/);
   assert.ok(!fs.existsSync(`${d}/x`), 'a refused run writes nothing');
 
   // 32 images, batch 8: 4 steps per epoch. Stop after 3, then continue over the epoch boundary.

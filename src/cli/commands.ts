@@ -70,6 +70,8 @@ const TRAINING_FLAGS = {
   ...MODEL_FLAGS,
   ...MODEL_FILE_FLAG,
   init: flag.string('load this state dict as it is (no Rule of Initialization)', { arg: 'FILE.pth', group: 'model' }),
+  pretrained: flag.string('fine-tune from a checkpoint of the same family and shape (ours or the release\'s): a new classifier where the classes differ, every other tensor matched by name and shape, no Rule of Initialization; search: a warm-started Hyper-Search (docs/fine-tuning.md)', { arg: 'FILE.pth', group: 'model' }),
+  freeze: flag.string('freeze the parameters whose names start with one of these prefixes (not trained; BN running statistics still update)', { arg: 'PREFIX[,PREFIX]', group: 'model' }),
   epochs: flag.int('epochs', { default: D.epochs, min: 1, group: 'optimization' }),
   'batch-size': flag.int('batch size', { default: D.batchSize, min: 1, group: 'optimization' }),
   lr: flag.number(`learning rate (default: ${D.lr.sgd} for sgd, ${D.lr.adamw} for adamw)`, { above: 0, group: 'optimization' }),
@@ -108,7 +110,10 @@ export const SEARCH_COMMAND = defineCommand({
   summary: 'Hyper-Search: train the hs model (trainable scales) with plain SGD, write OUT/scales.pth',
   usage: '--data SPEC (--arch A | --blocks B --widths W | --model FILE.js) [options]',
   description: 'Hyper-Search: trains the hs model (every branch with a trainable per-channel scale) with plain SGD and writes the searched scales to OUT/scales.pth (+ scales.json), the input of `repopt train --scales`.',
-  flags: TRAINING_FLAGS,
+  flags: {
+    ...TRAINING_FLAGS,
+    'stop-when-settled': flag.string('end the search once the scales\' drift (max over layers and branches of the relative change per epoch) stays below DRIFT for EPOCHS epochs (default 2); the scales are written', { arg: 'DRIFT[:EPOCHS]', group: 'run' }),
+  },
   notes: `${DATA_SPEC_NOTE}\n${SIGNALS_NOTE}`,
   optionFlags: TRAINING_OPTION_FLAGS,
 });

@@ -22,7 +22,7 @@ interface Command {
 // and `repopt setup` runs before the addon exists (test/package.test.ts checks it in an installed package).
 async function runTrainCommand(argv: string[], command: 'search' | 'train', log: Log): Promise<number> {
   // --nproc N: this process only launches the workers (each runs this command without the launcher flags).
-  const { flags } = parseCommand(command === 'search' ? SEARCH_COMMAND : TRAIN_COMMAND, argv);
+  const { flags } = command === 'search' ? parseCommand(SEARCH_COMMAND, argv) : parseCommand(TRAIN_COMMAND, argv);
   const { maybeLaunch } = await import('./launch.js');
   const launched = await maybeLaunch(command, argv, flags, process.argv[1], flags.out);
   if (launched !== null) return launched;
@@ -38,7 +38,7 @@ async function runTrainCommand(argv: string[], command: 'search' | 'train', log:
     return 0;
   }
   const e = r.lastEval;
-  log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}`);
+  log(`done: ${r.out}${e ? ` (top-1 ${(e.top1 * 100).toFixed(2)}%)` : ''}${r.stopReason ? `; stopped early: ${r.stopReason}` : ''}`);
   return 0;
 }
 

@@ -10,7 +10,8 @@ import { parseCommand, type Flags } from './flags.js';
 import { EVAL_COMMAND, SEARCH_COMMAND, TRAIN_COMMAND } from './commands.js';
 import { applyThreads } from './threads.js';
 
-type SearchFlags = Flags<typeof SEARCH_COMMAND.flags>;
+/** The flags search and train share. */
+type SearchFlags = Omit<Flags<typeof SEARCH_COMMAND.flags>, 'stop-when-settled'>;
 type Log = (line: string) => void;
 
 /** The flags search and train share, as the library's options. */
@@ -25,6 +26,8 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
     workers: f.workers,
     model: { arch: f.arch, blocks: f.blocks, widths: f.widths, strides: f.strides, file: f.model },
     init: f.init,
+    pretrained: f.pretrained,
+    freeze: f.freeze === undefined ? undefined : f.freeze.split(',').map((x) => x.trim()),
     epochs: f.epochs,
     batchSize: f['batch-size'],
     lr: f.lr,
@@ -60,7 +63,8 @@ function commonOptions(f: SearchFlags, log: Log): Omit<TrainingRunOptions, 'mode
 export async function runTrainingCommand(argv: string[], command: 'search' | 'train', log: Log): Promise<TrainingRunResult> {
   if (command === 'search') {
     // Search trains the hs model with plain SGD: it has no RepOpt flags.
-    return runTraining({ ...commonOptions(parseCommand(SEARCH_COMMAND, argv).flags, log), mode: 'hs', optimizer: 'sgd' });
+    const { flags: f } = parseCommand(SEARCH_COMMAND, argv);
+    return runTraining({ ...commonOptions(f, log), mode: 'hs', optimizer: 'sgd', stopWhenSettled: f['stop-when-settled'] });
   }
   const { flags: f } = parseCommand(TRAIN_COMMAND, argv);
   return runTraining({

@@ -211,6 +211,35 @@ export function scaleCharts(arms: Arm[], colors: Map<string, string>): ChartSpec
   return charts;
 }
 
+/**
+ * A Hyper-Search that says when it is done (src/train/drift.ts): per search run, the median and max drift of the
+ * scales per epoch (log10 of the relative change), and the trajectories of a few scale tensors' means over epochs
+ * (up to 6, spread over the network, of the first search run).
+ */
+export function driftCharts(arms: Arm[], colors: Map<string, string>): ChartSpec[] {
+  const runs = arms.flatMap((a) => a.runs.filter((r) => r.epochs.driftMax.some((v) => v !== null)).map((r) => ({ arm: a, run: r })));
+  if (!runs.length) return [];
+  const log10 = (v: number | null) => (v !== null && v > 0 ? Math.log10(v) : null);
+  const drift: SeriesSpec[] = [];
+  runs.forEach(({ arm, run }, k) => {
+    const color = runs.length > 1 ? PALETTE[k % PALETTE.length] : (colors.get(arm.name) ?? '#2a9d5c');
+    const label = runs.length > 1 ? `${runLabel(arm, run)}: ` : '';
+    drift.push({ label: `${label}max`, color, role: 'driftMax', run: run.dir, x: run.epochs.epoch, y: run.epochs.driftMax.map(log10), width: 2, points: true });
+    drift.push({ label: `${label}median`, color, role: 'driftMedian', run: run.dir, x: run.epochs.epoch, y: run.epochs.driftMedian.map(log10), dash: [6, 3], width: 1.5, points: true });
+  });
+  const first = runs[0].run;
+  const keys = Object.keys(first.epochs.scaleMeans.find((m) => m !== null) ?? {});
+  const pick = keys.length <= 6 ? keys : [...new Set(Array.from({ length: 6 }, (_, i) => keys[Math.round((i * (keys.length - 1)) / 5)]))];
+  const trajectories: SeriesSpec[] = pick.map((key, i) => ({
+    label: key.replace(/\.weight$/, ''), color: PALETTE[i % PALETTE.length], role: 'scaleMean', run: first.dir,
+    x: first.epochs.epoch, y: first.epochs.scaleMeans.map((m) => (m && typeof m[key] === 'number' ? m[key] : null)), width: 1.8, points: true,
+  }));
+  return [
+    { id: 'drift-epoch', title: 'Hyper-Search: drift of the scales per epoch', note: 'log10 of the relative change of each scale tensor (layer and branch) over the epoch: max and median over tensors', xLabel: 'epoch', yLabel: 'log10 relative change', yDigits: 2, series: drift },
+    { id: 'drift-trajectories', title: `Hyper-Search: scale trajectories${runs.length > 1 ? ` (${runLabel(runs[0].arm, first)})` : ''}`, note: 'mean over channels of a few scale tensors after each epoch', xLabel: 'epoch', yLabel: 'mean scale', yDigits: 3, series: trajectories },
+  ];
+}
+
 /** The paper's Table 11 per layer: std of the deployed kernels at the centre tap and at the 8 surrounding taps. */
 export function weightCharts(arms: Arm[], colors: Map<string, string>): ChartSpec[] {
   const picked = arms.filter((a) => a.runs[0].arm !== 'Hyper-Search').map((a) => ({ arm: a, run: a.runs.find((r) => r.weights) })).filter((x) => x.run);

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { findRunDirs, findQuantStudies, loadRun, type QuantStudy, type RunData, type RunConfig } from './runs.js';
 import { groupArms, spreadOf, summarize, type Arm, type Comparison } from './stats.js';
-import { armColors, quantCharts, scaleCharts, sensitivityCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
+import { armColors, driftCharts, quantCharts, scaleCharts, sensitivityCharts, speedCharts, trainingCharts, weightCharts, type ChartSpec } from './charts.js';
 import { CLIENT_JS } from './client.js';
 import { groupQuantStudies, quantComparisons, quantSpread, type QuantGroup } from './quant.js';
 
@@ -93,6 +93,12 @@ export function reproduceCommand(c: RunConfig, dir: string): string {
   if (c.command !== 'search') add('--mode', c.mode);
   if (c.scales) add('--scales', relPath(c.scales));
   if (c.init) add('--init', relPath(c.init));
+  if (c.pretrained) add('--pretrained', relPath(c.pretrained as string));
+  if (Array.isArray(c.freeze) && c.freeze.length) add('--freeze', c.freeze);
+  if (c.stopWhenSettled && typeof c.stopWhenSettled === 'object') {
+    const r = c.stopWhenSettled as { drift: number; epochs: number };
+    add('--stop-when-settled', `${r.drift}:${r.epochs}`);
+  }
   add('--epochs', c.epochs);
   add('--batch-size', c.batchSize);
   if (c.optimizer && c.optimizer !== 'sgd') add('--optimizer', c.optimizer);
@@ -186,7 +192,7 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
   const arms = groupArms(runs).sort((a, b) => armRank(a) - armRank(b));
   const colors = armColors(arms);
   const quant = groupQuantStudies(studies);
-  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(quant, colors), ...sensitivityCharts(studies, colors)];
+  const charts = [...trainingCharts(arms, colors), ...speedCharts(arms, colors), ...scaleCharts(arms, colors), ...driftCharts(arms, colors), ...weightCharts(arms, colors), ...quantCharts(quant, colors), ...sensitivityCharts(studies, colors)];
   const commands = [...(o.commands ?? []), ...runs.map((r) => reproduceCommand(r.config, r.dir)), `repopt report ${paths.map((p) => shellQuote(relPath(p))).join(' ')}`];
   return {
     title: o.title ?? 'repopt report',
@@ -377,6 +383,11 @@ export function renderReport(d: ReportData): string {
   if (speed.length) sections.push(['speed', 'Speed and memory', `<p class="note">Throughput of the training steps (forward, backward, optimizer; data loading excluded) and the peak resident memory of each run's process; bars are means over seeds, dots single runs. Parameters at training and inference time are in the summary table.</p>${grid(speed)}`]);
   const scales = section('scales-');
   if (scales.length) sections.push(['scales', 'Hyper-Search: the searched scales', `<p class="note">Per layer, the distribution over output channels of each branch's trainable scale after the search: median (line), 25th–75th percentiles (dark band), min–max (light band). These become the Grad Mults of the RepOpt target model.</p>${grid(scales, scales.length >= 3 ? 'three' : '')}`]);
+  const drift = section('drift-');
+  if (drift.length) {
+    const stops = d.runs.filter((r) => r.end?.stopReason).map((r) => `<li>${esc(relPath(r.dir))}: ${esc(r.end!.stopReason!)}</li>`).join('');
+    sections.push(['drift', 'Hyper-Search: has it settled?', `<p class="note">Per epoch of a search, how much its scales still move: for each scale tensor (one layer and branch) the relative change ||s<sub>t</sub> − s<sub>t−1</sub>|| / ||s<sub>t−1</sub>|| over the epoch, its max and median over tensors (log10); and the mean of a few tensors over epochs. <code>repopt search --stop-when-settled DRIFT[:EPOCHS]</code> ends a search once the max stays below DRIFT.</p>${stops ? `<ul class="summary">${stops}</ul>` : ''}${grid(drift)}`]);
+  }
   const weights = section('weights-');
   if (weights.length) sections.push(['weights', 'Deployed weights (Table 11 of the paper)', `<p class="note">Kernels of the deployed plain network (BN folded, branches fused) from each run's final.pth. A multi-branch baseline's identity and 1x1 branches are added onto the centre tap when it is fused (RepVGG); the RepOpt target's Grad Mults act on the same tap during training. The paper's point (its Table 11) is the size of the difference: where RepVGG's centre std and max|w|/std are larger, its weights carry the outliers that cost it at low bit widths (see Quantization).</p>${grid(weights)}${weightsTable(d)}`]);
   if (d.quant.length) sections.push(['quant', 'Quantization', `${grid(section('quant-'))}${d.quant.map(quantTable).join('')}`]);

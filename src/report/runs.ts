@@ -60,6 +60,10 @@ export interface EpochSeries {
   valLoss: (number | null)[];
   lr: (number | null)[];
   imgPerSec: (number | null)[];
+  /** Hyper-Search: median and max over scale tensors of their relative change in the epoch, and each tensor's mean (src/train/drift.ts). */
+  driftMedian: (number | null)[];
+  driftMax: (number | null)[];
+  scaleMeans: (Record<string, number> | null)[];
 }
 
 export interface RunEnd {
@@ -68,6 +72,8 @@ export interface RunEnd {
   peakRssBytes: number;
   params: number;
   valTop1: number | null;
+  /** Why the run ended before its last epoch (a settled search), or null. */
+  stopReason: string | null;
 }
 
 /** The searched scales of one layer and branch: their distribution over channels. */
@@ -245,7 +251,7 @@ function readWeights(dir: string, config: RunConfig): { weights: LayerWeightStat
 /** Parses a run's log.jsonl records into series (exported for tests and tools). */
 export function seriesOf(records: Record<string, unknown>[]): { steps: StepSeries; epochs: EpochSeries; end: RunEnd | null; resumes: number; threads: number | null; started: string | null } {
   const steps: StepSeries = { iteration: [], seconds: [], loss: [], lr: [], imgPerSec: [] };
-  const epochs: EpochSeries = { epoch: [], iteration: [], seconds: [], trainLoss: [], trainAcc: [], valTop1: [], valLoss: [], lr: [], imgPerSec: [] };
+  const epochs: EpochSeries = { epoch: [], iteration: [], seconds: [], trainLoss: [], trainAcc: [], valTop1: [], valLoss: [], lr: [], imgPerSec: [], driftMedian: [], driftMax: [], scaleMeans: [] };
   let end: RunEnd | null = null;
   let resumes = 0;
   let threads: number | null = null;
@@ -281,6 +287,10 @@ export function seriesOf(records: Record<string, unknown>[]): { steps: StepSerie
       epochs.valLoss.push(num(r.valLoss));
       epochs.lr.push(num(r.lr));
       epochs.imgPerSec.push(num(r.imgPerSec));
+      const drift = (r.scaleDrift ?? null) as { median?: unknown; max?: unknown } | null;
+      epochs.driftMedian.push(num(drift?.median));
+      epochs.driftMax.push(num(drift?.max));
+      epochs.scaleMeans.push(r.scaleMeans && typeof r.scaleMeans === 'object' ? (r.scaleMeans as Record<string, number>) : null);
     } else if (r.type === 'end') {
       end = {
         seconds: num(r.seconds) ?? NaN,
@@ -288,6 +298,7 @@ export function seriesOf(records: Record<string, unknown>[]): { steps: StepSerie
         peakRssBytes: num(r.peakRssBytes) ?? NaN,
         params: num(r.params) ?? NaN,
         valTop1: num(r.valTop1),
+        stopReason: typeof r.stopReason === 'string' ? r.stopReason : null,
       };
     }
   }

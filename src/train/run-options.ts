@@ -7,6 +7,7 @@ import type { ModelSpec } from '../models/family.js';
 import type { DistEnv } from '../distributed/env.js';
 import type { ScheduleKind } from './schedule.js';
 import type { OptimizerKind } from '../optim/kinds.js';
+import type { SettleRule } from './drift.js';
 
 /** The model to train: a registered architecture (`repopt models`), a custom RepOpt-VGG (blocks and widths) or a network file (`file`). */
 export type ModelChoice = Omit<ModelSpec, 'inChannels' | 'numClasses'>;
@@ -49,6 +50,17 @@ export interface TrainingRunOptions {
   init?: string;
   /** Rule of Initialization of identity branches: from the searched scale, or 1 (default `searched`). */
   identityInit?: 'searched' | 'one';
+  /**
+   * Fine-tune from this checkpoint of the same family and shape (ours or the release's `torch.save` files): the
+   * classifier is re-initialised when the number of classes differs, every other tensor must match by name and
+   * shape; no Rule of Initialization (the Grad Mults still come from `scales`). With mode `hs`: a warm-started
+   * Hyper-Search (src/train/pretrained.ts, docs/fine-tuning.md).
+   */
+  pretrained?: string;
+  /** Parameter name prefixes to freeze (requiresGrad off, left out of the optimizer), e.g. ['stage0', 'stage1']. */
+  freeze?: string[];
+  /** Hyper-Search: end when the scales' drift stays below `drift` for `epochs` epochs (default 2); a string is `DRIFT[:EPOCHS]`. */
+  stopWhenSettled?: SettleRule | string;
 
   // ---- optimization
   /** Default `sgd`. */

@@ -26,11 +26,13 @@ import { evaluate, type EvalResult } from './evaluate.js';
 import { loadCheckpointModel, prepareCheckpointModel } from './checkpoint-model.js';
 import { loadModelFile, modelFilePath } from '../models/csla-family.js';
 import { armName, familyOf } from '../models/family.js';
-import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode } from './setup.js';
-import { loadTrainingCheckpoint, type LoadedCheckpoint } from './checkpoint.js';
+import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode, type RunSetup } from './setup.js';
+import { loadTrainingCheckpoint, loadStateDictFile, type LoadedCheckpoint } from './checkpoint.js';
 import { lockRunFolder, type RunLock } from './lock.js';
 import { readJsonl } from './log.js';
 import { ensureWritableDir, removeIfEmpty, writeFileAtomic } from '../io/durable.js';
+import { describePretrained } from './pretrained.js';
+import { ScaleDrift, checkSettleRule, parseSettleRule, type SettleRule } from './drift.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
 
 export { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions };
@@ -58,6 +60,10 @@ export interface TrainingRunConfig {
   /** Absolute paths. */
   scales: string | null;
   init: string | null;
+  /** Fine-tuned from this checkpoint (absolute path), the frozen name prefixes, the search's settle rule. */
+  pretrained?: string | null;
+  freeze?: string[];
+  stopWhenSettled?: Required<SettleRule> | null;
   augment: boolean;
   shuffle: boolean;
   worldSize: number;
@@ -151,6 +157,8 @@ function resolveOptions(o: TrainingRunOptions): Resolved {
     if (!(OVERRIDABLE_KEYS as readonly string[]).includes(k)) throw new OptionError('override', `override can change ${OVERRIDABLE_KEYS.join(', ')} on resume, not '${k}'`);
   }
   if (r.override?.length && !r.resume) throw new OptionError('override', 'override changes a saved run\'s settings: it goes with resume');
+  if (r.freeze !== undefined && (!Array.isArray(r.freeze) || r.freeze.some((p) => typeof p !== 'string' || p === ''))) throw new OptionError('freeze', `freeze must be a list of parameter name prefixes, got ${JSON.stringify(r.freeze)}`);
+  if (r.stopWhenSettled !== undefined && mode !== 'hs') throw new OptionError('stopWhenSettled', `stopWhenSettled ends a Hyper-Search (mode hs); this run's mode is ${mode}`);
   return r;
 }
 
@@ -261,6 +269,7 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
   // The release scales by the total batch over all ranks.
   const lr = o.lrPer256 ? scaledLr(o.lr, o.batchSize * (denv?.worldSize ?? 1)) : o.lr;
   const resume = o.resume ?? false;
+  const settle = o.stopWhenSettled === undefined ? null : checkSettleRule(typeof o.stopWhenSettled === 'string' ? parseSettleRule(o.stopWhenSettled) : o.stopWhenSettled);
   const configPath = path.join(out, 'config.json');
   const latest = path.join(out, 'latest.pth');
   // Rank 0 holds the folder for the run's lifetime: a second run (or resume) in it is refused with this pid.
@@ -277,16 +286,19 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
   }
   try {
     if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
-    return await runLocked(o, { out, denv, main, lr, configPath, latest });
+    return await runLocked(o, { out, denv, main, lr, configPath, latest, settle });
   } finally {
     lock?.release();
     removeIfEmpty(made); // a run refused before it wrote anything leaves no folder behind
   }
 }
 
-async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; main: boolean; lr: number; configPath: string; latest: string }): Promise<TrainingRunResult> {
+async function runLocked(
+  o: Resolved,
+  c: { out: string; denv: DistEnv | null; main: boolean; lr: number; configPath: string; latest: string; settle: Required<SettleRule> | null },
+): Promise<TrainingRunResult> {
   const { mode, seed, epochs, batchSize, optimizer, schedule, log } = o;
-  const { out, denv, main, lr, configPath, latest } = c;
+  const { out, denv, main, lr, configPath, latest, settle } = c;
   const search = mode === 'hs';
   const command = search ? 'search' : 'train';
   const resume = o.resume ?? false;
@@ -322,6 +334,9 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
       seed,
       scales: o.scales ? path.resolve(o.scales) : null,
       init: o.init ? path.resolve(o.init) : null,
+      pretrained: o.pretrained ? path.resolve(o.pretrained) : null,
+      ...(o.freeze?.length ? { freeze: o.freeze } : {}),
+      stopWhenSettled: settle,
       augment: o.augment ?? true,
       shuffle: o.shuffle ?? true,
       worldSize: denv?.worldSize ?? 1,
@@ -345,6 +360,8 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
       optimizer: { kind: optimizer, lr, momentum: config.momentum, nesterov: config.nesterov, weightDecay: config.weightDecay, decayAll: o.decayAll ?? false },
       scales: o.scales,
       init: o.init,
+      pretrained: o.pretrained,
+      freeze: o.freeze,
       identityInit: o.identityInit,
       signedAdamW: o.signedAdamW ?? false,
       resuming: resume && fs.existsSync(latest),
@@ -362,6 +379,9 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
         log(`${command}: ${archLabel(model)} mode ${mode}, ${params.toLocaleString('en-US')} params, ${trainSet.name} (${trainSet.length} images), ` +
           `${epochs} epochs x ${trainLoader.batchesPerEpoch} steps${dist ? ` (${dist.worldSize} processes x batch ${batchSize}, ${nThreads} thread${nThreads === 1 ? '' : 's'} each${config.syncBatchNorm ? ', SyncBatchNorm' : ''})` : ''}, ${optimizer}${run.optimizer.gradMults.size ? ' with Grad Mults' : ''}, lr ${lr}, out ${out}`);
       }
+      if (!o.quiet && main && run.pretrained) log(describePretrained(run.pretrained));
+      if (!o.quiet && main && run.frozen) log(`frozen: ${run.frozen.length} parameters (${o.freeze!.join(', ')}), not trained`);
+      const drift = search ? scaleDrift(run, out, resume, latest, settle) : null;
       const result = await train(
         { model: run.model, optimizer: run.optimizer, cslaMults: run.cslaMults },
         trainLoader,
@@ -388,10 +408,22 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
           dist: dist ?? undefined,
           syncBatchNorm: config.syncBatchNorm,
           overlapAllreduce: o.overlapAllreduce ?? false,
+          ...(drift ? {
+            onEpochEnd: (epoch: number, record: Record<string, unknown>) => {
+              const step = drift.epoch(epoch, epochs);
+              Object.assign(record, step.record);
+              if (!o.quiet && main) {
+                process.stderr.write(`search epoch ${epoch}: ${ScaleDrift.describe(step.record, settle)}\n`);
+                for (const w of step.record.scaleWarnings ?? []) log(`warning: ${w}`);
+              }
+              return step.stop;
+            },
+          } : {}),
         },
       );
+      if (result.stopReason && main && !o.quiet) log(`search stopped early: ${result.stopReason}`);
       let scales: TrainingRunResult['scales'] = null;
-      if (main && search && !result.interrupted && result.state.epoch >= epochs) {
+      if (main && search && !result.interrupted && (result.state.epoch >= epochs || result.stopReason)) {
         const searched = run.family.extractScales(run.model);
         try {
           scales = run.family.saveScales(path.join(out, 'scales.pth'), searched, run.model, archLabel(model));
@@ -415,6 +447,22 @@ async function runLocked(o: Resolved, c: { out: string; denv: DistEnv | null; ma
     await trainLoader.close();
     await testLoader?.close();
   }
+}
+
+/** The search's drift tracker, from the model's scales now (a resumed run: from its latest.pth and its last epoch record). */
+function scaleDrift(run: Pick<RunSetup, 'model' | 'family'>, out: string, resume: boolean, latest: string, settle: Required<SettleRule> | null): ScaleDrift {
+  let last: Record<string, unknown> | undefined;
+  if (resume && fs.existsSync(latest)) {
+    const sd = loadStateDictFile(latest);
+    try {
+      run.model.loadStateDict(sd);
+    } finally {
+      for (const t of sd.values()) t.dispose();
+    }
+    const logFile = path.join(out, 'log.jsonl');
+    if (fs.existsSync(logFile)) last = readJsonl(logFile).filter((r) => r.type === 'epoch').pop();
+  }
+  return new ScaleDrift(run.family, run.model, settle, last);
 }
 
 // ------------------------------------------------------------------ evaluation

@@ -14,6 +14,7 @@ import { releaseDecays } from '../models/families.js';
 import type { ScaleMap } from '../models/scales.js';
 import { OptionError } from '../errors.js';
 import { loadStateDictFile, notFitting } from './checkpoint.js';
+import { freezeParameters, loadPretrained, type PretrainedReport } from './pretrained.js';
 
 /** A run's model: a registered architecture (any family) or a custom RepOpt-VGG; channels and classes from the data. */
 export type ModelConfig = ModelSpec;
@@ -95,6 +96,10 @@ export interface RunSetup {
   cslaMults?: Map<string, Tensor>;
   /** A penalty the trainer adds to the loss (QARepVGG's custom L2). */
   regularizer?: () => Tensor;
+  /** What `pretrained` loaded and replaced (src/train/pretrained.ts). */
+  pretrained?: PretrainedReport;
+  /** The parameters `freeze` froze. */
+  frozen?: string[];
 }
 
 export interface SetupOptions {
@@ -110,6 +115,10 @@ export interface SetupOptions {
   resuming?: boolean;
   /** QARepVGG (mode qarepvgg): its custom L2 instead of weight decay on the 3x3 and 1x1 kernels. */
   customL2?: boolean;
+  /** Fine-tune from this checkpoint (src/train/pretrained.ts): a new classifier where the classes differ; no Rule of Initialization. */
+  pretrained?: string;
+  /** Parameter name prefixes to freeze (left out of the optimizer). */
+  freeze?: readonly string[];
 }
 
 /**
@@ -128,6 +137,7 @@ export function setupRun(s: SetupOptions): RunSetup {
   const family = familyOf(s.model);
   const model = buildModel(s.model, modelMode(s.mode, family));
   try {
+    if (s.pretrained && s.init) throw new OptionError('pretrained', 'give either pretrained (fine-tune: a new classifier where needed) or init (a state dict loaded as it is), not both');
     if (s.init && !s.resuming) {
       const sd = loadStateDictFile(s.init);
       try {
@@ -138,26 +148,31 @@ export function setupRun(s: SetupOptions): RunSetup {
         for (const t of sd.values()) t.dispose();
       }
     }
+    const pretrained = s.pretrained && !s.resuming ? loadPretrained(model, s.pretrained, { warmStart: s.mode === 'hs' }) : undefined;
+    const frozen = s.freeze?.length ? freezeParameters(model, s.freeze) : undefined;
+    const extra = { ...(pretrained ? { pretrained } : {}), ...(frozen ? { frozen } : {}) };
     if (s.customL2) {
       if (s.mode !== 'qarepvgg') throw new OptionError('customL2', `the custom L2 is QARepVGG's (mode qarepvgg); this run's mode is ${s.mode}`);
-      return { model, family, ...qaRepVggCustomL2(model as RepOptVGG, s.optimizer, family) };
+      return { model, family, ...qaRepVggCustomL2(model as RepOptVGG, s.optimizer, family), ...extra };
     }
     if (s.mode !== 'target') {
       if (s.scales) throw new OptionError('scales', `scales are only used by RepOpt training (mode target); this run's mode is ${s.mode}`);
-      return { model, family, optimizer: buildOptimizer(model, s.optimizer, undefined, family.decays) };
+      return { model, family, optimizer: buildOptimizer(model, s.optimizer, undefined, family.decays), ...extra };
     }
     if (!s.scales) throw new OptionError('scales', 'mode target trains with a RepOptimizer and needs scales (a scale file from Hyper-Search or the release); train mode plain for ordinary training');
     const scales: ScaleMap = family.loadScales(model, s.scales);
     try {
       const handler = family.handler(model, scales, { identityInit: s.identityInit });
-      // An init file is loaded as it is; otherwise the fresh model gets the Rule of Initialization.
-      if (!s.init && !s.resuming) handler.reinitialize(model);
+      // An init file or a pretrained model is loaded as it is; otherwise the fresh model gets the Rule of Initialization.
+      if (!s.init && !s.pretrained && !s.resuming) handler.reinitialize(model);
       const mults = handler.gradMults(s.optimizer.kind, { signed: s.signedAdamW });
-      const optimizer = buildOptimizer(model, s.optimizer, mults, family.decays);
+      // Frozen parameters are not the optimizer's: their mults go (the clipping weights keep them; they have no gradient).
+      const trainable = frozen ? new Map([...mults].filter(([n]) => !frozen.includes(n))) : mults;
+      const optimizer = buildOptimizer(model, s.optimizer, trainable, family.decays);
       // SGD's mults double as the CSLA-norm clipping weights; AdamW's are the optimizer's alone.
-      if (s.optimizer.kind === 'sgd') return { model, family, optimizer, cslaMults: mults };
+      if (s.optimizer.kind === 'sgd') return { model, family, optimizer, cslaMults: mults, ...extra };
       for (const m of mults.values()) m.dispose();
-      return { model, family, optimizer, cslaMults: handler.gradMults('sgd') };
+      return { model, family, optimizer, cslaMults: handler.gradMults('sgd'), ...extra };
     } finally {
       for (const t of scales.values()) t.dispose();
     }

@@ -78,6 +78,11 @@ export interface TrainerOptions {
    * it (DistributedDataParallel's overlap), instead of all of them after backward. The same averages.
    */
   overlapAllreduce?: boolean;
+  /**
+   * Called at the end of each epoch (1-based) with its log record before it is written: it may add fields; a
+   * returned reason ends the run there as a finished one (final.pth, the end record with `stopReason`).
+   */
+  onEpochEnd?: (epoch: number, record: Record<string, unknown>) => string | null;
 }
 
 /** The run stopped because its loss or weights became NaN or infinite (a `diverged` record is in the log). */
@@ -99,6 +104,8 @@ export interface TrainResult {
   trainImgPerSec: number;
   peakRssBytes: number;
   seconds: number;
+  /** Why `onEpochEnd` ended the run before its last epoch, or absent. */
+  stopReason?: string;
 }
 
 export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader: BatchSource | null, o: TrainerOptions): Promise<TrainResult> {
@@ -121,6 +128,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   const stopScope = catchStopSignals({ notice: main ? 'saving a checkpoint at the next step boundary' : 'stopping with the other ranks' });
   let stopSignal: StopSignal | null = null;
   let stoppedEarly = false;
+  let stopReason: string | null = null;
 
   // The current epoch's running sums (loss x images, hits, images): saved, so a mid-epoch resume reports the whole epoch.
   let sums: EpochSums = { loss: 0, correct: 0, seen: 0 };
@@ -328,6 +336,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           );
         }
       }
+      stopReason = o.onEpochEnd?.(epoch + 1, record) ?? null;
       log?.write('epoch', record);
       sums = { loss: 0, correct: 0, seen: 0 };
       save();
@@ -341,6 +350,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         stoppedEarly = true;
         break;
       }
+      if (stopReason) break;
     }
     if (!stoppedEarly) {
       if (main) torch.tidy(() => saveWeights('final.pth', model.stateDict()));
@@ -354,6 +364,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         params: model.numParameters(),
         valTop1: lastEval?.top1 ?? null,
         emaTop1: emaEval?.top1 ?? null,
+        ...(stopReason ? { stopReason } : {}),
       });
     }
     // No rank reports done before rank 0's files are written.
@@ -374,6 +385,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
     trainImgPerSec: trainSeconds > 0 ? imgs / trainSeconds : 0,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     seconds: (performance.now() - t0) / 1000,
+    ...(stopReason && !stoppedEarly ? { stopReason } : {}),
   };
 }
 
