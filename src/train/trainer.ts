@@ -108,6 +108,129 @@ export interface TrainResult {
   stopReason?: string;
 }
 
+/**
+ * A run's files (latest.pth, best.pth, final.pth) and its divergence record: nothing non-finite is ever
+ * written (a DivergedError after a `diverged` log record), and periodic saves are timed here.
+ */
+class RunFiles {
+  readonly latestPath: string;
+  /** The iteration latest.pth holds, or null. */
+  savedIteration: number | null = null;
+  /** The learning rate of the last step (for the divergence record). */
+  lastLr: number | null = null;
+  #lastSaveAt = performance.now();
+
+  constructor(
+    private readonly setup: TrainerSetup,
+    private readonly o: TrainerOptions,
+    private readonly log: JsonlLog | null,
+    private readonly ema: ModelEma | null,
+    /** Rank 0 writes; the other ranks only keep the timing. */
+    private readonly main: boolean,
+  ) {
+    this.latestPath = path.join(o.out, 'latest.pth');
+  }
+
+  diverged(state: TrainingState, what: string, loss: number | null): DivergedError {
+    // JSON has no NaN or Infinity: a non-finite loss is recorded as its name.
+    this.log?.write('diverged', { ...state, what, loss: loss === null || Number.isFinite(loss) ? loss : String(loss), lr: this.lastLr, lastSaved: this.savedIteration });
+    const kept = this.savedIteration === null ? 'no checkpoint was written' : `${this.latestPath} keeps iteration ${this.savedIteration}, the last finite state`;
+    return new DivergedError(state.iteration, what,
+      `training diverged at iteration ${state.iteration}${this.lastLr === null ? '' : ` (lr ${this.lastLr})`}: ${what}; ${kept}. ` +
+        `Lower the learning rate${this.savedIteration === null ? '' : ' and resume (repopt train ... --resume --override lr --lr LOWER)'}`);
+  }
+
+  /** Refuses weights with NaN/inf: such a checkpoint would only resume into the same divergence. */
+  private checkFinite(state: TrainingState, tensors: Iterable<[string, Tensor]>): void {
+    const bad = torch.tidy(() => findNonFinite(tensors));
+    if (bad !== null) throw this.diverged(state, `${bad.split(' ')[0]} holds ${bad.includes('NaN') ? 'NaN' : 'inf'} (not saved)`, null);
+  }
+
+  /** latest.pth: everything a resume needs (the epoch's running sums when mid-epoch). */
+  saveLatest(state: TrainingState, sums: EpochSums): void {
+    if (this.main) {
+      const { model, optimizer } = this.setup;
+      const ema = this.ema;
+      torch.tidy(() => {
+        const opt = optimizer.stateDict();
+        this.checkFinite(state, [...model.stateDict(), ...(ema ? [...ema.shadow].map(([k, t]): [string, Tensor] => [`ema.${k}`, t]) : []),
+          ...[...opt.state].flatMap(([n, st]) => [...st].map(([k, t]): [string, Tensor] => [`optimizer.${n}.${k}`, t]))]);
+        saveTrainingCheckpoint(this.latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, epochSums: state.nextBatch > 0 ? sums : null, config: this.o.config, meta: { saved: new Date().toISOString() } });
+      });
+      this.savedIteration = state.iteration;
+    }
+    this.#lastSaveAt = performance.now();
+  }
+
+  /** best.pth / final.pth: plain weights, checked as latest.pth (rank 0 only). */
+  saveWeights(state: TrainingState, file: string, weights: () => StateDict): void {
+    if (!this.main) return;
+    torch.tidy(() => {
+      const w = weights();
+      this.checkFinite(state, w);
+      saveStateDict(path.join(this.o.out, file), w);
+    });
+  }
+
+  /** Whether `saveEvery` steps or `saveEveryMinutes` have passed. */
+  periodicSaveDue(iteration: number): boolean {
+    const o = this.o;
+    return (o.saveEvery !== undefined && iteration % o.saveEvery === 0) ||
+      (o.saveEveryMinutes !== undefined && performance.now() - this.#lastSaveAt >= o.saveEveryMinutes * 60_000);
+  }
+}
+
+/** One optimizer step on a batch: forward, loss (+ regularizer), backward, [average over ranks], [clip], step. Returns this rank's loss and hits. */
+async function optimizerStep(setup: TrainerSetup, x: Tensor, y: Tensor, o: TrainerOptions, ema: ModelEma | null): Promise<[number, number]> {
+  const { model, optimizer } = setup;
+  const dist = o.dist;
+  const [loss, hits] = torch.tidy(() => {
+    try {
+      const logits = model.forward(x);
+      const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
+      (setup.regularizer ? l.add(setup.regularizer()) : l).backward(); // grads are None here: cleared after every step below
+      return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
+    } catch (e) {
+      throw dist ? dist.group.explain(e) : e; // SyncBatchNorm's collectives run inside forward and backward
+    }
+  });
+  // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean
+  // (with overlapAllreduce the buckets were launched during backward; this waits for them).
+  if (dist) await dist.averageGradients(model);
+  torch.tidy(() => {
+    if (o.clipNorm) {
+      if (setup.cslaMults) clipGradNormCsla(model.namedParameters(), o.clipNorm, setup.cslaMults);
+      else clipGradNorm(model.parameters(), o.clipNorm);
+    }
+    optimizer.step();
+  });
+  optimizer.zeroGrad(); // frees the gradients while the next batch loads and during evaluation
+  ema?.update(model);
+  return [loss, hits];
+}
+
+/**
+ * The step boundary: lets signal handlers run and returns the stop decision. Data-parallel, one small
+ * allreduce gives every rank the global loss and hits and the same decision (a signal seen by any rank),
+ * so all leave at the same step; a signal arriving during this agreement counts at the next step.
+ */
+async function stepBoundary(dist: DataParallel | undefined, stop: { readonly signal: StopSignal | null }, loss: number, hits: number, n: number): Promise<{ loss: number; hits: number; n: number; stop: StopSignal | null }> {
+  await turnEventLoop();
+  if (!dist) return { loss, hits, n, stop: stop.signal };
+  const seen = stop.signal;
+  const [lossN, hitsAll, nAll, ints, terms] = await dist.sum([loss * n, hits, n, seen === 'SIGINT' ? 1 : 0, seen === 'SIGTERM' ? 1 : 0]);
+  return { loss: lossN / nAll, hits: hitsAll, n: nAll, stop: terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null };
+}
+
+/** The end of an epoch: the signal any rank saw (data-parallel: agreed over ranks). */
+async function agreedSignal(dist: DataParallel | undefined, signal: StopSignal | null): Promise<StopSignal | null> {
+  if (!dist) return signal;
+  const [ints, terms] = await dist.sum([signal === 'SIGINT' ? 1 : 0, signal === 'SIGTERM' ? 1 : 0]);
+  return terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
+}
+
+const noSums = (): EpochSums => ({ loss: 0, correct: 0, seen: 0 });
+
 export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader: BatchSource | null, o: TrainerOptions): Promise<TrainResult> {
   for (const [k, v] of [['saveEvery', o.saveEvery], ['saveEveryMinutes', o.saveEveryMinutes]] as const) {
     if (v !== undefined && !(v > 0 && (k === 'saveEveryMinutes' || Number.isInteger(v)))) throw new Error(`train: ${k} must be a positive ${k === 'saveEvery' ? 'integer' : 'number'}, got ${v}`);
@@ -116,69 +239,30 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
   const dist = o.dist;
   const main = dist?.isMain ?? true; // rank 0 logs, shows progress and writes files
   const quiet = o.quiet || !main;
+  const label = o.label ?? 'train';
   fs.mkdirSync(o.out, { recursive: true });
-  const latestPath = path.join(o.out, 'latest.pth');
   const log = main ? new JsonlLog(path.join(o.out, 'log.jsonl')) : null;
   const ema = o.emaDecay ? new ModelEma(model, o.emaDecay) : null;
+  const files = new RunFiles(setup, o, log, ema, main);
   const perEpoch = loader.batchesPerEpoch;
-  const totalIters = o.epochs * perEpoch;
-  const schedule = { kind: o.schedule, baseLr: o.lr, totalIters, warmupIters: Math.round(o.warmupEpochs * perEpoch) };
+  const schedule = { kind: o.schedule, baseLr: o.lr, totalIters: o.epochs * perEpoch, warmupIters: Math.round(o.warmupEpochs * perEpoch) };
   let state: TrainingState = { epoch: 0, nextBatch: 0, iteration: 0, bestAcc: 0 };
+  // The current epoch's running sums (loss x images, hits, images): saved, so a mid-epoch resume reports the whole epoch.
+  let sums = noSums();
 
   const stopScope = catchStopSignals({ notice: main ? 'saving a checkpoint at the next step boundary' : 'stopping with the other ranks' });
   let stopSignal: StopSignal | null = null;
   let stoppedEarly = false;
   let stopReason: string | null = null;
-
-  // The current epoch's running sums (loss x images, hits, images): saved, so a mid-epoch resume reports the whole epoch.
-  let sums: EpochSums = { loss: 0, correct: 0, seen: 0 };
-  let savedIteration: number | null = null;
-  let lastLr: number | null = null;
-  const diverged = (what: string, loss: number | null): DivergedError => {
-    // JSON has no NaN or Infinity: a non-finite loss is recorded as its name.
-    log?.write('diverged', { ...state, what, loss: loss === null || Number.isFinite(loss) ? loss : String(loss), lr: lastLr, lastSaved: savedIteration });
-    const kept = savedIteration === null ? 'no checkpoint was written' : `${latestPath} keeps iteration ${savedIteration}, the last finite state`;
-    return new DivergedError(state.iteration, what,
-      `training diverged at iteration ${state.iteration}${lastLr === null ? '' : ` (lr ${lastLr})`}: ${what}; ${kept}. ` +
-        `Lower the learning rate${savedIteration === null ? '' : ' and resume (repopt train ... --resume --override lr --lr LOWER)'}`);
-  };
-  /** Refuses weights with NaN/inf: such a checkpoint would only resume into the same divergence. */
-  const checkFinite = (tensors: Iterable<[string, Tensor]>) => {
-    const bad = torch.tidy(() => findNonFinite(tensors));
-    if (bad !== null) throw diverged(`${bad.split(' ')[0]} holds ${bad.includes('NaN') ? 'NaN' : 'inf'} (not saved)`, null);
-  };
-  let lastSaveAt = performance.now();
-  const save = () => {
-    if (main) {
-      torch.tidy(() => {
-        const opt = optimizer.stateDict();
-        checkFinite([...model.stateDict(), ...(ema ? [...ema.shadow].map(([k, t]): [string, Tensor] => [`ema.${k}`, t]) : []),
-          ...[...opt.state].flatMap(([n, st]) => [...st].map(([k, t]): [string, Tensor] => [`optimizer.${n}.${k}`, t]))]);
-        saveTrainingCheckpoint(latestPath, { model, optimizer, ema: ema?.shadow ?? null, state, epochSums: state.nextBatch > 0 ? sums : null, config: o.config, meta: { saved: new Date().toISOString() } });
-      });
-      savedIteration = state.iteration;
-    }
-    lastSaveAt = performance.now();
-  };
-  /** best.pth / final.pth: plain weights, checked as latest.pth. */
-  const saveWeights = (file: string, weights: StateDict) => {
-    torch.tidy(() => {
-      checkFinite(weights);
-      saveStateDict(path.join(o.out, file), weights);
-    });
-  };
-  const periodicSaveDue = () =>
-    (o.saveEvery !== undefined && state.iteration % o.saveEvery === 0) ||
-    (o.saveEveryMinutes !== undefined && performance.now() - lastSaveAt >= o.saveEveryMinutes * 60_000);
-
   let lastEval: EvalResult | undefined;
   let emaEval: EvalResult | undefined;
   let imgs = 0;
   let trainSeconds = 0;
   const t0 = performance.now();
   try {
-    if (o.resume && (o.checkpoint || fs.existsSync(latestPath))) {
-      const ck = o.checkpoint ?? loadTrainingCheckpoint(latestPath);
+    // 1. Resume: weights, optimizer state, EMA, position and the epoch's sums from latest.pth.
+    if (o.resume && (o.checkpoint || fs.existsSync(files.latestPath))) {
+      const ck = o.checkpoint ?? loadTrainingCheckpoint(files.latestPath);
       try {
         model.loadStateDict(ck.model);
         optimizer.loadStateDict(ck.optimizer);
@@ -188,15 +272,15 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         for (const s of ck.optimizer.state.values()) for (const t of s.values()) t.dispose();
       }
       state = ck.state;
-      savedIteration = state.iteration;
+      files.savedIteration = state.iteration;
       if (ck.epochSums && state.nextBatch > 0) sums = { ...ck.epochSums };
       log?.write('resume', { ...state, ...(log.repairedBytes ? { repairedLogBytes: log.repairedBytes } : {}), ...o.resumeNote });
-      if (!quiet) process.stderr.write(`resuming from ${latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
+      if (!quiet) process.stderr.write(`resuming from ${files.latestPath}: epoch ${state.epoch}, batch ${state.nextBatch}\n`);
     } else if (o.resume && !o.quiet) {
-      process.stderr.write(`no checkpoint at ${latestPath}; starting fresh\n`);
+      process.stderr.write(`no checkpoint at ${files.latestPath}; starting fresh\n`);
     }
+    // 2. Data-parallel start-up (DDP's sync: every rank trains from rank 0's weights and EMA).
     if (dist) {
-      // DDP's start-up sync: every rank trains from rank 0's weights (and EMA).
       await dist.broadcastModule(model);
       if (ema) await dist.broadcastState(ema.shadow);
       if (o.syncBatchNorm) convertSyncBatchNorm(model, dist.group);
@@ -208,87 +292,48 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       log?.write('start', { config: o.config, params: model.numParameters(), threads: torch.getNumThreads(), gradMults });
     }
 
+    // 3. The epochs: steps, then the end-of-epoch evaluation, record and checkpoint.
     model.train();
     outer: for (let epoch = state.epoch; epoch < o.epochs; epoch++) {
-      const progress = new Progress(`${o.label ?? 'train'} epoch ${epoch + 1}/${o.epochs}`, perEpoch);
-      if (!(epoch === state.epoch && state.nextBatch > 0)) sums = { loss: 0, correct: 0, seen: 0 };
+      const progress = new Progress(`${label} epoch ${epoch + 1}/${o.epochs}`, perEpoch);
+      if (!(epoch === state.epoch && state.nextBatch > 0)) sums = noSums();
       const seenBefore = sums.seen; // images of this epoch trained before a resume (not timed here)
       const epochStart = performance.now();
       let stepsThisEpoch = 0;
       for await (const { x, y, index } of loader.epoch(epoch, state.nextBatch)) {
         const lr = lrAt(schedule, state.iteration);
         optimizer.setLr(lr);
-        lastLr = lr;
+        files.lastLr = lr;
         const ts = performance.now();
-        const [localLoss, localHits] = torch.tidy(() => {
-          try {
-            const logits = model.forward(x);
-            const l = F.crossEntropy(logits, y, { labelSmoothing: o.labelSmoothing });
-            (setup.regularizer ? l.add(setup.regularizer()) : l).backward(); // grads are None here: cleared after every step below
-            return [l.item(), torch.noGrad(() => logits.argmax(1).eq(y).sum().item())];
-          } catch (e) {
-            throw dist ? dist.group.explain(e) : e; // SyncBatchNorm's collectives run inside forward and backward
-          }
-        });
-        // Averaged before the optimizer: Grad Mults and clipping (by the CSLA model's norm) act on the mean
-        // (with overlapAllreduce the buckets were launched during backward; this waits for them).
-        if (dist) await dist.averageGradients(model);
-        torch.tidy(() => {
-          if (o.clipNorm) {
-            if (setup.cslaMults) clipGradNormCsla(model.namedParameters(), o.clipNorm, setup.cslaMults);
-            else clipGradNorm(model.parameters(), o.clipNorm);
-          }
-          optimizer.step();
-        });
-        optimizer.zeroGrad(); // frees the gradients while the next batch loads and during evaluation
-        ema?.update(model);
-        let n = y.shape[0];
+        const [localLoss, localHits] = await optimizerStep(setup, x, y, o, ema);
+        const localN = y.shape[0];
         x.dispose();
         y.dispose();
         torch.collectHandles(); // frees the step's handle bookkeeping before the next step allocates
-        let loss = localLoss;
-        let hits = localHits;
-        let agreedStop: StopSignal | null = null;
-        if (dist) {
-          // One small allreduce per step: the global loss and accuracy for the log, and the stop
-          // decision (a signal seen by any rank), so every rank leaves at the same step. A signal
-          // arriving during this agreement counts at the next step.
-          await turnEventLoop();
-          const seen = stopScope.signal;
-          const [lossN, hitsAll, nAll, ints, terms] = await dist.sum([localLoss * n, localHits, n, seen === 'SIGINT' ? 1 : 0, seen === 'SIGTERM' ? 1 : 0]);
-          [loss, hits, n] = [lossN / nAll, hitsAll, nAll];
-          agreedStop = terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
-        }
-        if (!Number.isFinite(loss)) throw diverged(`the loss became ${loss}`, loss);
+        const { loss, hits, n, stop } = await stepBoundary(dist, stopScope, localLoss, localHits, localN);
+        if (!Number.isFinite(loss)) throw files.diverged(state, `the loss became ${loss}`, loss);
         trainSeconds += (performance.now() - ts) / 1000;
         imgs += n;
         sums = { loss: sums.loss + loss * n, correct: sums.correct + hits, seen: sums.seen + n };
         stepsThisEpoch++;
         state = { ...state, epoch, nextBatch: index + 1, iteration: state.iteration + 1 };
-        const elapsed = (performance.now() - epochStart) / 1000;
-        const rate = (sums.seen - seenBefore) / elapsed;
+        const rate = (sums.seen - seenBefore) / ((performance.now() - epochStart) / 1000);
         if (!quiet) {
           const remaining = (perEpoch - index - 1 + (o.epochs - epoch - 1) * perEpoch) * loader.batchSize * (dist?.worldSize ?? 1);
           progress.update(index + 1, { loss: sums.loss / sums.seen, acc: sums.correct / sums.seen, imgPerSec: rate, lr }, remaining / rate);
         }
-        if (state.iteration % o.logEvery === 0) {
-          log?.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
-        }
-        // The step boundary: let signal handlers run, then stop, or save periodically.
-        if (dist) stopSignal = agreedStop;
-        else {
-          await turnEventLoop();
-          stopSignal = stopScope.signal;
-        }
+        if (state.iteration % o.logEvery === 0) log?.write('step', { epoch, batch: index, iteration: state.iteration, loss, lr, imgPerSec: rate });
+        // Stop (a signal, or maxSteps) or save periodically; the end of the epoch saves anyway.
+        stopSignal = stop;
         if (stopSignal || (o.maxSteps !== undefined && state.iteration >= o.maxSteps)) {
           if (!quiet) progress.done();
-          save();
+          files.saveLatest(state, sums);
           log?.write('interrupt', { ...state, signal: stopSignal });
           stoppedEarly = true;
           break outer;
         }
-        if (index + 1 < perEpoch && periodicSaveDue()) {
-          save(); // the end of the epoch saves anyway
+        if (index + 1 < perEpoch && files.periodicSaveDue(state.iteration)) {
+          files.saveLatest(state, sums);
           log?.write('checkpoint', { ...state });
         }
       }
@@ -312,7 +357,7 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
           if (!(e instanceof InterruptedError)) throw e;
           // Stopped while evaluating: keep the epoch's training; --resume evaluates it again.
           state = { ...state, epoch, nextBatch: perEpoch };
-          save();
+          files.saveLatest(state, sums);
           stopSignal = e.signal;
           log?.write('interrupt', { ...state, signal: stopSignal, during: 'evaluation' });
           stoppedEarly = true;
@@ -326,25 +371,21 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
         if (acc > state.bestAcc) {
           state = { ...state, bestAcc: acc };
           const bestWeights = emaEval && emaEval.top1 > lastEval.top1 && ema ? ema.shadow : null;
-          if (main) torch.tidy(() => saveWeights('best.pth', bestWeights ?? model.stateDict()));
+          files.saveWeights(state, 'best.pth', () => bestWeights ?? model.stateDict());
           record.best = true;
         }
         if (!quiet) {
           process.stderr.write(
-            `${o.label ?? 'train'} epoch ${epoch + 1}: train loss ${(record.trainLoss as number)?.toFixed(4)} acc ${(((record.trainAcc as number) ?? 0) * 100).toFixed(2)}%, ` +
+            `${label} epoch ${epoch + 1}: train loss ${(record.trainLoss as number)?.toFixed(4)} acc ${(((record.trainAcc as number) ?? 0) * 100).toFixed(2)}%, ` +
               `val top-1 ${(lastEval.top1 * 100).toFixed(2)}% top-5 ${(lastEval.top5 * 100).toFixed(2)}%${emaEval ? `, EMA top-1 ${(emaEval.top1 * 100).toFixed(2)}%` : ''}\n`,
           );
         }
       }
       stopReason = o.onEpochEnd?.(epoch + 1, record) ?? null;
       log?.write('epoch', record);
-      sums = { loss: 0, correct: 0, seen: 0 };
-      save();
-      stopSignal = stopScope.signal;
-      if (dist) {
-        const [ints, terms] = await dist.sum([stopSignal === 'SIGINT' ? 1 : 0, stopSignal === 'SIGTERM' ? 1 : 0]);
-        stopSignal = terms > 0 ? 'SIGTERM' : ints > 0 ? 'SIGINT' : null;
-      }
+      sums = noSums();
+      files.saveLatest(state, sums);
+      stopSignal = await agreedSignal(dist, stopScope.signal);
       if (stopSignal) {
         log?.write('interrupt', { ...state, signal: stopSignal });
         stoppedEarly = true;
@@ -352,8 +393,9 @@ export async function train(setup: TrainerSetup, loader: TrainLoader, testLoader
       }
       if (stopReason) break;
     }
+    // 4. The end: final.pth and the end record (not after a stop: --resume continues).
     if (!stoppedEarly) {
-      if (main) torch.tidy(() => saveWeights('final.pth', model.stateDict()));
+      files.saveWeights(state, 'final.pth', () => model.stateDict());
       log?.write('end', {
         ...state,
         seconds: (performance.now() - t0) / 1000,
