@@ -204,6 +204,14 @@ test('divergence: no checkpoint holds NaN/inf, the run stops with a diverged rec
   assert.match(c.stderr, /training diverged at iteration \d+ \(lr [\d.e+]+\): the loss became NaN; no checkpoint was written/);
   assert.equal(readJsonl(`${d}/c/log.jsonl`).find((r) => r.type === 'diverged')?.loss, 'NaN');
   assert.ok(!fs.existsSync(`${d}/c/latest.pth`));
+
+  // The report lists the diverged runs with where they stopped and what was kept.
+  const rep = cli(['report', `${d}/b`, `${d}/c`, '--out', `${d}/r.html`, '--no-weights']);
+  assert.equal(rep.status, 0, rep.stderr);
+  const html = fs.readFileSync(`${d}/r.html`, 'utf8');
+  assert.ok(html.includes('Runs that diverged'), 'a section of diverged runs');
+  assert.match(html, /latest\.pth keeps iteration 2/);
+  assert.match(html, /the loss became NaN; no checkpoint was written/);
 });
 
 test('--resume --override lr continues with another learning rate, recorded in the log and config.json; without it the change is refused', () => {

@@ -383,6 +383,15 @@ export function renderReport(d: ReportData): string {
   if (speed.length) sections.push(['speed', 'Speed and memory', `<p class="note">Throughput of the training steps (forward, backward, optimizer; data loading excluded) and the peak resident memory of each run's process; bars are means over seeds, dots single runs. Parameters at training and inference time are in the summary table.</p>${grid(speed)}`]);
   const scales = section('scales-');
   if (scales.length) sections.push(['scales', 'Hyper-Search: the searched scales', `<p class="note">Per layer, the distribution over output channels of each branch's trainable scale after the search: median (line), 25th–75th percentiles (dark band), min–max (light band). These become the Grad Mults of the RepOpt target model.</p>${grid(scales, scales.length >= 3 ? 'three' : '')}`]);
+  const diverged = d.runs.filter((r) => r.diverged);
+  if (diverged.length) {
+    const items = diverged.map((r) => {
+      const v = r.diverged!;
+      return `<li>${esc(relPath(r.dir))} (${esc(r.arm)}): at iteration ${v.iteration}${v.lr === null ? '' : `, lr ${v.lr}`}: ${esc(v.what)}; ` +
+        `${v.lastSaved === null ? 'no checkpoint was written' : `latest.pth keeps iteration ${v.lastSaved}`}</li>`;
+    }).join('');
+    sections.push(['diverged', 'Runs that diverged', `<p class="note">These runs stopped because their loss or weights became NaN or infinite; no checkpoint holding them was written. Resume from the last finite checkpoint with a lower learning rate: <code>repopt train ... --resume --override lr --lr LOWER</code>.</p><ul class="summary">${items}</ul>`]);
+  }
   const drift = section('drift-');
   if (drift.length) {
     const stops = d.runs.filter((r) => r.end?.stopReason).map((r) => `<li>${esc(relPath(r.dir))}: ${esc(r.end!.stopReason!)}</li>`).join('');

@@ -100,6 +100,8 @@ export interface RunData {
   epochs: EpochSeries;
   end: RunEnd | null;
   resumes: number;
+  /** The run stopped diverged (and was not resumed since), or null. */
+  diverged: RunDivergence | null;
   threads: number | null;
   started: string | null;
   /** Lines of log.jsonl that did not parse (e.g. cut by a crash or a full disk): skipped. */
@@ -249,19 +251,34 @@ function readWeights(dir: string, config: RunConfig): { weights: LayerWeightStat
 }
 
 /** Parses a run's log.jsonl records into series (exported for tests and tools). */
-export function seriesOf(records: Record<string, unknown>[]): { steps: StepSeries; epochs: EpochSeries; end: RunEnd | null; resumes: number; threads: number | null; started: string | null } {
+/** A run that stopped because its loss or weights became NaN/inf (the trainer's `diverged` record). */
+export interface RunDivergence {
+  iteration: number;
+  what: string;
+  lr: number | null;
+  /** The iteration latest.pth keeps (the last finite state), or null. */
+  lastSaved: number | null;
+}
+
+export function seriesOf(records: Record<string, unknown>[]): { steps: StepSeries; epochs: EpochSeries; end: RunEnd | null; resumes: number; threads: number | null; started: string | null; diverged: RunDivergence | null } {
   const steps: StepSeries = { iteration: [], seconds: [], loss: [], lr: [], imgPerSec: [] };
   const epochs: EpochSeries = { epoch: [], iteration: [], seconds: [], trainLoss: [], trainAcc: [], valTop1: [], valLoss: [], lr: [], imgPerSec: [], driftMedian: [], driftMax: [], scaleMeans: [] };
   let end: RunEnd | null = null;
   let resumes = 0;
   let threads: number | null = null;
+  let diverged: RunDivergence | null = null;
   const startRecord = records.find((r) => r.type === 'start');
   const first = records.find((r) => typeof r.time === 'string');
   const t0 = Date.parse(String((startRecord ?? first)?.time ?? ''));
   const secondsOf = (r: Record<string, unknown>) => (Number.isFinite(t0) ? (Date.parse(String(r.time)) - t0) / 1000 : NaN);
   for (const r of records) {
     if (r.type === 'start') threads = num(r.threads);
-    else if (r.type === 'resume') resumes++;
+    else if (r.type === 'resume') {
+      resumes++;
+      diverged = null; // resumed (e.g. --override lr): the divergence is behind it unless it recurs
+    } else if (r.type === 'diverged') {
+      diverged = { iteration: num(r.iteration) ?? NaN, what: String(r.what ?? 'diverged'), lr: num(r.lr), lastSaved: num(r.lastSaved) };
+    }
     else if (r.type === 'step') {
       const it = num(r.iteration);
       const loss = num(r.loss);
@@ -302,7 +319,7 @@ export function seriesOf(records: Record<string, unknown>[]): { steps: StepSerie
       };
     }
   }
-  return { steps, epochs, end, resumes, threads, started: startRecord ? String(startRecord.time) : null };
+  return { steps, epochs, end, resumes, threads, started: startRecord ? String(startRecord.time) : null, diverged };
 }
 
 /**
