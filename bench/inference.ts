@@ -21,7 +21,7 @@ import os from 'node:os';
 import * as torch from '../src/torch/index.js';
 import { type Tensor } from '../src/torch/index.js';
 import { RepOptVGG, type RepOptVGGConfig } from '../src/models/repoptvgg.js';
-import { deployVGG, calibrate, quantizeModel, exportOnnx, OnnxRunner } from '../src/deploy/index.js';
+import { deployVGG, calibrate, quantizeModel, exportOnnx, OnnxRunner, type DeployVGG } from '../src/deploy/index.js';
 
 export interface InferModel { label: string; cfg: RepOptVGGConfig; strides: number[]; inChannels: number; classes: number; size: number }
 export const MODELS: Record<string, InferModel> = {
@@ -47,11 +47,11 @@ function maxAbsDiff(a: Tensor, b: Tensor): number {
 
 export interface InferRow { model: string; variant: string; batch: number; latencyMs: number; imgPerSec: number; maxAbsDiff: number }
 
-export async function benchInference(name: string, reps: number): Promise<InferRow[]> {
+/** A benchmark model, multi-branch (eval) and its deploy form: random weights, randomised BN statistics (so fusion folds real numbers), seed 0. */
+export function benchModels(name: string): { multi: RepOptVGG; deployed: DeployVGG } {
   const m = MODELS[name];
   torch.manualSeed(0);
   const multi = new RepOptVGG({ ...m.cfg, mode: 'repvgg', numClasses: m.classes, inChannels: m.inChannels, strides: m.strides });
-  // non-trivial BN statistics, so that fusion folds real numbers
   torch.noGrad(() => {
     for (const [k, t] of multi.namedBuffers()) {
       if (k.endsWith('running_mean')) torch.tidy(() => void t.copy_(torch.randn(t.shape).mul(0.1)));
@@ -59,7 +59,12 @@ export async function benchInference(name: string, reps: number): Promise<InferR
     }
   });
   multi.eval();
-  const deployed = deployVGG(multi);
+  return { multi, deployed: deployVGG(multi) };
+}
+
+export async function benchInference(name: string, reps: number): Promise<InferRow[]> {
+  const m = MODELS[name];
+  const { multi, deployed } = benchModels(name);
   const calib = torch.keep(torch.randn([64, m.inChannels, m.size, m.size]));
   const q = quantizeModel(deployed, calibrate(deployed, [calib]), 'minmax');
   const ortFp32 = await OnnxRunner.create(exportOnnx(deployed));

@@ -18,24 +18,14 @@ import os from 'node:os';
 import fs from 'node:fs';
 import * as torch from '../src/torch/index.js';
 import { type Tensor } from '../src/torch/index.js';
-import { RepOptVGG } from '../src/models/repoptvgg.js';
-import { deployVGG, calibrate, quantizeModel, exportOnnx, OnnxRunner, hasOrtNode } from '../src/deploy/index.js';
-import { MODELS, median, now } from './inference.js';
+import { calibrate, quantizeModel, exportOnnx, OnnxRunner, hasOrtNode } from '../src/deploy/index.js';
+import { MODELS, benchModels, median, now } from './inference.js';
 
 export interface OrtRow { model: string; runtime: string; precision: 'FP32' | 'INT8'; batch: number; latencyMs: number; imgPerSec: number; vsOurs: number; maxAbsDiff: number }
 
 export async function benchOrt(name: string, reps: number): Promise<OrtRow[]> {
   const m = MODELS[name];
-  torch.manualSeed(0);
-  const multi = new RepOptVGG({ ...m.cfg, mode: 'repvgg', numClasses: m.classes, inChannels: m.inChannels, strides: m.strides });
-  torch.noGrad(() => {
-    for (const [k, t] of multi.namedBuffers()) {
-      if (k.endsWith('running_mean')) torch.tidy(() => void t.copy_(torch.randn(t.shape).mul(0.1)));
-      if (k.endsWith('running_var')) torch.tidy(() => void t.copy_(torch.rand(t.shape).add(0.5)));
-    }
-  });
-  multi.eval();
-  const deployed = deployVGG(multi);
+  const { multi, deployed } = benchModels(name);
   multi.dispose();
   const calib = torch.keep(torch.randn([64, m.inChannels, m.size, m.size]));
   const q = quantizeModel(deployed, calibrate(deployed, [calib]), 'minmax');

@@ -7,8 +7,7 @@ import { UsageError } from './flags.js';
 import { LAUNCH_FLAG_NAMES } from './commands.js';
 import { distEnvFrom } from '../distributed/env.js';
 import { launchWorkers } from '../distributed/launch.js';
-import { LOCK_ENV, lockRunFolder } from '../train/lock.js';
-import { ensureWritableDir, removeIfEmpty } from '../io/durable.js';
+import { LOCK_ENV, holdRunFolder } from '../train/lock.js';
 
 export interface LaunchFlags {
   nproc?: number;
@@ -50,18 +49,8 @@ export async function maybeLaunch(command: 'search' | 'train', argv: readonly st
   const nodeRank = f['node-rank'] ?? 0;
   if (nodeRank >= nnodes) throw new UsageError(`--node-rank ${nodeRank} must be below --nnodes ${nnodes}`);
   // Rank 0 writes the run's files: its node's launcher holds the folder.
-  let lock: { file: string; release(): void } | null = null;
-  let made: string[] = [];
-  if (out !== undefined && nodeRank === 0) {
-    made = ensureWritableDir(out, 'run folder');
-    try {
-      lock = lockRunFolder(out);
-    } catch (e) {
-      removeIfEmpty(made);
-      throw e;
-    }
-    process.env[LOCK_ENV] = lock.file;
-  }
+  const held = out !== undefined && nodeRank === 0 ? holdRunFolder(out) : null;
+  if (held) process.env[LOCK_ENV] = held.lock.file;
   try {
     return await launchWorkers({
       nproc,
@@ -72,8 +61,7 @@ export async function maybeLaunch(command: 'search' | 'train', argv: readonly st
       args: [script, command, ...withoutLaunchFlags(argv)],
     });
   } finally {
-    lock?.release();
-    removeIfEmpty(made);
+    held?.release();
     delete process.env[LOCK_ENV];
   }
 }

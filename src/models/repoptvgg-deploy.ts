@@ -22,7 +22,7 @@
  */
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
-import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
+import { Conv2d, Linear, Module, Sequential } from '../nn/index.js';
 import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import {
   LinearAddBlock,

@@ -24,7 +24,7 @@
  * starts at the searched identity scale (the release's choice; the paper's is 1).
  */
 import * as torch from '../torch/index.js';
-import { F, type DType, type Tensor } from '../torch/index.js';
+import type { DType, Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Module } from '../nn/index.js';
 import { ScaleLayer } from './scale-layer.js';
 import { foldBN } from './fold.js';

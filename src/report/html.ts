@@ -210,7 +210,6 @@ export function collectReport(paths: string[], o: ReportOptions = {}): ReportDat
 // ------------------------------------------------------------------ HTML
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
-const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const fmtSpread = (s: { n: number; mean: number; sd: number; min: number; max: number } | null, digits: number, scale = 1, unit = '') => {
   if (!s) return '–';
   const f = (x: number) => (x / scale).toFixed(digits);

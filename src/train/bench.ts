@@ -36,12 +36,11 @@
  *                                          3x3 convolution (contiguous and channels-last), GFLOP/s
  */
 import { spawnSync } from 'node:child_process';
-import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { toChannelsLast_ } from '../nn/memory-format.js';
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
-import { SGD, type Optimizer } from '../optim/index.js';
+import type { Optimizer } from '../optim/index.js';
 import { vggBlockLayout, type RepOptVGG, type RepOptVGGMode } from '../models/repoptvgg.js';
 import { repOptVggHandler } from '../models/repoptvgg-handler.js';
 import { buildVgg, buildOptimizer, type ModelConfig } from './setup.js';

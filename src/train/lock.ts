@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { WriteError, reasonOf, writeAll } from '../io/durable.js';
+import { WriteError, ensureWritableDir, reasonOf, removeIfEmpty, writeAll } from '../io/durable.js';
 
 export const LOCK_FILE = 'run.lock';
 /** Set by `repopt train --nproc N` for its workers: the lock it holds for them (rank 0 checks it, nobody takes it again). */
@@ -144,4 +144,26 @@ function breakStale(file: string, stale: LockInfo): void {
     }
   }
   fs.rmSync(aside, { force: true });
+}
+
+/**
+ * Makes the run folder (one level at a time, so a read-only mount says so) and locks it for a run's
+ * lifetime; `release()` unlocks and removes the folders it made if the run left them empty.
+ */
+export function holdRunFolder(out: string): { lock: RunLock; release(): void } {
+  const made = ensureWritableDir(out, 'run folder');
+  let lock: RunLock;
+  try {
+    lock = lockRunFolder(out);
+  } catch (e) {
+    removeIfEmpty(made);
+    throw e;
+  }
+  return {
+    lock,
+    release() {
+      lock.release();
+      removeIfEmpty(made); // a run refused before it wrote anything leaves no folder behind
+    },
+  };
 }

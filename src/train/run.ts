@@ -28,9 +28,9 @@ import { loadModelFile, modelFilePath } from '../models/csla-family.js';
 import { armName, familyOf } from '../models/family.js';
 import { archLabel, modelMode, setupRun, type ModelConfig, type RunMode, type RunSetup } from './setup.js';
 import { loadTrainingCheckpoint, loadStateDictFile, type LoadedCheckpoint } from './checkpoint.js';
-import { lockRunFolder, type RunLock } from './lock.js';
+import { holdRunFolder } from './lock.js';
 import { readJsonl } from './log.js';
-import { ensureWritableDir, removeIfEmpty, writeFileAtomic } from '../io/durable.js';
+import { writeFileAtomic } from '../io/durable.js';
 import { describePretrained } from './pretrained.js';
 import { ScaleDrift, checkSettleRule, parseSettleRule, type SettleRule } from './drift.js';
 import { TRAINING_DEFAULTS, TRAINING_MODES, type ModelChoice, type TrainingMode, type TrainingRunOptions } from './run-options.js';
@@ -273,23 +273,12 @@ export async function runTraining(options: TrainingRunOptions): Promise<Training
   const configPath = path.join(out, 'config.json');
   const latest = path.join(out, 'latest.pth');
   // Rank 0 holds the folder for the run's lifetime: a second run (or resume) in it is refused with this pid.
-  let lock: RunLock | null = null;
-  let made: string[] = [];
-  if (main) {
-    made = ensureWritableDir(out, 'run folder');
-    try {
-      lock = lockRunFolder(out);
-    } catch (e) {
-      removeIfEmpty(made);
-      throw e;
-    }
-  }
+  const held = main ? holdRunFolder(out) : null;
   try {
     if (!resume && fs.existsSync(latest)) throw new OptionError('out', `${out} already holds a run (latest.pth); resume it or choose another folder`);
     return await runLocked(o, { out, denv, main, lr, configPath, latest, settle });
   } finally {
-    lock?.release();
-    removeIfEmpty(made); // a run refused before it wrote anything leaves no folder behind
+    held?.release();
   }
 }
 
