@@ -19,7 +19,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Tensor } from '../torch/index.js';
 import { Module } from '../nn/index.js';
-import { CSLA_MODES, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
+import { CSLA_MODES, blockScaleShapesOf, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
 import { reparameterizeModel } from '../repopt/reparam.js';
 import { OptionError } from '../errors.js';
 import { listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
@@ -59,25 +59,32 @@ export interface CslaFamilyDefinition {
 
 const BLOCK_SCALE_KEY = /(^|\.)branches\.\d+\.scale\.weight$/;
 
-/** The scale keys and shapes a model's CslaBlocks take (any form), in model order. */
+/** The scale keys and shapes a model's CslaBlocks take (any form, each block's own names), in model order. */
 export function blockScaleShapes(model: Module): Map<string, number[]> {
-  const out = new Map<string, number[]>();
-  for (const [name, b] of cslaBlocks(model)) {
-    b.spec.branches.forEach((_, i) => out.set(`${name ? `${name}.` : ''}branches.${i}.scale.weight`, [b.spec.cout]));
-  }
-  return out;
+  return blockScaleShapesOf(cslaBlocks(model));
+}
+
+/**
+ * Whether a checkpoint key names a scale of a model whose blocks name their scales `scaleKeys`: the default
+ * `branches.<i>.scale.weight`, or any key ending in one of the blocks' own (naming-map) scale keys.
+ */
+export function scaleKeyTest(scaleKeys: Iterable<string>): (key: string) => boolean {
+  const own = [...new Set(scaleKeys)].filter((k) => !BLOCK_SCALE_KEY.test(k));
+  return (key) => BLOCK_SCALE_KEY.test(key) || own.some((k) => key === k || key.endsWith(`.${k}`));
 }
 
 /** A scale scheme over one model's blocks, by name (what the scale-file layer checks against). */
 export function blockScaleScheme(model: Module, family: string): ScaleScheme {
-  const shapes = blockScaleShapes(model);
+  const blocks = cslaBlocks(model);
+  const shapes = blockScaleShapesOf(blocks);
   if (shapes.size === 0) throw new Error(`${family}: ${model.constructor.name} has no CslaBlock, so it has no scales`);
+  const isScaleKey = scaleKeyTest(blocks.flatMap(([, b]) => b.scaleKeys));
   return {
     family,
     covers: () => true,
     archs: () => [],
     expected: () => shapes,
-    isScaleKey: (key) => BLOCK_SCALE_KEY.test(key),
+    isScaleKey,
     sites: () => {
       throw new Error(`${family}: sites come from the model's blocks (repOptSites)`);
     },
