@@ -69,8 +69,14 @@ export function blockScaleShapes(model: Module): Map<string, number[]> {
  * `branches.<i>.scale.weight`, or any key ending in one of the blocks' own (naming-map) scale keys.
  */
 export function scaleKeyTest(scaleKeys: Iterable<string>): (key: string) => boolean {
-  const own = [...new Set(scaleKeys)].filter((k) => !BLOCK_SCALE_KEY.test(k));
-  return (key) => BLOCK_SCALE_KEY.test(key) || own.some((k) => key === k || key.endsWith(`.${k}`));
+  const own = ownScaleKeyTest([...scaleKeys].filter((k) => !BLOCK_SCALE_KEY.test(k)));
+  return (key) => BLOCK_SCALE_KEY.test(key) || own(key);
+}
+
+/** Whether a checkpoint key ends in one of the given block-relative scale keys (a naming map's, e.g. `scale_1x1.weight`). */
+export function ownScaleKeyTest(scaleKeys: Iterable<string>): (key: string) => boolean {
+  const own = [...new Set(scaleKeys)];
+  return (key) => own.some((k) => key === k || key.endsWith(`.${k}`));
 }
 
 /** A scale scheme over one model's blocks, by name (what the scale-file layer checks against). */
