@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
+import '../src/models/families.js'; // registers the families with their architectures and scale schemes
 import type { Tensor } from '../src/torch/index.js';
 import { BatchNorm2d, type Module } from '../src/nn/index.js';
 import { fuseKernel, gradMult } from '../src/repopt/csla.js';

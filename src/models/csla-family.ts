@@ -23,7 +23,6 @@ import { CSLA_MODES, blockScaleShapesOf, cslaBlocks, extractScales, repOptHandle
 import { reparameterizeModel } from '../repopt/reparam.js';
 import { OptionError } from '../errors.js';
 import { listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
-import { registerArch } from './registry.js';
 import { checkScales, readScaleEntries, saveScaleFile, type ScaleScheme } from './scales.js';
 
 /** What a builder gets besides the mode: the data's channels and classes. */
@@ -183,17 +182,18 @@ export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
  */
 export function defineModel(d: CslaFamilyDefinition): ModelFamily {
   const archs = d.archs ?? [d.name];
-  const family = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
-  registerFamily(family);
-  for (const name of archs) {
-    registerArch({
+  const base = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
+  const family: ModelFamily = {
+    ...base,
+    archs: archs.map((name) => ({
       name,
       family: d.name,
-      modes: [...family.modes],
-      create: (o = {}) => family.create({ arch: name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
+      modes: [...base.modes],
+      create: (o = {}) => base.create({ arch: name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
       ...d.stats?.(name),
-    });
-  }
+    })),
+  };
+  registerFamily(family);
   return family;
 }
 

@@ -32,7 +32,7 @@ import {
   type VGGBlockInfo,
 } from './repoptvgg.js';
 import { ownScaleKeyTest } from './csla-family.js';
-import { checkScales, registerScaleScheme, type ScaleMap, type ScaleScheme, type SiteOptions } from './scales.js';
+import { checkScales, type ScaleMap, type ScaleScheme, type SiteOptions } from './scales.js';
 
 /** The generic block descriptions (spec, scale keys, kernel key) of a layout, by block name, in model order. */
 export function vggBlockKeys(layout: VGGBlockInfo[]): [string, BlockKeys][] {
@@ -87,4 +87,3 @@ export const vggScaleScheme: ScaleScheme = {
   isScaleKey: isVggScaleKey,
   sites: (arch, scales, opts = {}) => repOptVggSites(layoutOf(arch, opts), scales, opts),
 };
-registerScaleScheme(vggScaleScheme);

@@ -41,7 +41,7 @@
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
-import { registerArch, type CreateModelOptions } from './registry.js';
+import type { ArchInfo, CreateModelOptions } from './registry.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
 // Cycle by design: fuse.ts knows the block classes; only the reparameterize() methods call into it.
 import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from './repoptvgg-deploy.js';
@@ -489,14 +489,12 @@ function asVggOptions(o: CreateModelOptions): RepOptVGGOptions {
   return { ...o, mode: o.mode as RepOptVGGMode | undefined };
 }
 
-for (const [name, cfg] of Object.entries(REPOPT_VGG_CONFIGS)) {
-  const { params, macs } = vggTargetStats(cfg);
-  registerArch({
+/** The named architectures (`RepOpt-VGG-A0` ... `-L2`); the family registers them (families.ts). */
+export const repOptVggArchs = (): ArchInfo[] =>
+  Object.entries(REPOPT_VGG_CONFIGS).map(([name, cfg]) => ({
     name: REPOPT_VGG_PREFIX + name,
     family: 'RepOpt-VGG',
     modes: [...REPOPT_VGG_MODES],
-    params,
-    macs,
-    create: (o = {}) => new RepOptVGG({ ...cfg, ...asVggOptions(o) }),
-  });
-}
+    ...vggTargetStats(cfg),
+    create: (o: CreateModelOptions = {}) => new RepOptVGG({ ...cfg, ...asVggOptions(o) }),
+  }));
