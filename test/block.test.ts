@@ -259,3 +259,53 @@ test('gradMults ownership: the caller may dispose the map after building RepSGD;
   target.dispose();
   for (const t of scales.values()) t.dispose();
 });
+
+test('a naming map registers branches directly on the block; every generic function reads the block\'s own keys', () => {
+  const spec: CslaSpec = {
+    inChannels: 3, outChannels: 3, kernel: 3,
+    branches: [{ kind: 'conv', kernel: 3, scale: 0.5 }, { kind: 'conv', kernel: 1, scale: 2 }, { kind: 'identity', scale: 1 }],
+  };
+  const names = { branches: [{ conv: 'conv', scale: 'scale_conv' }, { conv: 'conv_1x1', scale: 'scale_1x1' }, { scale: 'scale_identity' }] };
+  class Net extends Module {
+    readonly a: CslaBlock;
+    constructor(mode: CslaMode, frozenScales?: 'buffer' | 'parameter') {
+      super();
+      this.a = this.registerModule('a', new CslaBlock(spec, { mode, dtype: DT, names, frozenScales }));
+    }
+    forward(x: Tensor): Tensor {
+      return this.a.forward(x);
+    }
+  }
+  torch.manualSeed(5);
+  const hs = new Net('hs');
+  assert.deepEqual([...hs.stateDict().keys()].filter((k) => !k.includes('.bn.')), [
+    'a.conv.weight', 'a.scale_conv.weight', 'a.conv_1x1.weight', 'a.scale_1x1.weight', 'a.scale_identity.weight',
+  ]);
+  const scales = extractScales(hs);
+  assert.deepEqual([...scales.keys()], ['a.scale_conv.weight', 'a.scale_1x1.weight', 'a.scale_identity.weight']);
+  // csla: frozen conv scales are buffers by default, parameters with requiresGrad off on request (same state dict).
+  const csla = new Net('csla');
+  const cslaP = new Net('csla', 'parameter');
+  assert.deepEqual([...csla.stateDict().keys()], [...cslaP.stateDict().keys()]);
+  assert.deepEqual(csla.namedParameters().map(([k]) => k).filter((k) => k.includes('scale')), ['a.scale_identity.weight']);
+  assert.deepEqual(cslaP.namedParameters().filter(([k]) => k.includes('scale')).map(([k, p]) => [k, p.requiresGrad]), [
+    ['a.scale_conv.weight', false], ['a.scale_1x1.weight', false], ['a.scale_identity.weight', true],
+  ]);
+  loadScales(cslaP, scales);
+  assert.throws(() => loadScales(cslaP, new Map([...scales, ['a.branches.0.scale.weight', scales.get('a.scale_conv.weight')!]])), /blocks this model does not have: a\.branches\.0/);
+  const target = new Net('target');
+  assert.deepEqual([...target.stateDict().keys()].filter((k) => !k.includes('.bn.')), ['a.conv.weight']);
+  const sites = repOptSites(target, scales);
+  assert.deepEqual(sites.map((s) => s.param), ['a.conv.weight']);
+  initializeFromTwin(target, cslaP);
+  const x = torch.randn([2, 3, 6, 6], { dtype: DT });
+  cslaP.eval();
+  target.eval();
+  assert.ok(maxRelDiff(torch.noGrad(() => target.forward(x)), torch.noGrad(() => cslaP.forward(x))) < 1e-12);
+  const conv = cslaP.a.reparameterize();
+  assert.ok(maxRelDiff(torch.noGrad(() => conv.forward(x)), torch.noGrad(() => cslaP.forward(x))) < 1e-12);
+  assert.throws(() => new CslaBlock(spec, { names: { branches: names.branches.slice(0, 2) } }), /names has 2 branches, the spec 3/);
+  assert.throws(() => new CslaBlock(spec, { names: { branches: [{ conv: 'conv', scale: 's' }, { conv: 'conv', scale: 't' }, { scale: 'u' }] } }), /distinct/);
+  for (const t of scales.values()) t.dispose();
+  for (const m of [hs, csla, cslaP, target, conv]) m.dispose();
+});

@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as torch from '../src/torch/index.js';
+import '../src/models/families.js'; // registers the families with their architectures and scale schemes
 import { loadScaleFile, scaleScheme } from '../src/models/scales.js';
 import '../src/models/ghostnet-handler.js';
 import { GhostNet, ghostnetSites } from '../src/models/ghostnet.js';

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as torch from '../src/torch/index.js';
+import '../src/models/families.js'; // registers the families with their architectures and scale schemes
 import { loadPth, extractStateDict } from '../src/io/pth.js';
 import { freshBranchKernels, kernelShape, RepSGD } from '../src/repopt/index.js';
 import { SGD } from '../src/optim/index.js';

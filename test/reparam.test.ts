@@ -6,6 +6,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import * as torch from '../src/torch/index.js';
 import { F, type Tensor } from '../src/torch/index.js';
 import { Conv2d, Linear, Module, ReLU, Sequential } from '../src/nn/index.js';
@@ -14,6 +16,9 @@ import { DeployBlock, DeployVGG } from '../src/deploy/fuse.js';
 import { isReparameterizable, reparameterizeModel } from '../src/repopt/reparam.js';
 
 torch.setNumThreads(1);
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Non-trivial BN statistics, BN affines and branch scales, so fusion has something to fold. */
 function randomize(m: Module, seed: number): void {
@@ -77,7 +82,7 @@ class UserNet extends Module {
   }
 }
 
-test('reparameterizeModel on a user network: blocks in fields, arrays and Sequentials become DeployBlocks in place, same eval outputs', () => {
+test('reparameterizeModel on a user network: blocks in fields, arrays and Sequentials become DeployBlocks in place, same eval outputs', async () => {
   torch.manualSeed(5);
   const net = new UserNet();
   randomize(net, 9);
@@ -85,6 +90,12 @@ test('reparameterizeModel on a user network: blocks in fields, arrays and Sequen
   const x = torch.randn([3, 3, 10, 10], { dtype: 'float64' });
   const want = torch.noGrad(() => net.forward(x));
   const oldBlocks = [net.first, net.body.layers[0], net.body.layers[2], net.extra[0]];
+  // Undisposed garbage (state-dict aliases, outputs) is released at V8's collections, which allocation in
+  // fusion may trigger: collect it now so that the count below sees only what reparameterizeModel frees.
+  for (let i = 0; i < 2; i++) {
+    gc();
+    await tick();
+  }
   const live = torch.liveTensors();
   const freed = oldBlocks.reduce((s, b) => s + b.parameters().length + b.namedBuffers().length, 0);
   const out = reparameterizeModel(net);

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
+import '../src/models/families.js'; // registers the families with their architectures and scale schemes
 import type { Tensor } from '../src/torch/index.js';
 import { BatchNorm2d, type Module } from '../src/nn/index.js';
 import { fuseKernel, gradMult } from '../src/repopt/csla.js';
@@ -27,6 +28,7 @@ import {
   type TargetBlock,
 } from '../src/models/repoptvgg.js';
 import { repOptVggHandler, repOptVggSites } from '../src/models/repoptvgg-handler.js';
+import { extractScales, initializeFromTwin, loadScales, repOptSites } from '../src/repopt/block.js';
 import { loadScaleFile } from '../src/models/scales.js';
 import { loadPth, savePth, extractStateDict } from '../src/io/pth.js';
 import { PyOrderedDict } from '../src/io/pickle.js';
@@ -472,4 +474,39 @@ torch.save(io, d + '/py-io.pth')
     });
     m.dispose();
   }
+});
+
+test('RepOpt-VGG blocks are CslaBlocks with the release\'s names: the generic engine reads and writes their keys', () => {
+  const dtype = 'float64' as const;
+  torch.manualSeed(21);
+  const hs = new RepOptVGG({ ...SMALL, mode: 'hs', numClasses: 10, dtype });
+  const scales = randomScales(hs, 4, dtype);
+  loadScales(hs, scales);
+  const ex = extractScales(hs);
+  assert.deepEqual([...ex.keys()], [...scales.keys()], 'generic extractScales gives the scale-file keys in model order');
+  assert.ok([...ex].every(([k, t]) => maxAbs(t, scales.get(k)!) === 0));
+  const twin = new RepOptVGG({ ...SMALL, mode: 'csla', numClasses: 10, dtype, postSE: true });
+  loadScales(twin, scales);
+  randomizeBN(twin, 8);
+  // the release's csla: frozen scales stay parameters (requiresGrad off), the identity scale trains
+  const frozen = twin.namedParameters().filter(([, p]) => !p.requiresGrad).map(([k]) => k);
+  assert.ok(frozen.length > 0 && frozen.every((k) => /scale_(conv|1x1)\.weight$/.test(k)));
+  const target = new RepOptVGG({ ...SMALL, mode: 'target', numClasses: 10, dtype, postSE: true });
+  // The generic sites are the RepOpt-VGG handler's: same params, same Grad Mults.
+  const generic = new RepOptHandler(repOptSites(target, scales)).gradMults('sgd');
+  const vgg = repOptVggHandler(target, scales).gradMults('sgd');
+  assert.deepEqual([...generic.keys()], [...vgg.keys()]);
+  for (const [k, m] of generic) assert.equal(maxAbs(m, vgg.get(k)!), 0, k);
+  // Rule of Initialization from the twin: target and csla twin compute the same function.
+  initializeFromTwin(target, twin);
+  twin.eval();
+  target.eval();
+  torch.tidy(() => {
+    const x = torch.randn([2, 3, 32, 32], { dtype });
+    const a = twin.forward(x);
+    const b = target.forward(x);
+    assert.ok(maxAbs(a, b) < 1e-10 * Math.max(1, (b.abs().max() as Tensor).item()), `${maxAbs(a, b)}`);
+  });
+  for (const t of [...scales.values(), ...ex.values(), ...generic.values(), ...vgg.values()]) t.dispose();
+  for (const m of [hs, twin, target]) m.dispose();
 });

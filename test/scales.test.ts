@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import path from 'node:path';
 import * as torch from '../src/torch/index.js';
+import '../src/models/families.js'; // registers the families with their architectures and scale schemes
 import { loadPth, savePth } from '../src/io/pth.js';
 import { PyOrderedDict, type PyValue } from '../src/io/pickle.js';
 import { checkScales, loadScaleFile, saveScaleFile, summarizeScales, summaryPath, type ScaleMap } from '../src/models/scales.js';

@@ -7,8 +7,7 @@
 import * as torch from '../torch/index.js';
 import { gradMult, kernelShape, normalizeSpec, type GradRule } from '../repopt/csla.js';
 import { loadScaleFile, scaleScheme, summarizeScales } from '../models/scales.js';
-import '../models/repoptvgg-handler.js'; // registers the RepOpt-VGG scale scheme
-import '../models/ghostnet-handler.js'; // registers the RepOpt-GhostNet scale scheme
+import '../models/families.js'; // registers the families, their architectures and scale schemes
 
 export interface ScalesOptions {
   file: string;

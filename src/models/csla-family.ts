@@ -19,11 +19,10 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Tensor } from '../torch/index.js';
 import { Module } from '../nn/index.js';
-import { CSLA_MODES, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
+import { CSLA_MODES, blockScaleShapesOf, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
 import { reparameterizeModel } from '../repopt/reparam.js';
 import { OptionError } from '../errors.js';
 import { listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
-import { registerArch } from './registry.js';
 import { checkScales, readScaleEntries, saveScaleFile, type ScaleScheme } from './scales.js';
 
 /** What a builder gets besides the mode: the data's channels and classes. */
@@ -59,25 +58,38 @@ export interface CslaFamilyDefinition {
 
 const BLOCK_SCALE_KEY = /(^|\.)branches\.\d+\.scale\.weight$/;
 
-/** The scale keys and shapes a model's CslaBlocks take (any form), in model order. */
+/** The scale keys and shapes a model's CslaBlocks take (any form, each block's own names), in model order. */
 export function blockScaleShapes(model: Module): Map<string, number[]> {
-  const out = new Map<string, number[]>();
-  for (const [name, b] of cslaBlocks(model)) {
-    b.spec.branches.forEach((_, i) => out.set(`${name ? `${name}.` : ''}branches.${i}.scale.weight`, [b.spec.cout]));
-  }
-  return out;
+  return blockScaleShapesOf(cslaBlocks(model));
+}
+
+/**
+ * Whether a checkpoint key names a scale of a model whose blocks name their scales `scaleKeys`: the default
+ * `branches.<i>.scale.weight`, or any key ending in one of the blocks' own (naming-map) scale keys.
+ */
+export function scaleKeyTest(scaleKeys: Iterable<string>): (key: string) => boolean {
+  const own = ownScaleKeyTest([...scaleKeys].filter((k) => !BLOCK_SCALE_KEY.test(k)));
+  return (key) => BLOCK_SCALE_KEY.test(key) || own(key);
+}
+
+/** Whether a checkpoint key ends in one of the given block-relative scale keys (a naming map's, e.g. `scale_1x1.weight`). */
+export function ownScaleKeyTest(scaleKeys: Iterable<string>): (key: string) => boolean {
+  const own = [...new Set(scaleKeys)];
+  return (key) => own.some((k) => key === k || key.endsWith(`.${k}`));
 }
 
 /** A scale scheme over one model's blocks, by name (what the scale-file layer checks against). */
 export function blockScaleScheme(model: Module, family: string): ScaleScheme {
-  const shapes = blockScaleShapes(model);
+  const blocks = cslaBlocks(model);
+  const shapes = blockScaleShapesOf(blocks);
   if (shapes.size === 0) throw new Error(`${family}: ${model.constructor.name} has no CslaBlock, so it has no scales`);
+  const isScaleKey = scaleKeyTest(blocks.flatMap(([, b]) => b.scaleKeys));
   return {
     family,
     covers: () => true,
     archs: () => [],
     expected: () => shapes,
-    isScaleKey: (key) => BLOCK_SCALE_KEY.test(key),
+    isScaleKey,
     sites: () => {
       throw new Error(`${family}: sites come from the model's blocks (repOptSites)`);
     },
@@ -170,17 +182,18 @@ export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
  */
 export function defineModel(d: CslaFamilyDefinition): ModelFamily {
   const archs = d.archs ?? [d.name];
-  const family = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
-  registerFamily(family);
-  for (const name of archs) {
-    registerArch({
+  const base = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
+  const family: ModelFamily = {
+    ...base,
+    archs: archs.map((name) => ({
       name,
       family: d.name,
-      modes: [...family.modes],
-      create: (o = {}) => family.create({ arch: name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
+      modes: [...base.modes],
+      create: (o = {}) => base.create({ arch: name, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, o.mode ?? 'target'),
       ...d.stats?.(name),
-    });
-  }
+    })),
+  };
+  registerFamily(family);
   return family;
 }
 

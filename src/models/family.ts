@@ -14,8 +14,8 @@
 import type { Tensor } from '../torch/index.js';
 import type { Module } from '../nn/index.js';
 import type { RepOptHandler } from '../repopt/handler.js';
-import type { ScaleMap, SiteOptions } from './scales.js';
-import { getArch, listArchs } from './registry.js';
+import type { ScaleMap, ScaleScheme, SiteOptions } from './scales.js';
+import { getArch, listArchs, registerArch, type ArchInfo } from './registry.js';
 import { OptionError } from '../errors.js';
 
 /** A model to build: a registered architecture, or a family's custom configuration; channels and classes. */
@@ -75,6 +75,10 @@ export interface ModelFamily {
   createDeployed(spec: ModelSpec): Module;
   /** Names of the arms of a comparison by run mode (`target`, `plain`, the baseline), where not {@link armName}'s default. */
   readonly armNames?: Readonly<Record<string, string>>;
+  /** The family's named architectures: `registerFamily` registers them (`createModel`, `listArchs`, `familyOf`). */
+  readonly archs?: readonly ArchInfo[];
+  /** The scale scheme of its named architectures (`loadScaleFile(file, arch)`, `repopt scales`), where it has one. */
+  readonly scales?: ScaleScheme;
 }
 
 /**
@@ -93,9 +97,30 @@ export function armName(family: ModelFamily, mode: string): string {
 
 const families: ModelFamily[] = [];
 
+/** Registers a family and its architectures (`f.archs`): the one registry of models, scale schemes included. */
 export function registerFamily(f: ModelFamily): void {
   if (families.some((x) => x.name === f.name)) throw new Error(`model family '${f.name}' registered twice`);
+  for (const a of f.archs ?? []) {
+    if (a.family !== f.name) throw new Error(`architecture '${a.name}' says family '${a.family}', registered by family '${f.name}'`);
+  }
   families.push(f);
+  for (const a of f.archs ?? []) registerArch(a);
+}
+
+/** The scale scheme of a named architecture: its family's (`ModelFamily.scales`), found through the architecture registry. */
+export function scaleSchemeOf(arch: string): ScaleScheme | undefined {
+  let family: string;
+  try {
+    family = getArch(arch).family;
+  } catch {
+    return undefined;
+  }
+  return families.find((f) => f.name === family)?.scales;
+}
+
+/** Every registered family's scale scheme. */
+export function listScaleSchemes(): ScaleScheme[] {
+  return families.flatMap((f) => (f.scales ? [f.scales] : []));
 }
 
 export function listFamilies(): readonly ModelFamily[] {

@@ -1,10 +1,10 @@
 /**
  * RepOpt-GhostNet in the scale-file layer (scales.ts): `loadScaleFile(file, 'RepOpt-GhostNet-0.5x')`,
- * `checkScales`, `saveScaleFile` and the CLI know the family through this scheme. The maths
+ * `checkScales`, `saveScaleFile` and the CLI know the family through this scheme (the family's `scales`, families.ts). The maths
  * (sites, Grad Mults, Rule of Initialization) is in ghostnet.ts / the generic RepOptHandler.
  */
 import { GHOSTNET_WIDTHS, ghostnetArchName, ghostnetScaleShapes, ghostnetSites, isGhostnetScaleKey } from './ghostnet.js';
-import { registerScaleScheme, type ScaleScheme } from './scales.js';
+import type { ScaleScheme } from './scales.js';
 
 function widthOf(arch: string): number | undefined {
   return GHOSTNET_WIDTHS.find((w) => ghostnetArchName(w) === arch);
@@ -24,4 +24,3 @@ export const ghostnetScaleScheme: ScaleScheme = {
   isScaleKey: isGhostnetScaleKey,
   sites: (arch, scales, opts = {}) => ghostnetSites(scales, { width: need(arch), identityInit: opts.identityInit }),
 };
-registerScaleScheme(ghostnetScaleScheme);

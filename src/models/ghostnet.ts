@@ -53,7 +53,7 @@ import { BatchNorm2d, Conv2d, Identity, Linear, Module, ReLU, Sequential, type S
 import { loadPth, extractStateDict, type PyValue } from '../io/pth.js';
 import { fuseKernel, type CslaSpec } from '../repopt/csla.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
-import { registerArch } from './registry.js';
+import type { ArchInfo } from './registry.js';
 import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
 // A cycle by design, as RepOpt-VGG's: the deploy forms read these classes; only reparameterize() calls them.
@@ -557,9 +557,10 @@ export function ghostnetArchName(w: number): string {
   return `RepOpt-GhostNet-${Number.isInteger(w) ? w.toFixed(1) : String(w)}x`;
 }
 
-for (const w of GHOSTNET_WIDTHS) {
+/** The named architectures (one per width); the family registers them (families.ts). */
+export const ghostnetArchs = (): ArchInfo[] => GHOSTNET_WIDTHS.map((w) => {
   const name = ghostnetArchName(w);
-  registerArch({
+  return {
     name,
     family: 'RepOpt-GhostNet',
     modes: [...GHOSTNET_MODES],
@@ -573,5 +574,5 @@ for (const w of GHOSTNET_WIDTHS) {
       }),
     params: GHOSTNET_PARAMS[name],
     macs: ghostnetMacs(w),
-  });
-}
+  };
+});

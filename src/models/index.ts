@@ -7,7 +7,6 @@ export { RepOptVGG, repOptVgg, extractVggScales, REPOPT_VGG_CONFIGS, type RepOpt
 export { repOptVggHandler, repOptVggSites } from './repoptvgg-handler.js';
 export * as ghostnet from './ghostnet.js';
 export { DeployGhostNet, DeployGhostModule, deployGhostNet, deployGhostModule } from './ghostnet-deploy.js';
-import './ghostnet-handler.js';
 export { loadScaleFile, saveScaleFile, checkScales, type ScaleMap } from './scales.js';
 export { armName, familyOf, familyOfStateDict, listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
 export { repOptVggFamily, repOptGhostNetFamily, releaseDecays } from './families.js';

@@ -1,6 +1,7 @@
 /**
  * The model registry: `createModel('RepOpt-VGG-B1', { mode: 'target', numClasses: 100 })`.
- * Each family file registers its architectures (one config table, one-line factories).
+ * Architectures are registered through their family (`ModelFamily.archs`, `registerFamily` in family.ts);
+ * `registerArch` is what `registerFamily` calls.
  */
 import type { Module } from '../nn/index.js';
 

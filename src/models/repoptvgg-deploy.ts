@@ -5,7 +5,8 @@
  * - `repvgg` (baseline):      BN(conv3x3) + BN(conv1x1) [+ BN(identity)]
  *                             fold each BN into its branch, pad the 1x1 kernel to the 3x3 centre, write the
  *                             identity as a 3x3 kernel with 1 at [c, c, 1, 1], and add kernels and biases.
- * - `hs` / `csla`:            s*conv3x3 + t*conv1x1 [+ id*x] -> BN   merge the scaled branches, then fold BN.
+ * - `hs` / `csla`:            s*conv3x3 + t*conv1x1 [+ id*x] -> BN   merge the scaled branches, then fold BN
+ *                             (the generic CslaBlock.fusedKernel, src/repopt/block.ts).
  *
  * Batch norm in eval mode is y = gamma * (x - mean) / sqrt(var + eps) + beta, so a conv W followed by it is
  * the conv W * gamma/std (per output channel) with bias beta - mean * gamma/std. Fusion is done in float64
@@ -25,12 +26,11 @@ import { F, type Tensor } from '../torch/index.js';
 import { Conv2d, Linear, Module, Sequential } from '../nn/index.js';
 import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import {
-  LinearAddBlock,
   RepOptVGG,
   RepVGGBlock,
   QARepVGGBlock,
   SEBlock,
-  TargetBlock,
+  VGGCslaBlock,
   type VGGBlock,
   type VGGBlockInfo,
 } from './repoptvgg.js';
@@ -110,7 +110,8 @@ export class DeployVGG extends Module implements GraphExportable {
 export function fuseBlock(block: VGGBlock): { weight: Tensor; bias: Tensor } {
   return torch.noGrad(() =>
     torch.tidy(() => {
-      if (block instanceof TargetBlock) return foldBN(block.conv.weight, block.bn);
+      // target / hs / csla: the generic CSLA block's fused kernel (scaled branches summed), then BN folded.
+      if (block instanceof VGGCslaBlock) return foldBN(block.fusedKernel(), block.bn);
       if (block instanceof RepVGGBlock) {
         const a = foldBN(block.conv3x3.weight, block.bn3x3);
         const b = foldBN(padTo3x3(block.conv1x1.weight), block.bn1x1);
@@ -131,13 +132,6 @@ export function fuseBlock(block: VGGBlock): { weight: Tensor; bias: Tensor } {
         if (block.info.identity) k = k.add(identityKernel(block.info.outChannels));
         const { mul, add } = bnAffine(block.bn);
         return { weight: k.mul(mul.view([-1, 1, 1, 1])), bias: dense.bias.mul(mul).add(add) };
-      }
-      if (block instanceof LinearAddBlock) {
-        const col = (t: Tensor) => t.double().view([-1, 1, 1, 1]);
-        let k = block.conv.weight.double().mul(col(block.scaleConv.weight));
-        k = k.add(padTo3x3(block.conv1x1.weight.double()).mul(col(block.scale1x1.weight)));
-        if (block.scaleIdentity) k = k.add(identityKernel(block.info.outChannels).mul(col(block.scaleIdentity.weight)));
-        return foldBN(k, block.bn);
       }
       throw new Error(`fuse: unknown block type ${(block as object).constructor.name}`);
     }),

@@ -6,8 +6,11 @@
  * with s = `stageX.Y.scale_conv.weight`, t = `stageX.Y.scale_1x1.weight` (constants)
  * and, where in == out and stride 1, a trainable identity v (constant scale 1)
  * initialised at the searched `scale_identity` (the release) or 1 (the paper).
- * The Grad Mults and the Rule of Initialization come from the generic
- * RepOptHandler over these sites; no maths is repeated here.
+ *
+ * Nothing here is VGG-specific beyond the layout: every block is the generic CslaBlock of `vggSpec` with
+ * the release's names (`vggNames`), so the scale keys and shapes, the sites (Grad Mults, Rule of
+ * Initialization) come from the generic engine (src/repopt/block.ts: `blockKeys`, `blockSites`,
+ * `blockScaleShapesOf`), for a built model or for a layout alone (the `repopt scales` CLI, named archs).
  *
  *   const scales = loadScaleFile('RepOpt-VGG-B1-scales.pth', 'RepOpt-VGG-B1');
  *   const model = createModel('RepOpt-VGG-B1');                     // target mode
@@ -15,9 +18,8 @@
  *   handler.reinitialize(model);
  *   opt.setGradMults(handler.gradMults('sgd'));
  */
-import type { Tensor } from '../torch/index.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
-import type { CslaSpec } from '../repopt/csla.js';
+import { blockKeys, blockScaleShapesOf, blockSites, type BlockKeys } from '../repopt/block.js';
 import type { CreateModelOptions } from './registry.js';
 import {
   REPOPT_VGG_CONFIGS,
@@ -25,22 +27,24 @@ import {
   RepOptVGG,
   repOptVggConfig,
   vggBlockLayout,
+  vggNames,
+  vggSpec,
   type VGGBlockInfo,
 } from './repoptvgg.js';
-import { checkScales, registerScaleScheme, type ScaleMap, type ScaleScheme, type SiteOptions } from './scales.js';
+import { ownScaleKeyTest } from './csla-family.js';
+import { checkScales, type ScaleMap, type ScaleScheme, type SiteOptions } from './scales.js';
 
-const SCALE_KEY = /(^|\.)scale_(conv|1x1|identity)\.weight$/;
+/** The generic block descriptions (spec, scale keys, kernel key) of a layout, by block name, in model order. */
+export function vggBlockKeys(layout: VGGBlockInfo[]): [string, BlockKeys][] {
+  return layout.map((b) => [b.name, blockKeys(vggSpec(b), vggNames(b))]);
+}
 
 /** Scale keys and shapes of a block layout, in model order. */
 export function vggScaleShapes(layout: VGGBlockInfo[]): Map<string, number[]> {
-  const out = new Map<string, number[]>();
-  for (const b of layout) {
-    out.set(`${b.name}.scale_conv.weight`, [b.outChannels]);
-    out.set(`${b.name}.scale_1x1.weight`, [b.outChannels]);
-    if (b.identity) out.set(`${b.name}.scale_identity.weight`, [b.outChannels]);
-  }
-  return out;
+  return blockScaleShapesOf(vggBlockKeys(layout));
 }
+
+const isVggScaleKey = ownScaleKeyTest(['scale_conv.weight', 'scale_1x1.weight', 'scale_identity.weight']);
 
 function layoutOf(arch: string, opts: CreateModelOptions = {}): VGGBlockInfo[] {
   const cfg = repOptVggConfig(arch);
@@ -55,25 +59,11 @@ function layoutOf(arch: string, opts: CreateModelOptions = {}): VGGBlockInfo[] {
 export function repOptVggSites(model: RepOptVGG | VGGBlockInfo[], scales: ScaleMap, opts: SiteOptions = {}): ReparamSite[] {
   const layout = model instanceof RepOptVGG ? model.layout : model;
   checkScales(scales, 'RepOpt-VGG', { label: 'RepOpt-VGG scales', scheme: layoutScheme(layout) });
-  const scale = (b: VGGBlockInfo, kind: string): Tensor => scales.get(`${b.name}.scale_${kind}.weight`)!;
-  const useSearched = (opts.identityInit ?? 'searched') === 'searched';
-  return layout.map((b): ReparamSite => {
-    const c = b.outChannels;
-    const spec: CslaSpec = {
-      inChannels: b.inChannels,
-      outChannels: c,
-      kernel: 3,
-      stride: b.stride,
-      branches: [
-        { kind: 'conv', kernel: 3, scale: scale(b, 'conv') },
-        { kind: 'conv', kernel: 1, scale: scale(b, '1x1') },
-        ...(b.identity ? [{ kind: 'identity' as const, scale: 1, trainable: true }] : []),
-      ],
-    };
-    const site: ReparamSite = { param: `${b.name}.conv.weight`, spec };
-    if (b.identity) site.identityInit = [useSearched ? scale(b, 'identity').toArray() : 1];
-    return site;
-  });
+  const sites = blockSites(vggBlockKeys(layout), scales, opts);
+  // The identity's initial weight 1 (the paper) as one number, as the site format allows.
+  if (opts.identityInit === 'one') for (const s of sites) if (s.identityInit?.length) s.identityInit = s.identityInit.map(() => 1);
+  for (const s of sites) if (!s.identityInit?.length) delete s.identityInit;
+  return sites;
 }
 
 /** A RepOptHandler (Grad Mults, Rule of Initialization) for a RepOpt-VGG target model. */
@@ -94,7 +84,6 @@ export const vggScaleScheme: ScaleScheme = {
   covers: (arch) => repOptVggConfig(arch) !== undefined,
   archs: () => Object.keys(REPOPT_VGG_CONFIGS).map((n) => REPOPT_VGG_PREFIX + n),
   expected: (arch, opts) => vggScaleShapes(layoutOf(arch, opts)),
-  isScaleKey: (key) => SCALE_KEY.test(key),
+  isScaleKey: isVggScaleKey,
   sites: (arch, scales, opts = {}) => repOptVggSites(layoutOf(arch, opts), scales, opts),
 };
-registerScaleScheme(vggScaleScheme);

@@ -23,6 +23,9 @@
  * - `csla`    as `hs`, with `scale_conv` and `scale_1x1` frozen (still parameters, so the state dict
  *             and the parameter count are the same as `hs`, but `requiresGrad` is off: optimizers skip
  *             them); `scale_identity` stays trainable. For equivalence checks.
+ *             `target`, `hs` and `csla` blocks are the generic CslaBlock (src/repopt/block.ts) of one spec
+ *             (`vggSpec`: 3x3 + 1x1 [+ identity]) with the naming map `vggNames` and frozen scales kept as
+ *             parameters; `VGGCslaBlock` adds the ReLU (fused with BN) and the optional post-SE.
  * - `repvgg`  the RepVGG baseline, bn_3x3(conv_3x3 x) + bn_1x1(conv_1x1 x) [+ bn_identity(x)] -> ReLU [-> SE]:
  *             `conv_3x3.weight`, `bn_3x3.*`, `conv_1x1.weight`, `bn_1x1.*`, `bn_identity.*`.
  * - `qarepvgg` the QARepVGG baseline (Chu et al., "Make RepVGG Greater Again", AAAI 2024; its block V2),
@@ -38,11 +41,13 @@
 import * as torch from '../torch/index.js';
 import { F, type Tensor } from '../torch/index.js';
 import { BatchNorm2d, Conv2d, Linear, Module, Sequential } from '../nn/index.js';
-import { registerArch, type CreateModelOptions } from './registry.js';
+import type { ArchInfo, CreateModelOptions } from './registry.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
 // Cycle by design: fuse.ts knows the block classes; only the reparameterize() methods call into it.
 import { deployBlock, deployVGG, type DeployBlock, type DeployVGG } from './repoptvgg-deploy.js';
 import { ScaleLayer } from '../repopt/scale-layer.js';
+import { CslaBlock, extractScales, type CslaBlockNames } from '../repopt/block.js';
+import type { CslaSpec } from '../repopt/csla.js';
 
 export { ScaleLayer };
 
@@ -158,6 +163,17 @@ export class SEBlock extends Module {
   }
 }
 
+/** [SE of] a block-local activation `r` (released when SE replaces it). */
+function seTail(postSE: SEBlock | null, r: Tensor): Tensor {
+  if (!postSE) return r;
+  const o = postSE.forward(r);
+  r.dispose();
+  return o;
+}
+
+const newPostSE = (info: VGGBlockInfo, dtype: torch.DType) => new SEBlock(info.outChannels, Math.trunc(info.outChannels / 4), dtype);
+
+/** The structural baselines' block base (RepVGG, QARepVGG): ReLU [-> post-SE] after the block. */
 abstract class VGGBlockBase extends Module implements Reparameterizable {
   postSE: SEBlock | null = null;
   constructor(readonly info: VGGBlockInfo) {
@@ -168,21 +184,43 @@ abstract class VGGBlockBase extends Module implements Reparameterizable {
     return deployBlock(this as unknown as VGGBlock);
   }
   protected addPostSE(on: boolean, dtype: torch.DType): void {
-    if (on) this.postSE = this.registerModule('post_se', new SEBlock(this.info.outChannels, Math.trunc(this.info.outChannels / 4), dtype));
+    if (on) this.postSE = this.registerModule('post_se', newPostSE(this.info, dtype));
   }
   /** ReLU [-> SE] of a block-local pre-activation `y`, which is released (see `sum2`). */
   protected finish(y: Tensor): Tensor {
     const r = F.relu(y);
     y.dispose();
-    return this.finishActivated(r);
+    return seTail(this.postSE, r);
   }
   /** [SE of] a block-local activation `r` (released when SE replaces it). */
   protected finishActivated(r: Tensor): Tensor {
-    if (!this.postSE) return r;
-    const o = this.postSE.forward(r);
-    r.dispose();
-    return o;
+    return seTail(this.postSE, r);
   }
+}
+
+/**
+ * RepOpt-VGG's CSLA block as a spec: 3x3 + 1x1 with the block's initial scale (`scaleInit`) [+ a trainable
+ * identity with constant scale 1 where in == out and stride 1]. Scales given replace the initial ones.
+ */
+export function vggSpec(info: VGGBlockInfo): CslaSpec {
+  return {
+    inChannels: info.inChannels,
+    outChannels: info.outChannels,
+    kernel: 3,
+    stride: info.stride,
+    branches: [
+      { kind: 'conv', kernel: 3, scale: info.scaleInit },
+      { kind: 'conv', kernel: 1, scale: info.scaleInit },
+      ...(info.identity ? [{ kind: 'identity' as const, scale: 1, trainable: true }] : []),
+    ],
+  };
+}
+
+const VGG_BRANCH_NAMES = [{ conv: 'conv', scale: 'scale_conv' }, { conv: 'conv_1x1', scale: 'scale_1x1' }, { scale: 'scale_identity' }] as const;
+
+/** The release's names of a block's parts: `conv` + `scale_conv`, `conv_1x1` + `scale_1x1`, `scale_identity`; target `conv`. */
+export function vggNames(info: VGGBlockInfo): CslaBlockNames {
+  return { conv: 'conv', branches: VGG_BRANCH_NAMES.slice(0, info.identity ? 3 : 2) };
 }
 
 /*
@@ -202,56 +240,59 @@ function sum2(a: Tensor, b: Tensor): Tensor {
   return y;
 }
 
-/** `target`: conv3x3 (no bias) -> BN -> ReLU. */
-export class TargetBlock extends VGGBlockBase {
-  readonly conv: Conv2d;
-  readonly bn: BatchNorm2d;
-  constructor(info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
-    super(info);
+/**
+ * A RepOpt-VGG block in a CSLA form (`target`, `hs`, `csla`): the generic CslaBlock of `vggSpec` with the
+ * release's names (`vggNames`), then ReLU (fused with the BN: one native op) [-> post-SE]. Its deploy form
+ * is a DeployBlock (conv3x3 with bias -> ReLU [-> SE]).
+ */
+export class VGGCslaBlock extends CslaBlock<DeployBlock> {
+  declare readonly bn: BatchNorm2d;
+  readonly postSE: SEBlock | null;
+  constructor(readonly info: VGGBlockInfo, mode: 'target' | 'hs' | 'csla', opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
     const dtype = opts.dtype ?? 'float32';
-    this.conv = this.registerModule('conv', new Conv2d(info.inChannels, info.outChannels, 3, { stride: info.stride, padding: 1, bias: false, dtype }));
-    this.bn = this.registerModule('bn', new BatchNorm2d(info.outChannels, { dtype }));
-    this.addPostSE(opts.postSE ?? false, dtype);
+    super(vggSpec(info), { mode, dtype, names: vggNames(info), frozenScales: 'parameter' });
+    this.postSE = opts.postSE ? this.registerModule('post_se', newPostSE(info, dtype)) : null;
   }
-  forward(x: Tensor): Tensor {
-    const c = this.conv.forward(x);
-    const r = this.bn.forwardRelu(c);
-    c.dispose();
-    return this.finishActivated(r);
+  override forward(x: Tensor): Tensor {
+    const y = this.linear(x);
+    const r = this.bn.forwardRelu(y);
+    y.dispose();
+    return seTail(this.postSE, r);
+  }
+  /** The deployed block: conv3x3 with bias -> ReLU [-> SE] (a new module; this one is unchanged). */
+  override reparameterize(): DeployBlock {
+    return deployBlock(this as VGGBlock);
   }
 }
 
-/** `hs` / `csla`: the CSLA block scale_conv(conv x) + scale_1x1(conv_1x1 x) [+ scale_identity(x)] -> BN -> ReLU. */
-export class LinearAddBlock extends VGGBlockBase {
-  readonly conv: Conv2d;
-  readonly scaleConv: ScaleLayer;
-  readonly conv1x1: Conv2d;
-  readonly scale1x1: ScaleLayer;
-  readonly scaleIdentity: ScaleLayer | null;
-  readonly bn: BatchNorm2d;
-  constructor(info: VGGBlockInfo, opts: { csla?: boolean; postSE?: boolean; dtype?: torch.DType } = {}) {
-    super(info);
-    const dtype = opts.dtype ?? 'float32';
-    const trainable = !opts.csla;
-    const { inChannels: cin, outChannels: cout, stride } = info;
-    this.conv = this.registerModule('conv', new Conv2d(cin, cout, 3, { stride, padding: 1, bias: false, dtype }));
-    this.scaleConv = this.registerModule('scale_conv', new ScaleLayer(cout, info.scaleInit, { trainable, dtype }));
-    this.conv1x1 = this.registerModule('conv_1x1', new Conv2d(cin, cout, 1, { stride, padding: 0, bias: false, dtype }));
-    this.scale1x1 = this.registerModule('scale_1x1', new ScaleLayer(cout, info.scaleInit, { trainable, dtype }));
-    this.scaleIdentity = info.identity ? this.registerModule('scale_identity', new ScaleLayer(cout, 1, { dtype })) : null;
-    this.bn = this.registerModule('bn', new BatchNorm2d(cout, { dtype }));
-    this.addPostSE(opts.postSE ?? false, dtype);
+/** `target`: conv3x3 (no bias) -> BN -> ReLU [-> SE]. */
+export class TargetBlock extends VGGCslaBlock {
+  declare readonly conv: Conv2d;
+  constructor(info: VGGBlockInfo, opts: { postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info, 'target', opts);
   }
-  forward(x: Tensor): Tensor {
-    const c3 = this.conv.forward(x);
-    const c1 = this.conv1x1.forward(x);
-    let y = sum2(this.scaleConv.forward(c3), this.scale1x1.forward(c1));
-    c3.dispose();
-    c1.dispose();
-    if (this.scaleIdentity) y = sum2(y, this.scaleIdentity.forward(x));
-    const r = this.bn.forwardRelu(y);
-    y.dispose();
-    return this.finishActivated(r);
+}
+
+/** `hs` / `csla`: the CSLA block scale_conv(conv x) + scale_1x1(conv_1x1 x) [+ scale_identity(x)] -> BN -> ReLU [-> SE]. */
+export class LinearAddBlock extends VGGCslaBlock {
+  /** The 3x3 branch's conv (registered as `conv`, as the target's kernel). */
+  declare readonly conv: Conv2d;
+  constructor(info: VGGBlockInfo, opts: { csla?: boolean; postSE?: boolean; dtype?: torch.DType } = {}) {
+    super(info, opts.csla ? 'csla' : 'hs', opts);
+    // CslaBlock's `conv` is the target's conv; here the 3x3 branch's, under the same key.
+    (this as { conv: Conv2d | null }).conv = this.branches[0].conv;
+  }
+  get scaleConv(): ScaleLayer {
+    return this.branches[0].scale;
+  }
+  get conv1x1(): Conv2d {
+    return this.branches[1].conv!;
+  }
+  get scale1x1(): ScaleLayer {
+    return this.branches[1].scale;
+  }
+  get scaleIdentity(): ScaleLayer | null {
+    return this.branches[2]?.scale ?? null;
   }
 }
 
@@ -441,28 +482,19 @@ export function repOptVggConfig(arch: string): RepOptVGGConfig | undefined {
  */
 export function extractVggScales(model: RepOptVGG): Map<string, Tensor> {
   if (model.mode !== 'hs' && model.mode !== 'csla') throw new Error(`extract scales: the model is in '${model.mode}' mode; scales live in 'hs' / 'csla' models`);
-  const out = new Map<string, Tensor>();
-  for (const b of model.blocks as LinearAddBlock[]) {
-    const p = b.info.name;
-    out.set(`${p}.scale_conv.weight`, torch.keep(b.scaleConv.weight.detach().clone()));
-    out.set(`${p}.scale_1x1.weight`, torch.keep(b.scale1x1.weight.detach().clone()));
-    if (b.scaleIdentity) out.set(`${p}.scale_identity.weight`, torch.keep(b.scaleIdentity.weight.detach().clone()));
-  }
-  return out;
+  return extractScales(model);
 }
 
 function asVggOptions(o: CreateModelOptions): RepOptVGGOptions {
   return { ...o, mode: o.mode as RepOptVGGMode | undefined };
 }
 
-for (const [name, cfg] of Object.entries(REPOPT_VGG_CONFIGS)) {
-  const { params, macs } = vggTargetStats(cfg);
-  registerArch({
+/** The named architectures (`RepOpt-VGG-A0` ... `-L2`); the family registers them (families.ts). */
+export const repOptVggArchs = (): ArchInfo[] =>
+  Object.entries(REPOPT_VGG_CONFIGS).map(([name, cfg]) => ({
     name: REPOPT_VGG_PREFIX + name,
     family: 'RepOpt-VGG',
     modes: [...REPOPT_VGG_MODES],
-    params,
-    macs,
-    create: (o = {}) => new RepOptVGG({ ...cfg, ...asVggOptions(o) }),
-  });
-}
+    ...vggTargetStats(cfg),
+    create: (o: CreateModelOptions = {}) => new RepOptVGG({ ...cfg, ...asVggOptions(o) }),
+  }));

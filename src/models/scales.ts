@@ -14,7 +14,8 @@
  * tensors, same keys, model order) plus a readable JSON summary beside them
  * (`x.pth` -> `x.json`).
  *
- * Families plug in with `registerScaleScheme` (RepOpt-VGG in repoptvgg-handler.ts).
+ * Families plug in through their `ModelFamily.scales` (family.ts; RepOpt-VGG's in repoptvgg-handler.ts,
+ * registered with its family in families.ts): an architecture's scheme is its family's.
  */
 import * as fs from 'node:fs';
 import * as torch from '../torch/index.js';
@@ -23,6 +24,7 @@ import { extractStateDict, loadPth, savePth } from '../io/pth.js';
 import { PyOrderedDict } from '../io/pickle.js';
 import type { ReparamSite } from '../repopt/handler.js';
 import type { CreateModelOptions } from './registry.js';
+import { listScaleSchemes, scaleSchemeOf } from './family.js';
 
 /** Scale tensors by state-dict key. */
 export type ScaleMap = Map<string, Tensor>;
@@ -51,16 +53,11 @@ export interface ScaleScheme {
   sites(arch: string, scales: ScaleMap, opts?: CreateModelOptions & SiteOptions): ReparamSite[];
 }
 
-const schemes: ScaleScheme[] = [];
-
-export function registerScaleScheme(s: ScaleScheme): void {
-  schemes.push(s);
-}
-
+/** The scale scheme of a named architecture (its family's; an error lists the architectures that have one). */
 export function scaleScheme(arch: string): ScaleScheme {
-  const s = schemes.find((x) => x.covers(arch));
-  if (!s) {
-    const known = schemes.flatMap((x) => x.archs());
+  const s = scaleSchemeOf(arch);
+  if (!s || !s.covers(arch)) {
+    const known = listScaleSchemes().flatMap((x) => x.archs());
     throw new Error(`no scale scheme for architecture '${arch}'${known.length ? ` (known: ${known.join(', ')})` : ''}`);
   }
   return s;

@@ -19,9 +19,15 @@
  * State-dict keys under a block: hs/csla `branches.<i>.conv.weight` (conv branches),
  * `branches.<i>.scale.weight` [Cout] (every branch: the scale of a conv branch, the per-channel weight
  * of an identity branch), `bn.*`; target `conv.weight`, `bn.*`; deploy (a Conv2d) `weight`, `bias`.
- * In csla form the conv scales are buffers (constants no optimizer sees); an identity branch's
+ * In csla form the conv scales are buffers (constants no optimizer sees; `frozenScales: 'parameter'`
+ * keeps them parameters with requiresGrad off, as RepOpt-VGG's release does); an identity branch's
  * weight v stays trainable, multiplied by the spec's constant identity scale (1 by default), and
  * starts at the searched identity scale (the release's choice; the paper's is 1).
+ *
+ * A naming map (`names`) registers each branch's conv and scale directly on the block under the names a
+ * release uses (RepOpt-VGG: `conv` + `scale_conv`, `conv_1x1` + `scale_1x1`, `scale_identity`), and the
+ * target conv under its own name; everything generic here reads a block's keys from the block
+ * (`scaleKeys`, `kernelKey`), so scale files and handlers keep the release's keys.
  */
 import * as torch from '../torch/index.js';
 import type { DType, Tensor } from '../torch/index.js';
@@ -35,19 +41,48 @@ import type { Reparameterizable } from './reparam.js';
 export type CslaMode = 'hs' | 'csla' | 'target';
 export const CSLA_MODES: readonly CslaMode[] = ['hs', 'csla', 'target'];
 
+/**
+ * Where a block's parts are registered (default: `branches.<i>.conv`, `branches.<i>.scale`, target `conv`).
+ * With a map, each branch's conv (conv branches) and scale are registered directly on the block.
+ */
+export interface CslaBlockNames {
+  /** One per branch, in the spec's order: `conv` (conv branches only) and `scale` module names. */
+  branches: readonly { conv?: string; scale: string }[];
+  /** target: the single conv's module name (default 'conv'). */
+  conv?: string;
+}
+
 export interface CslaBlockOptions {
   /** Default 'target'. */
   mode?: CslaMode;
   /** BatchNorm after the sum (default true, as RepOpt-VGG and RepOpt-GhostNet). */
   bn?: boolean;
   dtype?: DType;
+  /** Module names of the branches' convs and scales (a release's state-dict keys); see CslaBlockNames. */
+  names?: CslaBlockNames;
+  /** csla: the constant conv scales as buffers (default) or as parameters with requiresGrad off (RepOpt-VGG's release). */
+  frozenScales?: 'buffer' | 'parameter';
+}
+
+/** Checks a naming map against a spec: one entry per branch, a conv name for each conv branch, names unique. */
+function checkNames(names: CslaBlockNames, n: NormalSpec): void {
+  if (names.branches.length !== n.branches.length) throw new Error(`CslaBlock: names has ${names.branches.length} branches, the spec ${n.branches.length}`);
+  const all = ['bn'];
+  n.branches.forEach((b, i) => {
+    const e = names.branches[i];
+    if (b.kind === 'conv' && !e.conv) throw new Error(`CslaBlock: names.branches[${i}] needs a conv name (branch ${i} is a conv)`);
+    if (b.kind === 'identity' && e.conv) throw new Error(`CslaBlock: names.branches[${i}] has a conv name, but branch ${i} is an identity`);
+    all.push(e.scale, ...(e.conv ? [e.conv] : []));
+  });
+  const dup = all.find((x, i) => !x || all.indexOf(x) !== i || x.includes('.'));
+  if (dup !== undefined) throw new Error(`CslaBlock: names must be distinct, non-empty and without dots ('${dup}')`);
 }
 
 /** One branch of an hs/csla block: a conv (kernel + scale) or an identity (per-channel weight). */
 class Branch extends Module {
   readonly conv: Conv2d | null;
   readonly scale: ScaleLayer;
-  constructor(n: NormalSpec, i: number, mode: 'hs' | 'csla', dtype: DType) {
+  constructor(n: NormalSpec, i: number, mode: 'hs' | 'csla', dtype: DType, frozenAsBuffer: boolean) {
     super();
     const b = n.branches[i];
     const trainable = b.kind === 'identity' ? b.trainable : mode === 'hs';
@@ -55,7 +90,7 @@ class Branch extends Module {
       b.kind === 'conv'
         ? this.registerModule('conv', new Conv2d(n.cin, n.cout, [b.kh, b.kw], { stride: n.stride, padding: [(b.kh - 1) / 2, (b.kw - 1) / 2], groups: n.groups, bias: false, dtype }))
         : null;
-    this.scale = this.registerModule('scale', new ScaleLayer(n.cout, 1, { trainable, frozenAsBuffer: true, dtype }));
+    this.scale = this.registerModule('scale', new ScaleLayer(n.cout, 1, { trainable, frozenAsBuffer, dtype }));
     // Initial scale: the spec's (the Hyper-Search init); an identity's weight starts at 1 in csla form
     // (its constant factor is the spec's scale) and at the spec's scale in hs form.
     const init = b.kind === 'identity' && mode === 'csla' ? new Float64Array(n.cout).fill(1) : b.scale;
@@ -66,8 +101,12 @@ class Branch extends Module {
   }
 }
 
-/** A CSLA block in one of its three forms (see the file comment), with the deploy form as its re-parameterization. */
-export class CslaBlock extends Module implements Reparameterizable {
+/**
+ * A CSLA block in one of its three forms (see the file comment), with the deploy form as its re-parameterization.
+ * `D` is the deploy form's type: a Conv2d here; a subclass with more after the block (a family's ReLU, SE, ...)
+ * overrides `reparameterize()` with its own deploy module (`fusedConv()` gives the fused conv + BN).
+ */
+export class CslaBlock<D extends Module = Conv2d> extends Module implements Reparameterizable {
   readonly mode: CslaMode;
   readonly spec: NormalSpec;
   /** hs/csla: one module per branch, in the spec's order. */
@@ -75,7 +114,11 @@ export class CslaBlock extends Module implements Reparameterizable {
   /** target: the single conv. */
   readonly conv: Conv2d | null;
   readonly bn: BatchNorm2d | null;
-  /** csla: the constant factor in front of each identity branch's weight (per channel). */
+  /** State-dict keys of the branches' scales under the block, in the spec's order (`branches.<i>.scale.weight` by default). */
+  readonly scaleKeys: readonly string[];
+  /** State-dict key of the target conv's kernel under the block (`conv.weight` by default). */
+  readonly kernelKey: string;
+  /** csla: the constant factor in front of each identity branch's weight (per channel); null where it is 1. */
   readonly #identityFactor: (Tensor | null)[];
 
   constructor(spec: CslaSpec, opts: CslaBlockOptions = {}) {
@@ -85,40 +128,73 @@ export class CslaBlock extends Module implements Reparameterizable {
     this.mode = mode;
     const n = (this.spec = normalizeSpec(spec));
     const dtype = opts.dtype ?? 'float32';
+    const names = opts.names;
+    if (names) checkNames(names, n);
+    const frozenScales = opts.frozenScales ?? 'buffer';
+    if (frozenScales !== 'buffer' && frozenScales !== 'parameter') throw new Error(`CslaBlock: frozenScales must be 'buffer' or 'parameter', got '${frozenScales}'`);
+    const convName = names?.conv ?? 'conv';
+    this.kernelKey = `${convName}.weight`;
+    this.scaleKeys = n.branches.map((_, i) => (names ? `${names.branches[i].scale}.weight` : `branches.${i}.scale.weight`));
     if (mode === 'target') {
       this.branches = [];
       this.conv = this.registerModule(
-        'conv',
+        convName,
         new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: false, dtype }),
       );
     } else {
       this.conv = null;
-      const list = new BranchList(n.branches.map((_, i) => new Branch(n, i, mode, dtype)));
-      this.registerModule('branches', list);
-      this.branches = list.items;
+      const branches = n.branches.map((_, i) => new Branch(n, i, mode, dtype, frozenScales === 'buffer'));
+      if (names) {
+        // The branch modules stay unregistered: their conv and scale hang directly off the block.
+        branches.forEach((br, i) => {
+          const e = names.branches[i];
+          if (br.conv) this.registerModule(e.conv!, br.conv);
+          this.registerModule(e.scale, br.scale);
+        });
+        this.branches = branches;
+      } else {
+        const list = new BranchList(branches);
+        this.registerModule('branches', list);
+        this.branches = list.items;
+      }
     }
+    // A constant factor of exactly 1 is skipped (x * 1 == x, gradients too).
     this.#identityFactor = n.branches.map((b) =>
-      mode === 'csla' && b.kind === 'identity' ? torch.keep(torch.fromTypedArray(Float64Array.from(b.scale), [1, n.cout, 1, 1], 'float64').to(dtype)) : null,
+      mode === 'csla' && b.kind === 'identity' && !b.scale.every((v) => v === 1)
+        ? torch.keep(torch.fromTypedArray(Float64Array.from(b.scale), [1, n.cout, 1, 1], 'float64').to(dtype))
+        : null,
     );
     this.bn = opts.bn === false ? null : this.registerModule('bn', new BatchNorm2d(n.cout, { dtype }));
   }
 
-  /** The conv (or sum of branches) before BN. */
+  /**
+   * The conv (or sum of branches) before BN. Block-local intermediates (branch outputs, partial sums) are
+   * released as soon as the next op has consumed them, as Python drops them: autograd keeps what it saved
+   * by its own reference, so values and gradients are unchanged and peak memory inside a step is lower.
+   */
   linear(x: Tensor): Tensor {
-    if (this.conv) return this.conv.forward(x);
+    if (this.mode === 'target') return this.conv!.forward(x);
     let y: Tensor | null = null;
     for (let i = 0; i < this.branches.length; i++) {
+      const br = this.branches[i];
       const f = this.#identityFactor[i];
-      let term = this.branches[i].forward(x);
-      if (f) term = term.mul(f);
-      y = y ? y.add(term) : term;
+      let term: Tensor;
+      if (br.conv) {
+        const c = br.conv.forward(x);
+        term = br.scale.forward(c);
+        c.dispose();
+      } else {
+        term = br.scale.forward(x);
+      }
+      if (f) term = release(term, term.mul(f));
+      y = y ? release2(y, term, y.add(term)) : term;
     }
     return y!;
   }
 
   forward(x: Tensor): Tensor {
     const y = this.linear(x);
-    return this.bn ? this.bn.forward(y) : y;
+    return this.bn ? release(y, this.bn.forward(y)) : y;
   }
 
   /** The block's scales as they stand (hs: current trainable values; csla: the constants), as a spec. */
@@ -140,15 +216,20 @@ export class CslaBlock extends Module implements Reparameterizable {
   /** The single kernel equal to the block's linear part (float64): W' = sum_b scale_b pad(W_b) (+ identity). */
   fusedKernel(): Tensor {
     return torch.noGrad(() => {
-      if (this.conv) return this.conv.weight.double();
+      if (this.mode === 'target') return this.conv!.weight.double();
       const convKernels = this.branches.filter((b) => b.conv).map((b) => b.conv!.weight);
       const identityWeights = this.branches.filter((b) => !b.conv).map((b) => b.scale.weight);
       return fuseKernel(this.currentSpec(), { convKernels, identityWeights }, 'float64');
     });
   }
 
-  /** The deploy form: one Conv2d with bias (BN folded), eval mode, this block's dtype; this block is unchanged. */
-  reparameterize(): Conv2d {
+  /** The deploy form: `fusedConv()` (a subclass with more after the block returns its own deploy module). */
+  reparameterize(): D {
+    return this.fusedConv() as unknown as D;
+  }
+
+  /** One Conv2d with bias (BN folded), eval mode, this block's dtype, equal to conv/branches + BN; this block is unchanged. */
+  fusedConv(): Conv2d {
     const n = this.spec;
     const dtype = this.parameters()[0].dtype as DType;
     const hasBias = this.bn !== null;
@@ -168,6 +249,19 @@ export class CslaBlock extends Module implements Reparameterizable {
     super.dispose();
     for (const f of this.#identityFactor) f?.dispose();
   }
+}
+
+/** Returns `out`, releasing `a` (a block-local intermediate `out` was computed from). */
+function release(a: Tensor, out: Tensor): Tensor {
+  a.dispose();
+  return out;
+}
+
+/** Returns `out`, releasing `a` and `b`. */
+function release2(a: Tensor, b: Tensor, out: Tensor): Tensor {
+  a.dispose();
+  b.dispose();
+  return out;
 }
 
 /** Children `0`, `1`, ... (PyTorch's ModuleList): the branches, stored under `branches.<i>`. */
@@ -197,7 +291,7 @@ function blocksOf(model: Module, modes: CslaMode[], what: string): [string, Csla
   return blocks;
 }
 
-const scaleKey = (block: string, i: number) => `${block ? `${block}.` : ''}branches.${i}.scale.weight`;
+const prefixed = (block: string, key: string) => (block ? `${block}.${key}` : key);
 
 /** A model's scales by name, as the scale files hold them (a Map of [Cout] tensors). */
 export type BlockScales = Map<string, Tensor>;
@@ -209,7 +303,7 @@ export type BlockScales = Map<string, Tensor>;
 export function extractScales(model: Module): BlockScales {
   const out: BlockScales = new Map();
   for (const [name, b] of blocksOf(model, ['hs', 'csla'], 'extractScales')) {
-    b.branches.forEach((br, i) => out.set(scaleKey(name, i), torch.keep(br.scale.weight.detach().clone())));
+    b.branches.forEach((br, i) => out.set(prefixed(name, b.scaleKeys[i]), torch.keep(br.scale.weight.detach().clone())));
   }
   return out;
 }
@@ -222,8 +316,8 @@ function scaleOf(scales: BlockScales, key: string, cout: number, what: string): 
 }
 
 /** Checks that `scales` has exactly the keys a model's blocks need. */
-function checkKeys(blocks: [string, CslaBlock][], scales: BlockScales, what: string): void {
-  const want = new Set(blocks.flatMap(([name, b]) => b.spec.branches.map((_, i) => scaleKey(name, i))));
+function checkKeys(blocks: [string, BlockKeys][], scales: BlockScales, what: string): void {
+  const want = new Set(blocks.flatMap(([name, b]) => b.scaleKeys.map((k) => prefixed(name, k))));
   const extra = [...scales.keys()].filter((k) => !want.has(k));
   if (extra.length) throw new Error(`${what}: scales for blocks this model does not have: ${extra.slice(0, 4).join(', ')}${extra.length > 4 ? ', ...' : ''}`);
 }
@@ -234,7 +328,7 @@ export function loadScales(model: Module, scales: BlockScales): void {
   checkKeys(blocks, scales, 'loadScales');
   torch.noGrad(() => {
     for (const [name, b] of blocks) {
-      b.branches.forEach((br, i) => br.scale.weight.copy_(scaleOf(scales, scaleKey(name, i), b.spec.cout, 'loadScales')));
+      b.branches.forEach((br, i) => br.scale.weight.copy_(scaleOf(scales, prefixed(name, b.scaleKeys[i]), b.spec.cout, 'loadScales')));
     }
   });
 }
@@ -244,21 +338,50 @@ export interface SiteOptions {
   identityInit?: 'searched' | 'one';
 }
 
-/** The RepOptimizer sites of a target model (one per CslaBlock, `<block>.conv.weight`) from searched scales. */
+/** What the generic functions read of a block: its spec and keys (a CslaBlock, or a description of one). */
+export interface BlockKeys {
+  readonly spec: NormalSpec;
+  readonly scaleKeys: readonly string[];
+  readonly kernelKey: string;
+}
+
+/** The keys a CslaBlock of a spec and naming map would have, without building it (for layouts, scale schemes). */
+export function blockKeys(spec: CslaSpec, names?: CslaBlockNames): BlockKeys {
+  const n = normalizeSpec(spec);
+  if (names) checkNames(names, n);
+  return {
+    spec: n,
+    scaleKeys: n.branches.map((_, i) => (names ? `${names.branches[i].scale}.weight` : `branches.${i}.scale.weight`)),
+    kernelKey: `${names?.conv ?? 'conv'}.weight`,
+  };
+}
+
+/** The scale keys and shapes ([Cout]) of named blocks, in order. */
+export function blockScaleShapesOf(blocks: Iterable<[string, BlockKeys]>): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const [name, b] of blocks) for (const k of b.scaleKeys) out.set(prefixed(name, k), [b.spec.cout]);
+  return out;
+}
+
+/** The RepOptimizer sites of a target model (one per CslaBlock, `<block>.<kernelKey>`) from searched scales. */
 export function repOptSites(target: Module, scales: BlockScales, opts: SiteOptions = {}): ReparamSite[] {
-  const blocks = blocksOf(target, ['target'], 'repOptSites');
+  return blockSites(blocksOf(target, ['target'], 'repOptSites'), scales, opts);
+}
+
+/** The sites of named blocks (built or described by `blockKeys`) from searched scales; every key checked. */
+export function blockSites(blocks: [string, BlockKeys][], scales: BlockScales, opts: SiteOptions = {}): ReparamSite[] {
   checkKeys(blocks, scales, 'repOptSites');
   return blocks.map(([name, b]): ReparamSite => {
     const n = b.spec;
     const identityInit: number[][] = [];
     const branches = n.branches.map((br, i) => {
-      const s = scaleOf(scales, scaleKey(name, i), n.cout, 'repOptSites').toArray();
+      const s = scaleOf(scales, prefixed(name, b.scaleKeys[i]), n.cout, 'repOptSites').toArray();
       if (br.kind === 'conv') return { kind: 'conv' as const, kernel: [br.kh, br.kw] as [number, number], scale: s };
       identityInit.push(opts.identityInit === 'one' ? new Array<number>(n.cout).fill(1) : s);
       return { kind: 'identity' as const, scale: br.scale, trainable: br.trainable };
     });
     const spec: CslaSpec = { inChannels: n.cin, outChannels: n.cout, kernel: [n.kh, n.kw], groups: n.groups, stride: n.stride, branches };
-    return { param: `${name ? `${name}.` : ''}conv.weight`, spec, identityInit };
+    return { param: prefixed(name, b.kernelKey), spec, identityInit };
   });
 }
 
@@ -290,7 +413,7 @@ export function initializeFromTwin(target: Module, twin: Module, opts: { force?:
         const k = t.fusedKernel();
         if (k.shape.join() !== want) throw new Error(`initializeFromTwin: block '${name}' has kernel [${want}], the twin's fuses to [${k.shape.join()}]`);
         b.conv!.weight.copy_(k);
-        kernels.add(`${name ? `${name}.` : ''}conv.weight`);
+        kernels.add(prefixed(name, b.kernelKey));
       }
       const src = new Map([...twin.namedParameters(), ...twin.namedBuffers()]);
       for (const [key, t] of [...target.namedParameters(), ...target.namedBuffers()]) {
