@@ -205,3 +205,39 @@ test('RepOpt target with RepSGD = its csla twin with SGD (depthwise k-branch blo
     assert.equal(family.baselineMode, 'mobileone');
   });
 });
+
+test('scale files by architecture name: a RepOpt-MobileOne-S0 search\'s scales load with loadScaleFile and `repopt scales`; another family\'s name is refused', async () => {
+  const { loadScaleFile } = await import('../src/models/scales.js');
+  const { spawnSync } = await import('node:child_process');
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { REPO_ROOT } = await import('./helpers/paths.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'repopt-mobileone-'));
+  try {
+    const spec = { arch: 'RepOpt-MobileOne-S0', inChannels: 3, numClasses: 10 };
+    const family = familyOf(spec);
+    const hs = family.create(spec, 'hs');
+    const scales = torch.noGrad(() => new Map([...family.extractScales(hs)].map(([k, t]) => [k, torch.keep(t.mul(torch.rand(t.shape).add(0.5)))])));
+    const file = path.join(dir, 's0.pth');
+    family.saveScales(file, scales, hs, 'RepOpt-MobileOne-S0');
+    const back = loadScaleFile(file, 'RepOpt-MobileOne-S0');
+    assert.deepEqual([...back.keys()], [...scales.keys()]);
+    for (const [k, t] of scales) assert.deepEqual(back.get(k)!.toArray(), t.toArray(), k);
+    // The CLI's Grad Mult report: one site per block; the stem's (3x3 + 1x1, dense, 3 input channels) by hand.
+    const r = spawnSync(process.execPath, [path.join(REPO_ROOT, 'dist/src/cli/main.js'), 'scales', file, '--arch', 'RepOpt-MobileOne-S0', '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const rep = JSON.parse(r.stdout) as { params: { name: string; gradMult: { sum: number } }[] };
+    assert.equal(rep.params.length, 1 + 2 * (2 + 8 + 10 + 1));
+    const s = scales.get('stage0.0.branches.0.scale.weight')!.toArray();
+    const t = scales.get('stage0.0.branches.1.scale.weight')!.toArray();
+    const stem = s.reduce((sum, v, c) => sum + 9 * 3 * v * v + 3 * t[c] * t[c], 0);
+    const got = rep.params.find((p) => p.name === 'stage0.0.conv.weight')!.gradMult.sum;
+    assert.ok(Math.abs(got - stem) <= 1e-6 * stem, `${got} vs ${stem}`);
+    assert.throws(() => loadScaleFile(file, 'RepOpt-VGG-A0'), /holds no RepOpt-VGG scale tensors/);
+    hs.dispose();
+    for (const x of [...scales.values(), ...back.values()]) x.dispose();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -95,8 +95,8 @@ export function runScales(opts: ScalesOptions): number {
     return 0;
   }
   opts.log(`${r.file}: ${r.tensors} scale tensors, ${r.floats.toLocaleString('en-US')} floats, sum ${r.sum.toFixed(6)}`);
-  opts.log(`target model ${r.arch}: ${r.params.length} re-parameterised 3x3 kernels; Grad Mult rule ${r.rule} (${r.rule === 'sgd' ? 's^2, t^2' : '|s|, |t|'}, +1 on the identity)`);
-  opts.log('scales per block (min/mean/max): 3x3 = s (scale_conv), 1x1 = t (scale_1x1), identity = initial identity weight\n');
+  opts.log(`target model ${r.arch}: ${r.params.length} re-parameterised kernels; Grad Mult rule ${r.rule} (${r.rule === 'sgd' ? 'the squared scales' : 'the scales\' magnitudes'} of the branches covering each tap, +1 on the identity)`);
+  opts.log('scales per block and branch (min/mean/max over output channels), by branch kernel (3x3, 1x1, ...); identity = its initial weight\n');
   const w = Math.max(...r.params.map((p) => p.name.length));
   opts.log(`${'parameter'.padEnd(w)}  ${'shape'.padEnd(20)}  ${'branch scales'.padEnd(80)}  Grad Mult min/mean/max`);
   let total = 0;

@@ -19,11 +19,12 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Tensor } from '../torch/index.js';
 import { Module } from '../nn/index.js';
-import { CSLA_MODES, blockScaleShapesOf, cslaBlocks, extractScales, repOptHandler } from '../repopt/block.js';
+import { CSLA_MODES, blockScaleShapesOf, cslaBlocks, extractScales, repOptHandler, repOptSites } from '../repopt/block.js';
 import { reparameterizeModel } from '../repopt/reparam.js';
 import { OptionError } from '../errors.js';
 import { listFamilies, registerFamily, type ModelFamily, type ModelSpec, type StateDictInfo } from './family.js';
 import { checkScales, readScaleEntries, saveScaleFile, type ScaleScheme } from './scales.js';
+import type { CreateModelOptions } from './registry.js';
 
 /** What a builder gets besides the mode: the data's channels and classes. */
 export interface BuildOptions {
@@ -183,8 +184,28 @@ export function cslaFamily(d: CslaFamilyDefinition): ModelFamily {
 export function defineModel(d: CslaFamilyDefinition): ModelFamily {
   const archs = d.archs ?? [d.name];
   const base = cslaFamily({ ...d, covers: d.covers ?? ((spec) => spec.arch !== undefined && archs.includes(spec.arch) && spec.file === undefined && spec.blocks === undefined && spec.widths === undefined) });
+  // Scale files by architecture name (`loadScaleFile(file, arch)`, `repopt scales FILE --arch A`): the
+  // keys, shapes and sites of the architecture's target model, built for the question and freed.
+  const withTarget = <T>(arch: string, o: CreateModelOptions, f: (m: Module) => T): T => {
+    const m = base.create({ arch, inChannels: o.inChannels ?? 3, numClasses: o.numClasses ?? 1000 }, 'target');
+    try {
+      return f(m);
+    } finally {
+      m.dispose();
+    }
+  };
+  let keyTest: ((key: string) => boolean) | null = null;
+  const scales: ScaleScheme = {
+    family: d.name,
+    covers: (arch) => archs.includes(arch),
+    archs: () => [...archs],
+    expected: (arch, o = {}) => withTarget(arch, o, blockScaleShapes),
+    isScaleKey: (key) => (keyTest ??= withTarget(archs[0], {}, (m) => scaleKeyTest(cslaBlocks(m).flatMap(([, b]) => b.scaleKeys))))(key),
+    sites: (arch, s, o = {}) => withTarget(arch, o, (m) => repOptSites(m, s, o)),
+  };
   const family: ModelFamily = {
     ...base,
+    scales,
     archs: archs.map((name) => ({
       name,
       family: d.name,
