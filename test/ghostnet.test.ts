@@ -10,6 +10,8 @@ import '../src/models/families.js'; // registers the families with their archite
 import { loadPth, extractStateDict } from '../src/io/pth.js';
 import { freshBranchKernels, kernelShape, RepSGD } from '../src/repopt/index.js';
 import { SGD } from '../src/optim/index.js';
+import { normalizeSpec } from '../src/repopt/csla.js';
+import { cslaBlocks, extractScales, initializeFromTwin, repOptSites } from '../src/repopt/block.js';
 import { F } from '../src/torch/index.js';
 import { createModel, getArch } from '../src/models/registry.js';
 import {
@@ -359,4 +361,28 @@ test('whole 0.5x network, float64: csla trained by SGD and target trained by Rep
     opt.dispose();
     m.dispose();
   }
+});
+
+test('the Ghost modules are generic CslaBlocks (hosted): extractScales, repOptSites and initializeFromTwin agree with the GhostNet functions', () => {
+  torch.tidy(() => {
+    torch.manualSeed(3);
+    const hs = new GhostNet({ width: 0.5, mode: 'hs', numClasses: 10, dtype: 'float64' });
+    torch.noGrad(() => { for (const [k, t] of hs.namedParameters()) if (/(fusion_scale|cheap_operation\.1)\.weight$/.test(k)) t.copy_(torch.randn(t.shape, { dtype: 'float64' }).mul(0.3).add(0.8)); });
+    const blocks = cslaBlocks(hs);
+    assert.deepEqual(blocks.map(([n]) => n), hs.ghostSites().map((s) => s.prefix));
+    const generic = extractScales(hs);
+    const own = extractGhostnetScales(hs);
+    assert.deepEqual([...generic.keys()].sort(), [...own.keys()].sort());
+    for (const [k, t] of own) assert.deepEqual(generic.get(k)!.toArray(), t.toArray(), k);
+    const target = new GhostNet({ width: 0.5, mode: 'target', numClasses: 10, dtype: 'float64' });
+    const a = repOptSites(target, own);
+    const b = ghostnetSites(own, { model: target });
+    const norm = (x: typeof a) => JSON.parse(JSON.stringify(x.map((site) => ({ param: site.param, identityInit: site.identityInit, spec: normalizeSpec(site.spec) }))));
+    assert.deepEqual(norm(a), norm(b));
+    initializeFromTwin(target, hs);
+    const want = ghostnetHsToTarget(hs);
+    const got = target.stateDict();
+    assert.deepEqual([...got.keys()], [...want.keys()]);
+    for (const [k, t] of want) assert.ok(got.get(k)!.sub(t).abs().max().item() < 1e-12, k);
+  });
 });

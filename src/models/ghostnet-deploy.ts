@@ -156,8 +156,8 @@ function depthwiseCentre(channels: number): Tensor {
 function fuseGhostModule(m: GhostModule): { primary: Folded; cheap: Folded } {
   const [conv1, bn1] = m.primary_conv.layers as [Conv2d, BatchNorm2d];
   const primary = foldBN(conv1.weight, bn1);
-  const [dw, after] = m.cheap_operation.layers as [Conv2d, Module];
-  const w = dw.weight.double();
+  const after = m.cheap_after;
+  const w = m.cheap_conv.weight.double();
   const col = (t: Tensor) => t.double().view([-1, 1, 1, 1]);
   let cheap: Folded;
   if (m.mode === 'rep') {

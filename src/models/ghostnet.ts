@@ -42,6 +42,10 @@
  * The CSLA block is therefore `s (.) dwconv3x3(x1) + f (.) x1` (s: cheap_operation.1.weight constant,
  * f: the trainable identity), followed by `final_bn`; the target's kernel is W' = s W + diag(f) at the
  * centre (Grad Mult s^p everywhere, +1 at every centre; Init W *= s, W[c,0,1,1] += f_c).
+ * In target/hs/csla form this part (cheap op, fusion branch, final BN) is the generic CslaBlock of
+ * `ghostCslaSpec` (src/repopt/block.ts), registered onto the Ghost module (option `owner`) under the
+ * naming map `GHOST_NAMES` (dotted names nest, BN `final_bn`, the release's registration order), so the
+ * state dicts are unchanged key for key, in order, and the generic block functions see it as `...ghostK`.
  * Hyper-Search scale init (the release's): cheap_operation.1 = sqrt(2 / (n + 1)), fusion_scale = 1, where
  * ghost1 is module n = 2m - 1 and ghost2 n = 2m of the m-th bottleneck in a row that keeps width and
  * resolution (m resets to 1 at a stride-2 or width-changing bottleneck).
@@ -53,6 +57,7 @@ import { BatchNorm2d, Conv2d, Identity, Linear, Module, ReLU, Sequential, type S
 import { loadPth, extractStateDict, type PyValue } from '../io/pth.js';
 import { fuseKernel, type CslaSpec } from '../repopt/csla.js';
 import { RepOptHandler, type ReparamSite } from '../repopt/handler.js';
+import { CslaBlock, type CslaBlockNames, type CslaHost } from '../repopt/block.js';
 import type { ArchInfo } from './registry.js';
 import type { GraphOps as GraphBuilder, GraphExportable, GraphValue } from '../nn/graph-types.js';
 import type { Reparameterizable } from '../repopt/reparam.js';
@@ -105,13 +110,37 @@ interface LayerOpts {
   dtype: DType;
 }
 
-/** A Ghost module in a training form (see the file comment). */
-export class GhostModule extends Module implements Reparameterizable {
+/**
+ * The release's names of a Ghost module's CSLA block (keys under the module): the 3x3 depthwise kernel at
+ * `cheap_operation.0`, its scale at `cheap_operation.1`, the identity's weight at `fusion_scale`, the BN
+ * `final_bn`; registered after `primary_conv` in the release's order (fusion branch, final BN, cheap op).
+ */
+export const GHOST_NAMES: CslaBlockNames = {
+  branches: [{ conv: 'cheap_operation.0', scale: 'cheap_operation.1' }, { scale: 'fusion_scale' }],
+  conv: 'cheap_operation.0',
+  bn: 'final_bn',
+  order: ['fusion_scale', 'final_bn', 'cheap_operation'],
+};
+
+/**
+ * A Ghost module in a training form (see the file comment). In target/hs/csla form its cheap operation,
+ * fusion branch and final BN are the generic CslaBlock of {@link ghostCslaSpec} (`cslaBlock`), registered on
+ * this module under {@link GHOST_NAMES} (so the generic extractScales, loadScales, repOptSites and
+ * initializeFromTwin see it as block `...ghostK`); in rep form (RepGhostNet's structural re-parameterisation,
+ * no CSLA block) `cheap_operation` is a Sequential (dw conv, BN) beside `fusion_bn`.
+ */
+export class GhostModule extends Module implements Reparameterizable, CslaHost {
   readonly primary_conv: Sequential;
+  readonly cslaBlock: CslaBlock | null = null;
   readonly fusion_bn: BatchNorm2d | null = null;
   readonly fusion_scale: ScaleLayer | null = null;
   readonly final_bn: BatchNorm2d | null = null;
-  readonly cheap_operation: Sequential;
+  /** The 3x3 depthwise conv (`cheap_operation.0`), every mode. */
+  readonly cheap_conv: Conv2d;
+  /** hs/csla: the cheap op's scale (`cheap_operation.1`); rep: its BN; target: null. */
+  readonly cheap_after: ScaleLayer | BatchNorm2d | null = null;
+  /** rep: the Sequential (dw conv, BN) at `cheap_operation`. */
+  readonly #rep: Sequential | null = null;
   constructor(
     inp: number,
     readonly channels: number,
@@ -129,33 +158,43 @@ export class GhostModule extends Module implements Reparameterizable {
     );
     // Registration order is the release's (primary, fusion branch, final BN, cheap op): state dicts list
     // keys in that order, and so does the release's scale file.
-    let afterCheap: Module;
     if (mode === 'rep') {
       this.fusion_bn = this.registerModule('fusion_bn', new BatchNorm2d(c, { dtype }));
-      afterCheap = new BatchNorm2d(c, { dtype });
-    } else if (mode === 'target') {
-      this.final_bn = this.registerModule('final_bn', new BatchNorm2d(c, { dtype }));
-      afterCheap = new Identity();
-    } else {
-      this.fusion_scale = this.registerModule('fusion_scale', new ScaleLayer(c, 1, { dtype }));
-      // csla holds the constant scale under the same key, not trained (the release starts it at 1: it is loaded).
-      afterCheap = new ScaleLayer(c, mode === 'hs' ? scaleInit : 1, { trainable: mode === 'hs', frozenAsBuffer: true, dtype });
-      this.final_bn = this.registerModule('final_bn', new BatchNorm2d(c, { dtype }));
+      const bn = new BatchNorm2d(c, { dtype });
+      this.cheap_conv = new Conv2d(c, c, 3, { padding: 1, groups: c, bias: false, dtype });
+      this.cheap_after = bn;
+      this.#rep = this.registerModule('cheap_operation', new Sequential(this.cheap_conv, bn));
+      return;
     }
-    const dw = new Conv2d(c, c, 3, { padding: 1, groups: c, bias: false, dtype });
-    this.cheap_operation = this.registerModule('cheap_operation', new Sequential(dw, afterCheap));
+    // hs starts the cheap scale at the release's init; csla holds it as a constant buffer under the same
+    // key, starting at 1 (the release loads it); the identity (fusion_scale) is trainable, starting at 1.
+    const b = new CslaBlock(ghostCslaSpec(new Array<number>(c).fill(mode === 'hs' ? scaleInit : 1)), { mode, dtype, names: GHOST_NAMES, owner: this });
+    this.cslaBlock = b;
+    this.final_bn = b.bn;
+    if (mode === 'target') {
+      this.cheap_conv = b.conv!;
+    } else {
+      this.cheap_conv = b.branches[0].conv!;
+      this.cheap_after = b.branches[0].scale;
+      this.fusion_scale = b.branches[1].scale;
+    }
   }
   forward(x: Tensor): Tensor {
     const x1 = this.primary_conv.forward(x);
-    let y = this.cheap_operation.forward(x1);
-    if (this.fusion_bn) y = y.add(this.fusion_bn.forward(x1));
-    else if (this.fusion_scale) y = y.add(this.fusion_scale.forward(x1));
-    if (this.final_bn) return this.relu ? this.final_bn.forwardRelu(y) : this.final_bn.forward(y);
-    return this.relu ? F.relu(y) : y;
+    if (this.#rep) {
+      const y = this.#rep.forward(x1).add(this.fusion_bn!.forward(x1));
+      return this.relu ? F.relu(y) : y;
+    }
+    const y = this.cslaBlock!.linear(x1);
+    return this.relu ? this.final_bn!.forwardRelu(y) : this.final_bn!.forward(y);
   }
   /** The deployed module: 1x1 conv + bias [-> ReLU], one 3x3 depthwise conv + bias [-> ReLU]; this one is unchanged. */
   reparameterize(): DeployGhostModule {
     return deployGhostModule(this);
+  }
+  override dispose(): void {
+    super.dispose();
+    this.cslaBlock?.dispose();
   }
 }
 

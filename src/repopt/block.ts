@@ -26,7 +26,10 @@
  *
  * A naming map (`names`) registers each branch's conv and scale directly on the block under the names a
  * release uses (RepOpt-VGG: `conv` + `scale_conv`, `conv_1x1` + `scale_1x1`, `scale_identity`), and the
- * target conv under its own name; everything generic here reads a block's keys from the block
+ * target conv under its own name (dotted names nest in small containers created on demand; the BN's name
+ * and the registration order can be given too); with `owner`, the parts are registered onto a given module
+ * (a CslaHost: RepOpt-GhostNet's Ghost module, whose primary conv precedes them) and the generic functions
+ * find the block under the owner's name; everything generic here reads a block's keys from the block
  * (`scaleKeys`, `kernelKey`), so scale files and handlers keep the release's keys.
  */
 import * as torch from '../torch/index.js';
@@ -50,6 +53,13 @@ export interface CslaBlockNames {
   branches: readonly { conv?: string; scale: string }[];
   /** target: the single conv's module name (default 'conv'). */
   conv?: string;
+  /** The BatchNorm's module name (default 'bn'). */
+  bn?: string;
+  /**
+   * Registration (and so state-dict key) order of the parts by their first name segment; parts not
+   * listed keep the default order (branches in spec order, conv then scale; then the BN) after those listed.
+   */
+  order?: readonly string[];
 }
 
 export interface CslaBlockOptions {
@@ -62,20 +72,77 @@ export interface CslaBlockOptions {
   names?: CslaBlockNames;
   /** csla: the constant conv scales as buffers (default) or as parameters with requiresGrad off (RepOpt-VGG's release). */
   frozenScales?: 'buffer' | 'parameter';
+  /**
+   * Register the parts (with `names`) on this module instead of on the block: the owner holds the keys
+   * (the block's keys are then relative to the owner) and exposes the block as `cslaBlock` (a CslaHost),
+   * so the generic functions find it under the owner's name. RepOpt-GhostNet's Ghost module, whose primary
+   * conv comes before the block's parts, is one. The owner disposes the parts; it calls the block's dispose too.
+   */
+  owner?: Module;
 }
 
-/** Checks a naming map against a spec: one entry per branch, a conv name for each conv branch, names unique. */
+/** A module whose state-dict keys include a CslaBlock's parts (registered with `owner`): the generic functions see the block under the host's name. */
+export interface CslaHost {
+  readonly cslaBlock: CslaBlock<Module> | null;
+}
+
+function hostedBlock(m: Module): CslaBlock | null {
+  const b = (m as Partial<CslaHost>).cslaBlock;
+  return b instanceof CslaBlock ? (b as CslaBlock) : null;
+}
+
+/**
+ * Checks a naming map against a spec: one entry per branch, a conv name for each conv branch, names unique
+ * (dotted names nest: `cheap_operation.0` is child `0` of a container `cheap_operation`; no name may be
+ * another's container).
+ */
 function checkNames(names: CslaBlockNames, n: NormalSpec): void {
   if (names.branches.length !== n.branches.length) throw new Error(`CslaBlock: names has ${names.branches.length} branches, the spec ${n.branches.length}`);
-  const all = ['bn'];
+  const all = [names.bn ?? 'bn'];
   n.branches.forEach((b, i) => {
     const e = names.branches[i];
     if (b.kind === 'conv' && !e.conv) throw new Error(`CslaBlock: names.branches[${i}] needs a conv name (branch ${i} is a conv)`);
     if (b.kind === 'identity' && e.conv) throw new Error(`CslaBlock: names.branches[${i}] has a conv name, but branch ${i} is an identity`);
     all.push(e.scale, ...(e.conv ? [e.conv] : []));
   });
-  const dup = all.find((x, i) => !x || all.indexOf(x) !== i || x.includes('.'));
-  if (dup !== undefined) throw new Error(`CslaBlock: names must be distinct, non-empty and without dots ('${dup}')`);
+  const dup = all.find((x, i) => !x || all.indexOf(x) !== i || x.split('.').some((seg) => !seg) || all.some((y) => y.startsWith(`${x}.`)));
+  if (dup !== undefined) throw new Error(`CslaBlock: names must be distinct, non-empty, with non-empty segments, and none another's container ('${dup}')`);
+  if (names.conv !== undefined && (!names.conv || names.conv.split('.').some((seg) => !seg))) throw new Error(`CslaBlock: bad target conv name '${names.conv}'`);
+}
+
+/** A container for dotted part names (`a.b`: child `b` of container `a`), created on demand; holds no computation. */
+class PartContainer extends Module {
+  add(name: string, m: Module): void {
+    this.registerModule(name, m);
+  }
+  forward(): Tensor {
+    throw new Error('PartContainer holds parts of a CslaBlock; the block computes');
+  }
+}
+
+/** Registers `parts` ([dotted name, module]) on `owner`, in order, creating containers for the dotted names. */
+function registerParts(owner: Module, parts: [string, Module][]): void {
+  const containers = new Map<string, PartContainer>();
+  const reg = (parent: Module, name: string, m: Module) => {
+    if (parent instanceof PartContainer) parent.add(name, m);
+    // registerModule is protected; the owner hands its registration to the block (option `owner`).
+    else (parent as unknown as { registerModule(n: string, x: Module): Module }).registerModule(name, m);
+  };
+  for (const [path, m] of parts) {
+    const segs = path.split('.');
+    let parent: Module = owner;
+    for (let i = 0; i < segs.length - 1; i++) {
+      const key = segs.slice(0, i + 1).join('.');
+      let c = containers.get(key);
+      if (!c) {
+        c = new PartContainer();
+        reg(parent, segs[i], c);
+        containers.set(key, c);
+      }
+      parent = c;
+    }
+    reg(parent, segs[segs.length - 1], m);
+  }
 }
 
 /** One branch of an hs/csla block: a conv (kernel + scale) or an identity (per-channel weight). */
@@ -120,6 +187,7 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
   readonly kernelKey: string;
   /** csla: the constant factor in front of each identity branch's weight (per channel); null where it is 1. */
   readonly #identityFactor: (Tensor | null)[];
+  readonly #dtype: DType;
 
   constructor(spec: CslaSpec, opts: CslaBlockOptions = {}) {
     super();
@@ -127,9 +195,13 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
     if (!CSLA_MODES.includes(mode)) throw new Error(`CslaBlock: unknown mode '${mode}' (modes: ${CSLA_MODES.join(', ')})`);
     this.mode = mode;
     const n = (this.spec = normalizeSpec(spec));
-    const dtype = opts.dtype ?? 'float32';
+    const dtype = (this.#dtype = opts.dtype ?? 'float32');
     const names = opts.names;
     if (names) checkNames(names, n);
+    if (opts.owner && !names) throw new Error('CslaBlock: option owner needs a naming map (names)');
+    const owner = opts.owner ?? this;
+    // The parts, in the default order; registered at the end (in `names.order` where given).
+    const parts: [string, Module][] = [];
     const frozenScales = opts.frozenScales ?? 'buffer';
     if (frozenScales !== 'buffer' && frozenScales !== 'parameter') throw new Error(`CslaBlock: frozenScales must be 'buffer' or 'parameter', got '${frozenScales}'`);
     const convName = names?.conv ?? 'conv';
@@ -137,10 +209,8 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
     this.scaleKeys = n.branches.map((_, i) => (names ? `${names.branches[i].scale}.weight` : `branches.${i}.scale.weight`));
     if (mode === 'target') {
       this.branches = [];
-      this.conv = this.registerModule(
-        convName,
-        new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: false, dtype }),
-      );
+      this.conv = new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: false, dtype });
+      parts.push([convName, this.conv]);
     } else {
       this.conv = null;
       const branches = n.branches.map((_, i) => new Branch(n, i, mode, dtype, frozenScales === 'buffer'));
@@ -148,13 +218,13 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
         // The branch modules stay unregistered: their conv and scale hang directly off the block.
         branches.forEach((br, i) => {
           const e = names.branches[i];
-          if (br.conv) this.registerModule(e.conv!, br.conv);
-          this.registerModule(e.scale, br.scale);
+          if (br.conv) parts.push([e.conv!, br.conv]);
+          parts.push([e.scale, br.scale]);
         });
         this.branches = branches;
       } else {
         const list = new BranchList(branches);
-        this.registerModule('branches', list);
+        parts.push(['branches', list]);
         this.branches = list.items;
       }
     }
@@ -164,7 +234,14 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
         ? torch.keep(torch.fromTypedArray(Float64Array.from(b.scale), [1, n.cout, 1, 1], 'float64').to(dtype))
         : null,
     );
-    this.bn = opts.bn === false ? null : this.registerModule('bn', new BatchNorm2d(n.cout, { dtype }));
+    this.bn = opts.bn === false ? null : new BatchNorm2d(n.cout, { dtype });
+    if (this.bn) parts.push([names?.bn ?? 'bn', this.bn]);
+    const order = names?.order ?? [];
+    const rank = (p: string) => {
+      const i = order.indexOf(p.split('.')[0]);
+      return i < 0 ? order.length : i;
+    };
+    registerParts(owner, parts.map((p, i) => [p, i] as const).sort((a, b) => rank(a[0][0]) - rank(b[0][0]) || a[1] - b[1]).map(([p]) => p));
   }
 
   /**
@@ -231,7 +308,7 @@ export class CslaBlock<D extends Module = Conv2d> extends Module implements Repa
   /** One Conv2d with bias (BN folded), eval mode, this block's dtype, equal to conv/branches + BN; this block is unchanged. */
   fusedConv(): Conv2d {
     const n = this.spec;
-    const dtype = this.parameters()[0].dtype as DType;
+    const dtype = this.#dtype;
     const hasBias = this.bn !== null;
     const out = new Conv2d(n.cin, n.cout, [n.kh, n.kw], { stride: n.stride, padding: [(n.kh - 1) / 2, (n.kw - 1) / 2], groups: n.groups, bias: hasBias, dtype });
     torch.noGrad(() =>
@@ -278,7 +355,10 @@ class BranchList extends Module {
 /** Every CslaBlock of a model with its name (module path), in model order. */
 export function cslaBlocks(model: Module): [string, CslaBlock][] {
   const out: [string, CslaBlock][] = [];
-  for (const [name, m] of model.namedModules()) if (m instanceof CslaBlock) out.push([name, m]);
+  for (const [name, m] of model.namedModules()) {
+    const b = m instanceof CslaBlock ? m : hostedBlock(m);
+    if (b) out.push([name, b]);
+  }
   return out;
 }
 
