@@ -15,7 +15,7 @@ import { SGD } from '../src/optim/index.js';
 import { RepSGD, extractScales, initializeFromTwin, loadScales, repOptHandler, reparameterizeModel } from '../src/repopt/index.js';
 import { MOBILEONE_CONFIGS, MobileOne, MobileOneBlock, mobileOneStats, type MobileOneMode } from '../src/models/mobileone.js';
 import { familyOf, listArchs } from '../src/models/index.js';
-import { runPython, toJson, type JsonTensor } from './helpers/python.js';
+import { assertSameForwardBackward, runPython, toJson, type PyForwardBackward } from './helpers/python.js';
 
 /** Params (millions) and MACs (G) of the paper's Table (MobileOne, ImageNet, 224x224). */
 const PAPER = { S0: [2.1, 0.275], S1: [4.8, 0.825], S2: [7.8, 1.299], S3: [10.1, 1.896], S4: [14.8, 2.978] } as const;
@@ -129,16 +129,11 @@ test('mode mobileone = an independent PyTorch MobileOne with the official block 
     const r = torch.randn([3, 5], { dtype: 'float64' });
     const y = m.forward(x);
     y.mul(r).sum().backward();
-    const py = runPython<{ y: JsonTensor; gx: JsonTensor; grads: Record<string, JsonTensor> }>(PY, {
+    const py = runPython<PyForwardBackward>(PY, {
       sd: Object.fromEntries([...sd].filter(([k]) => !k.endsWith('num_batches_tracked')).map(([k, t]) => [k, toJson(t)])),
       layout: layoutOf(m), classes: 5, x: toJson(x), r: toJson(r),
     });
-    const close = (a: number[], b: number[], what: string) => a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-9 * (1 + Math.abs(b[i])), `${what}[${i}]: ${v} vs ${b[i]}`));
-    close(y.toArray(), py.y.data, 'logits');
-    close(x.grad!.toArray(), py.gx.data, 'd input');
-    const params = new Map(m.namedParameters());
-    assert.equal(Object.keys(py.grads).length, params.size);
-    for (const [k, g] of Object.entries(py.grads)) close(params.get(k)!.grad!.toArray(), g.data, `d ${k}`);
+    assertSameForwardBackward(m, y, x, py);
   });
 });
 

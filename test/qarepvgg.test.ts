@@ -16,7 +16,7 @@ import { reparameterizeModel } from '../src/repopt/index.js';
 import { modeOfStateDict } from '../src/deploy/fuse.js';
 import { runTraining } from '../src/train/run.js';
 import { loadForDeploy } from '../src/deploy/study.js';
-import { runPython, toJson, type JsonTensor } from './helpers/python.js';
+import { assertSameForwardBackward, runPython, toJson, type JsonTensor, type PyForwardBackward } from './helpers/python.js';
 
 const CFG = { numBlocks: [1, 2, 1, 1], widthMultiplier: [0.25, 0.25, 0.25, 0.25], inChannels: 3, numClasses: 7, strides: [2, 1, 2, 2, 2] };
 
@@ -83,17 +83,12 @@ test('QARepVGG mode = an independent PyTorch QARepVGG with the official keys, fo
     const r = torch.randn([4, 7], { dtype: 'float64' });
     const y = m.forward(x);
     y.mul(r).sum().backward();
-    const py = runPython<{ y: JsonTensor; gx: JsonTensor; grads: Record<string, JsonTensor> }>(PY, {
+    const py = runPython<PyForwardBackward>(PY, {
       sd: Object.fromEntries([...sd].filter(([k]) => !k.endsWith('num_batches_tracked')).map(([k, t]) => [k, toJson(t)])),
       layout: m.layout.map((b) => ({ name: b.name, in: b.inChannels, out: b.outChannels, stride: b.stride })),
       classes: 7, x: toJson(x), r: toJson(r),
     });
-    const close = (a: number[], b: number[], what: string) => a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-9 * (1 + Math.abs(b[i])), `${what}[${i}]: ${v} vs ${b[i]}`));
-    close(y.toArray(), py.y.data, 'logits');
-    close(x.grad!.toArray(), py.gx.data, 'd input');
-    const params = new Map(m.namedParameters());
-    assert.equal(Object.keys(py.grads).length, params.size);
-    for (const [k, g] of Object.entries(py.grads)) close(params.get(k)!.grad!.toArray(), g.data, `d ${k}`);
+    assertSameForwardBackward(m, y, x, py);
   });
 });
 

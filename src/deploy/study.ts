@@ -13,12 +13,11 @@ import { openDataset, type Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 import { defaultTransforms } from '../data/transforms.js';
 import { collectBatches, disposeBatches, type Batch } from '../data/batches.js';
-import { loadStateDictFile, notFitting } from '../train/checkpoint.js';
 import { writeFileAtomic } from '../io/durable.js';
 import { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource } from '../train/checkpoint-model.js';
 export { checkpointModel, loadCheckpointModel, prepareCheckpointModel, type CheckpointModel, type CheckpointModelOptions, type CheckpointSource };
 import { top1 } from '../train/evaluate.js';
-import { familyOf, type ModelFamily, type ModelSpec } from '../models/family.js';
+import type { ModelFamily, ModelSpec } from '../models/family.js';
 import '../models/families.js';
 import { OptionError } from '../errors.js';
 import { RepOptVGG, TargetBlock } from '../models/repoptvgg.js';
@@ -48,41 +47,15 @@ export interface LoadedModel {
  * run's config.json beside the checkpoint; the mode, input channels and classes from the state dict.
  */
 export function loadForDeploy(src: CheckpointSource, opts: { imageSize?: number } = {}): LoadedModel {
-  const file = src.checkpoint;
-  if (!fs.existsSync(file)) throw new Error(`${file}: no such checkpoint`);
-  const model = checkpointModel(src);
-  const sd = loadStateDictFile(file);
+  const { model, family, mode, config } = loadCheckpointModel(src);
+  if (mode === 'deploy') return { family, trained: null, deployed: model, mode, config, fuseError: 0 };
   try {
-    const family = familyOf({ ...model, inChannels: 3, numClasses: 1 });
-    const info = family.inspectStateDict(sd, model);
-    const config: ModelSpec = { ...model, inChannels: info.inChannels, numClasses: info.numClasses };
-    if (info.mode === 'deploy') {
-      const deployed = family.createDeployed(config);
-      try {
-        deployed.loadStateDict(sd);
-      } catch (e) {
-        deployed.dispose();
-        throw notFitting(file, `${family.label(config)} (deploy form)`, e);
-      }
-      return { family, trained: null, deployed: deployed.eval(), mode: info.mode, config, fuseError: 0 };
-    }
-    const trained = family.create(config, info.mode);
-    try {
-      try {
-        trained.loadStateDict(sd);
-      } catch (e) {
-        throw notFitting(file, `${family.label(config)} (${info.mode})`, e);
-      }
-      trained.eval();
-      const deployed = family.deploy(trained);
-      const fuseError = fusionError(trained, deployed, config.inChannels, opts.imageSize ?? 32);
-      return { family, trained, deployed, mode: info.mode, config, fuseError };
-    } catch (e) {
-      trained.dispose();
-      throw e;
-    }
-  } finally {
-    for (const t of sd.values()) t.dispose();
+    const deployed = family.deploy(model);
+    const fuseError = fusionError(model, deployed, config.inChannels, opts.imageSize ?? 32);
+    return { family, trained: model, deployed, mode, config, fuseError };
+  } catch (e) {
+    model.dispose();
+    throw e;
   }
 }
 

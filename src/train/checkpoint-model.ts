@@ -84,7 +84,7 @@ export function loadCheckpointModel(src: CheckpointSource, opts: CheckpointModel
       model.loadStateDict(sd);
     } catch (e) {
       model.dispose();
-      throw notFitting(file, `${family.label(config)} (${mode})`, e);
+      throw notFitting(file, `${family.label(config)} (${mode === 'deploy' ? 'deploy form' : mode})`, e);
     }
     return { model: model.eval(), family, mode, config };
   } finally {

@@ -4,6 +4,7 @@
  * as JSON ({shape, dtype, data}). Inputs are made in TypeScript and sent over,
  * so both sides compute on identical numbers.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as torch from '../../src/torch/index.js';
 
@@ -75,4 +76,24 @@ export function maxRelDiff(a: torch.Tensor | JsonTensor, b: torch.Tensor | JsonT
     scale = Math.max(scale, Math.abs(bv[i]));
   }
   return diff / scale;
+}
+
+/** The reply of a PyTorch script that ran a model forward and backward: logits, d input, d every parameter. */
+export interface PyForwardBackward {
+  y: JsonTensor;
+  gx: JsonTensor;
+  grads: Record<string, JsonTensor>;
+}
+
+/**
+ * Our model's forward (`y`) and backward (`x.grad`, every parameter's grad) equal PyTorch's, element by
+ * element within 1e-9 relative (float64), and PyTorch saw exactly our parameters.
+ */
+export function assertSameForwardBackward(model: { namedParameters(): [string, torch.Tensor][] }, y: torch.Tensor, x: torch.Tensor, py: PyForwardBackward): void {
+  const close = (a: number[], b: number[], what: string) => a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-9 * (1 + Math.abs(b[i])), `${what}[${i}]: ${v} vs ${b[i]}`));
+  close(y.toArray(), py.y.data, 'logits');
+  close(x.grad!.toArray(), py.gx.data, 'd input');
+  const params = new Map(model.namedParameters());
+  assert.equal(Object.keys(py.grads).length, params.size);
+  for (const [k, g] of Object.entries(py.grads)) close(params.get(k)!.grad!.toArray(), g.data, `d ${k}`);
 }
